@@ -1,0 +1,59 @@
+# Cocoon: containers in lightweight VMs.
+#
+#   make demo   set up this machine (packages, binaries, guest image) and boot a sandbox VM
+#   make test   set up, then run every test, including the real-VM ones
+#   make bench  print the performance figures
+
+GO        ?= go
+PREFIX    ?= /usr/local
+DATA_DIR  ?= /var/lib/cocoon
+BIN       := bin
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/cocoon-runtime/cocoon/internal/version.Version=$(VERSION)
+export PATH := /usr/local/go/bin:$(PATH)
+
+# Debian packages the runtime and its tests use.
+DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates
+
+.PHONY: all build deps image setup demo test unit vet bench clean install
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cocoon-agent ./cmd/cocoon-agent
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cocoon ./cmd/cocoon
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+image: build
+	$(BIN)/cocoon --data-dir $(DATA_DIR) image build --agent $(BIN)/cocoon-agent
+
+setup: deps image
+
+demo: setup
+	$(BIN)/cocoon --data-dir $(DATA_DIR) check || true
+	$(BIN)/cocoon --data-dir $(DATA_DIR) vm boot
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -short ./...
+
+test: setup vet
+	COCOON_REQUIRE_VM=1 COCOON_DATA_DIR=$(DATA_DIR) $(GO) test -count=1 -timeout 25m ./...
+
+bench: setup
+	$(GO) run ./bench/vmboot -n 5
+
+install: build
+	install -m 0755 $(BIN)/cocoon $(BIN)/cocoon-agent $(PREFIX)/bin/
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,305 @@
+// Package agent is the host side of the channel to the cocoon-agent that
+// runs inside every sandbox VM.
+//
+// Dial connects over the VM's agent endpoint (a virtio-serial port
+// multiplexed with yamux, or vsock) and returns a Client whose methods call
+// the agent's ttrpc services. The guest is untrusted: every reply is
+// checked and bounded before it is returned (ttrpc itself caps a message
+// at 4 MiB).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/yamux"
+	"github.com/mdlayher/vsock"
+)
+
+// Errors callers branch on.
+var (
+	// ErrGuestDied is returned when the VM exited while waiting for, or
+	// talking to, the agent.
+	ErrGuestDied = errors.New("guest died")
+	// ErrTimeout is returned when the agent did not answer in time.
+	ErrTimeout = errors.New("agent did not answer")
+	// ErrProtocol is returned when the agent's reply is malformed or
+	// speaks another protocol version.
+	ErrProtocol = errors.New("agent protocol violation")
+)
+
+// DialOptions tune Dial.
+type DialOptions struct {
+	// Dead, when non-nil, is closed when the VM exits; Dial and calls then
+	// fail with ErrGuestDied instead of waiting for their timeout.
+	Dead <-chan struct{}
+	// RetryInterval is the pause between connection attempts (default 10ms).
+	RetryInterval time.Duration
+}
+
+// Client talks to one guest agent. It is safe for concurrent use.
+type Client struct {
+	conn   net.Conn
+	sess   *yamux.Session // nil for vsock
+	ttrpc  *ttrpc.Client
+	health protocol.HealthService
+	agent  protocol.AgentService
+	dead   <-chan struct{}
+
+	closeOnce sync.Once
+}
+
+// Dial connects to the agent at ep and waits until it answers a health
+// check. It retries until ctx is done, so callers bound the wait (the
+// guest's boot time) with ctx.
+func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, opts DialOptions) (*Client, error) {
+	if opts.RetryInterval == 0 {
+		opts.RetryInterval = 10 * time.Millisecond
+	}
+	var lastErr error
+	for {
+		c, err := dialOnce(ctx, ep, opts.Dead)
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dial agent %s: %w (last attempt: %v)", describe(ep), ErrTimeout, lastErr)
+		case <-opts.Dead:
+			return nil, fmt.Errorf("dial agent %s: %w", describe(ep), ErrGuestDied)
+		case <-time.After(opts.RetryInterval):
+		}
+	}
+}
+
+func describe(ep hypervisor.AgentEndpoint) string {
+	if ep.Transport == hypervisor.TransportVsock {
+		return fmt.Sprintf("vsock://%d:%d", ep.CID, ep.Port)
+	}
+	return "serial://" + ep.Path
+}
+
+// attemptTimeout bounds one connection attempt. Bytes sent before a
+// booting guest opens its port wait in the socket, so one attempt normally
+// covers a whole boot; a new attempt starts only when a session broke.
+const attemptTimeout = 3 * time.Second
+
+func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan struct{}) (*Client, error) {
+	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	c := &Client{dead: dead}
+	var stream net.Conn
+	switch ep.Transport {
+	case hypervisor.TransportVsock:
+		conn, err := vsock.Dial(ep.CID, ep.Port, nil)
+		if err != nil {
+			return nil, fmt.Errorf("dial vsock: %w", err)
+		}
+		c.conn, stream = conn, conn
+	case hypervisor.TransportSerial, "":
+		var d net.Dialer
+		conn, err := d.DialContext(actx, "unix", ep.Path)
+		if err != nil {
+			return nil, fmt.Errorf("dial serial socket: %w", err)
+		}
+		sess, err := yamux.Client(conn, protocol.YamuxConfig(io.Discard))
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("start yamux: %w", err)
+		}
+		c.conn, c.sess = conn, sess
+		stream, err = sess.Open()
+		if err != nil {
+			sess.Close()
+			return nil, fmt.Errorf("open yamux stream: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("unknown agent transport %q", ep.Transport)
+	}
+	c.ttrpc = ttrpc.NewClient(stream)
+	c.health = protocol.NewHealthClient(c.ttrpc)
+	c.agent = protocol.NewAgentClient(c.ttrpc)
+	if err := c.Check(actx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes the connection. The VM keeps running.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.ttrpc.Close()
+		if c.sess != nil {
+			c.sess.Close()
+		}
+		c.conn.Close()
+	})
+	return nil
+}
+
+// call runs fn, turning a VM exit into ErrGuestDied.
+func (c *Client) call(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if c.dead != nil {
+		go func() {
+			select {
+			case <-c.dead:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	err := fn(ctx)
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-c.dead:
+		return fmt.Errorf("agent %s: %w", name, ErrGuestDied)
+	default:
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("agent %s: %w: %w", name, ErrTimeout, err)
+	}
+	return fmt.Errorf("agent %s: %w", name, err)
+}
+
+// Check asks the agent whether it is serving.
+func (c *Client) Check(ctx context.Context) error {
+	return c.call(ctx, "check", func(ctx context.Context) error {
+		r, err := c.health.Check(ctx, &protocol.CheckRequest{})
+		if err != nil {
+			return err
+		}
+		if r.Status != protocol.CheckResponse_SERVING {
+			return fmt.Errorf("agent not serving: %v", r.Status)
+		}
+		return nil
+	})
+}
+
+// VersionInfo is the agent's version.
+type VersionInfo struct {
+	Agent    string
+	Protocol uint32
+}
+
+// Version asks the agent for its version and checks that it speaks our
+// protocol.
+func (c *Client) Version(ctx context.Context) (VersionInfo, error) {
+	var v VersionInfo
+	err := c.call(ctx, "version", func(ctx context.Context) error {
+		r, err := c.health.Version(ctx, &protocol.VersionRequest{})
+		if err != nil {
+			return err
+		}
+		v = VersionInfo{Agent: sanitize(r.AgentVersion, 64), Protocol: r.ProtocolVersion}
+		if v.Protocol != protocol.Version {
+			return fmt.Errorf("%w: agent speaks protocol %d, host %d", ErrProtocol, v.Protocol, protocol.Version)
+		}
+		return nil
+	})
+	return v, err
+}
+
+// GuestDetails describes a guest, as reported (and not to be trusted
+// beyond display and sizing decisions) by its agent.
+type GuestDetails struct {
+	KernelRelease string
+	KernelVersion string
+	Machine       string
+	Hostname      string
+	OnlineCPUs    uint32
+	MemTotal      uint64
+	MemFree       uint64
+	Uptime        time.Duration
+	Modules       []string
+	BootToServe   time.Duration
+	AgentVersion  string
+	MemBlockSize  uint64
+}
+
+// GuestDetails asks the agent to describe its guest.
+func (c *Client) GuestDetails(ctx context.Context) (GuestDetails, error) {
+	var d GuestDetails
+	err := c.call(ctx, "get guest details", func(ctx context.Context) error {
+		r, err := c.agent.GetGuestDetails(ctx, &protocol.GetGuestDetailsRequest{})
+		if err != nil {
+			return err
+		}
+		d, err = validateDetails(r)
+		return err
+	})
+	return d, err
+}
+
+// Limits on what a guest may report.
+const (
+	maxModules   = 256
+	maxCPUs      = 4096
+	maxMemory    = 16 << 40 // 16 TiB
+	maxFieldSize = 256
+)
+
+func validateDetails(r *protocol.GuestDetails) (GuestDetails, error) {
+	if len(r.Modules) > maxModules {
+		return GuestDetails{}, fmt.Errorf("%w: %d modules reported (max %d)", ErrProtocol, len(r.Modules), maxModules)
+	}
+	if r.OnlineCpus > maxCPUs || r.MemTotalBytes > maxMemory || r.MemFreeBytes > r.MemTotalBytes {
+		return GuestDetails{}, fmt.Errorf("%w: implausible resources (cpus %d, memory %d/%d)", ErrProtocol, r.OnlineCpus, r.MemFreeBytes, r.MemTotalBytes)
+	}
+	mods := make([]string, len(r.Modules))
+	for i, m := range r.Modules {
+		mods[i] = sanitize(m, 64)
+	}
+	return GuestDetails{
+		KernelRelease: sanitize(r.KernelRelease, maxFieldSize),
+		KernelVersion: sanitize(r.KernelVersion, maxFieldSize),
+		Machine:       sanitize(r.Machine, 32),
+		Hostname:      sanitize(r.Hostname, 64),
+		OnlineCPUs:    r.OnlineCpus,
+		MemTotal:      r.MemTotalBytes,
+		MemFree:       r.MemFreeBytes,
+		Uptime:        time.Duration(min(r.UptimeNs, uint64(1<<62))),
+		Modules:       mods,
+		BootToServe:   time.Duration(min(r.BootToServeNs, uint64(1<<62))),
+		AgentVersion:  sanitize(r.AgentVersion, 64),
+		MemBlockSize:  r.MemBlockSizeBytes,
+	}, nil
+}
+
+// sanitize bounds a guest-supplied string and drops anything but printable
+// ASCII, so it is safe to log and display.
+func sanitize(s string, max int) string {
+	b := make([]byte, 0, min(len(s), max))
+	for i := 0; i < len(s) && len(b) < max; i++ {
+		if c := s[i]; c >= 0x20 && c < 0x7f {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+// DestroySandbox asks the agent to power the VM off. The VM may go away
+// before the reply arrives, so ErrGuestDied counts as success.
+func (c *Client) DestroySandbox(ctx context.Context) error {
+	err := c.call(ctx, "destroy sandbox", func(ctx context.Context) error {
+		_, err := c.agent.DestroySandbox(ctx, &protocol.DestroySandboxRequest{})
+		return err
+	})
+	if errors.Is(err, ErrGuestDied) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,127 @@
+// Command cocoon-agent is the init process (PID 1) of every Cocoon sandbox
+// VM. It prepares the guest, then serves the host's ttrpc API over
+// virtio-serial or vsock until the host destroys the sandbox.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/guest/agent"
+	"github.com/cocoon-runtime/cocoon/guest/boot"
+	"github.com/cocoon-runtime/cocoon/guest/channel"
+	"github.com/cocoon-runtime/cocoon/guest/reaper"
+	"github.com/containerd/ttrpc"
+)
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := run(log); err != nil {
+		log.Error("agent failed", "err", err)
+	}
+	// PID 1 must never exit: that panics the kernel. Power off instead.
+	if os.Getpid() == 1 {
+		boot.PowerOff()
+	}
+	os.Exit(1)
+}
+
+func run(log *slog.Logger) error {
+	ctx := context.Background()
+	if os.Getpid() != 1 {
+		return fmt.Errorf("cocoon-agent must run as PID 1 inside a Cocoon VM")
+	}
+	if err := boot.MountAll(); err != nil {
+		return err
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	params := boot.ParseCmdline(string(cmdline))
+	if params.Debug {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	r := reaper.New()
+	go r.Run(ctx)
+
+	// Modules load in the background: the agent serves as soon as its own
+	// channel is up, and calls that need the other drivers wait for them.
+	mods := newModuleLoader(log)
+	if err := boot.SetHostname(params.Hostname); err != nil {
+		return err
+	}
+
+	l, err := listen(ctx, params.Transport, log)
+	if err != nil {
+		return err
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return fmt.Errorf("new ttrpc server: %w", err)
+	}
+	agent.New(agent.Config{
+		Log:         log,
+		Modules:     mods.wait,
+		BootToServe: boot.SinceBoot(),
+		PowerOff:    func() { boot.PowerOff() },
+	}).Register(srv)
+	log.Info("agent serving", "transport", params.Transport, "since_boot", boot.SinceBoot())
+	return srv.Serve(ctx, l)
+}
+
+func listen(ctx context.Context, transport string, log *slog.Logger) (net.Listener, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if transport == "vsock" {
+		for {
+			l, err := channel.ListenVsock()
+			if err == nil {
+				return l, nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	path, err := channel.WaitSerialPort(ctx, "/sys", "/dev", channel.SerialPortName)
+	if err != nil {
+		return nil, err
+	}
+	return channel.ListenSerial(path, log)
+}
+
+// moduleLoader loads the image's kernel modules in the background.
+type moduleLoader struct {
+	done    chan struct{}
+	modules []string
+	err     error
+}
+
+func newModuleLoader(log *slog.Logger) *moduleLoader {
+	m := &moduleLoader{done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		start := time.Now()
+		m.modules, m.err = boot.LoadModules(boot.ModulesList, log)
+		if m.err != nil {
+			log.Error("loading modules failed", "err", m.err)
+			return
+		}
+		log.Debug("modules loaded", "count", len(m.modules), "took", time.Since(start))
+	}()
+	return m
+}
+
+// wait returns the loaded modules once loading finished.
+func (m *moduleLoader) wait(ctx context.Context) ([]string, error) {
+	select {
+	case <-m.done:
+		return m.modules, m.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

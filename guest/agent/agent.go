@@ -1,0 +1,141 @@
+// Package agent implements the cocoon-agent's ttrpc services: the API the
+// host drives the guest with.
+//
+// This code runs inside the sandbox VM, as PID 1.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/internal/version"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+)
+
+// Agent serves the guest API.
+type Agent struct {
+	log       *slog.Logger
+	modules   func(context.Context) ([]string, error)
+	bootServe time.Duration
+	// powerOff is called (once, asynchronously) to take the VM down.
+	powerOff func()
+}
+
+// Config configures an Agent.
+type Config struct {
+	Log *slog.Logger
+	// Modules waits for the kernel modules loaded at boot and returns them
+	// in load order.
+	Modules func(context.Context) ([]string, error)
+	// BootToServe is the time from kernel start to the agent serving.
+	BootToServe time.Duration
+	// PowerOff takes the VM down; it is called after DestroySandbox replied.
+	PowerOff func()
+}
+
+// New returns an Agent.
+func New(cfg Config) *Agent {
+	return &Agent{log: cfg.Log, modules: cfg.Modules, bootServe: cfg.BootToServe, powerOff: cfg.PowerOff}
+}
+
+// Register registers the agent's services on srv.
+func (a *Agent) Register(srv *ttrpc.Server) {
+	protocol.RegisterHealthService(srv, healthService{})
+	protocol.RegisterAgentService(srv, a)
+}
+
+type healthService struct{}
+
+func (healthService) Check(context.Context, *protocol.CheckRequest) (*protocol.CheckResponse, error) {
+	return &protocol.CheckResponse{Status: protocol.CheckResponse_SERVING}, nil
+}
+
+func (healthService) Version(context.Context, *protocol.VersionRequest) (*protocol.VersionResponse, error) {
+	return &protocol.VersionResponse{AgentVersion: version.Version, ProtocolVersion: protocol.Version}, nil
+}
+
+// GetGuestDetails describes the guest kernel and resources.
+func (a *Agent) GetGuestDetails(ctx context.Context, _ *protocol.GetGuestDetailsRequest) (*protocol.GuestDetails, error) {
+	modules, err := a.modules(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	var u unix.Utsname
+	unix.Uname(&u)
+	var si unix.Sysinfo_t
+	unix.Sysinfo(&si)
+	d := &protocol.GuestDetails{
+		KernelRelease:     unix.ByteSliceToString(u.Release[:]),
+		KernelVersion:     unix.ByteSliceToString(u.Version[:]),
+		Machine:           unix.ByteSliceToString(u.Machine[:]),
+		Hostname:          unix.ByteSliceToString(u.Nodename[:]),
+		OnlineCpus:        uint32(onlineCPUs()),
+		MemTotalBytes:     uint64(si.Totalram) * uint64(si.Unit),
+		MemFreeBytes:      uint64(si.Freeram) * uint64(si.Unit),
+		UptimeNs:          uint64(si.Uptime) * uint64(time.Second),
+		Modules:           modules,
+		BootToServeNs:     uint64(a.bootServe),
+		AgentVersion:      version.Version,
+		MemBlockSizeBytes: memBlockSize(),
+	}
+	return d, nil
+}
+
+// DestroySandbox powers the VM off shortly after replying.
+func (a *Agent) DestroySandbox(context.Context, *protocol.DestroySandboxRequest) (*protocol.Empty, error) {
+	a.log.Info("destroy requested: powering off")
+	// Give ttrpc time to write the reply before the VM goes away.
+	time.AfterFunc(20*time.Millisecond, a.powerOff)
+	return &protocol.Empty{}, nil
+}
+
+// onlineCPUs counts the CPUs in /sys/devices/system/cpu/online ("0-3,5").
+func onlineCPUs() int {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		return 0
+	}
+	return countCPUList(strings.TrimSpace(string(b)))
+}
+
+func countCPUList(s string) int {
+	n := 0
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			continue
+		}
+		if !isRange {
+			n++
+			continue
+		}
+		b, err := strconv.Atoi(hi)
+		if err == nil && b >= a {
+			n += b - a + 1
+		}
+	}
+	return n
+}
+
+func memBlockSize() uint64 {
+	f, err := os.Open("/sys/devices/system/memory/block_size_bytes")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return 0
+	}
+	v, _ := strconv.ParseUint(strings.TrimSpace(sc.Text()), 16, 64)
+	return v
+}

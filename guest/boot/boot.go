@@ -1,0 +1,169 @@
+// Package boot prepares the guest as its PID 1: it mounts the pseudo
+// filesystems, loads the kernel modules the image ships, sets the hostname
+// and powers the VM off at the end.
+//
+// This code runs inside the sandbox VM.
+package boot
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ModulesList is the file in the initramfs that lists the modules to load,
+// one path per line, in load order.
+const ModulesList = "/etc/cocoon/modules"
+
+// Params are the cocoon.* parameters on the kernel command line.
+type Params struct {
+	Transport string // "virtio-serial" or "vsock"
+	Hostname  string
+	Debug     bool
+}
+
+// ParseCmdline extracts Params from a kernel command line.
+func ParseCmdline(cmdline string) Params {
+	p := Params{Transport: "virtio-serial", Hostname: "cocoon"}
+	for _, f := range strings.Fields(cmdline) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "cocoon.transport":
+			p.Transport = v
+		case "cocoon.hostname":
+			if validHostname(v) {
+				p.Hostname = v
+			}
+		case "cocoon.debug":
+			p.Debug = v == "1" || v == "true"
+		}
+	}
+	return p
+}
+
+func validHostname(h string) bool {
+	if h == "" || len(h) > 64 {
+		return false
+	}
+	for _, r := range h {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+type mount struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+	mode                   os.FileMode
+}
+
+var mounts = []mount{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755", 0o755},
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620", 0o755},
+	{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777", 0o1777},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755", 0o755},
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate", 0o555},
+}
+
+// MountAll mounts the pseudo filesystems PID 1 needs. A filesystem that is
+// already mounted is left alone.
+func MountAll() error {
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.target, m.mode); err != nil {
+			return fmt.Errorf("mkdir %s: %w", m.target, err)
+		}
+		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
+		if err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	// /dev/ptmx must point into the devpts instance we mounted.
+	os.Remove("/dev/ptmx")
+	if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil {
+		return fmt.Errorf("link /dev/ptmx: %w", err)
+	}
+	for _, l := range [][2]string{{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}} {
+		os.Symlink(l[0], l[1])
+	}
+	return nil
+}
+
+// LoadModules loads the modules listed in the file list, in order, and
+// returns the names it loaded. A module the kernel already has is skipped.
+func LoadModules(list string, log *slog.Logger) ([]string, error) {
+	f, err := os.Open(list)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open module list: %w", err)
+	}
+	defer f.Close()
+	var loaded []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		path := strings.TrimSpace(sc.Text())
+		if path == "" || strings.HasPrefix(path, "#") {
+			continue
+		}
+		start := time.Now()
+		if err := loadModule(path); err != nil {
+			return loaded, err
+		}
+		name := strings.TrimSuffix(filepath.Base(path), ".ko")
+		loaded = append(loaded, name)
+		log.Debug("loaded module", "name", name, "took", time.Since(start))
+	}
+	return loaded, sc.Err()
+}
+
+func loadModule(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.FinitModule(fd, "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	return nil
+}
+
+// SetHostname sets the guest's hostname.
+func SetHostname(name string) error {
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("sethostname %q: %w", name, err)
+	}
+	return nil
+}
+
+// PowerOff flushes file systems and powers the VM off. It does not return
+// on success.
+func PowerOff() error {
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		return fmt.Errorf("power off: %w", err)
+	}
+	return nil
+}
+
+// SinceBoot is the time since the guest kernel started.
+func SinceBoot() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}

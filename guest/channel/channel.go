@@ -1,0 +1,217 @@
+// Package channel provides the listeners the guest agent serves its API on:
+// a virtio-serial port multiplexed with yamux, or AF_VSOCK.
+//
+// This code runs inside the sandbox VM.
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/hashicorp/yamux"
+	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
+)
+
+// SerialPortName is the name of the virtio-serial port the host connects to.
+const SerialPortName = "agent.0"
+
+// VsockPort is the vsock port the agent listens on.
+const VsockPort = 1024
+
+// ListenVsock listens for host connections on VsockPort.
+func ListenVsock() (net.Listener, error) {
+	l, err := vsock.Listen(VsockPort, nil)
+	if err != nil {
+		return nil, fmt.Errorf("listen vsock port %d: %w", VsockPort, err)
+	}
+	return l, nil
+}
+
+// FindSerialPort returns the /dev path of the virtio-serial port called
+// name, looking it up in sysfs (there is no udev in the guest).
+func FindSerialPort(sysfs, dev, name string) (string, error) {
+	dir := filepath.Join(sysfs, "class", "virtio-ports")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("find serial port %q: %w", name, err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "name"))
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return filepath.Join(dev, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("find serial port %q in %s: %w", name, dir, os.ErrNotExist)
+}
+
+// WaitSerialPort waits until the virtio-serial port called name appears
+// (its driver may still be loading) and returns its /dev path.
+func WaitSerialPort(ctx context.Context, sysfs, dev, name string) (string, error) {
+	for {
+		path, err := FindSerialPort(sysfs, dev, name)
+		if err == nil {
+			if _, err = os.Stat(path); err == nil {
+				return path, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("wait for serial port %q: %w (last error: %v)", name, ctx.Err(), err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// SerialListener accepts yamux streams opened by the host over a
+// virtio-serial port. When the host end disconnects (for example because
+// the host process restarted) it waits, without spinning, for the next host
+// to connect and starts a fresh yamux session.
+type SerialListener struct {
+	path string
+	log  *slog.Logger
+
+	conns  chan net.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// ListenSerial starts accepting host sessions on the port at path.
+func ListenSerial(path string, log *slog.Logger) (*SerialListener, error) {
+	// Fail early when the port cannot be opened at all.
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open serial port %s: %w", path, err)
+	}
+	unix.Close(fd)
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &SerialListener{path: path, log: log, conns: make(chan net.Conn), ctx: ctx, cancel: cancel}
+	l.wg.Add(1)
+	go l.run()
+	return l, nil
+}
+
+// Accept waits for the next stream the host opens.
+func (l *SerialListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting and ends the current session.
+func (l *SerialListener) Close() error {
+	l.cancel()
+	l.wg.Wait()
+	return nil
+}
+
+// Addr reports the port's path.
+func (l *SerialListener) Addr() net.Addr { return serialAddr(l.path) }
+
+type serialAddr string
+
+func (a serialAddr) Network() string { return "virtio-serial" }
+func (a serialAddr) String() string  { return string(a) }
+
+func (l *SerialListener) run() {
+	defer l.wg.Done()
+	for l.ctx.Err() == nil {
+		if err := l.session(); err != nil && l.ctx.Err() == nil {
+			l.log.Warn("serial session ended", "port", l.path, "err", err)
+			// Do not spin on a port that fails right away.
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-l.ctx.Done():
+			}
+		}
+	}
+}
+
+// session serves one host connection: from the host opening its end to it
+// closing it.
+func (l *SerialListener) session() error {
+	fd, err := unix.Open(l.path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", l.path, err)
+	}
+	if err := waitHost(l.ctx, fd); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	port := os.NewFile(uintptr(fd), l.path)
+	sess, err := yamux.Server(port, protocol.YamuxConfig(io.Discard))
+	if err != nil {
+		port.Close()
+		return fmt.Errorf("start yamux session on %s: %w", l.path, err)
+	}
+	defer sess.Close()
+	go func() {
+		select {
+		case <-l.ctx.Done():
+			sess.Close()
+		case <-sess.CloseChan():
+		}
+	}()
+	l.log.Debug("host connected", "port", l.path)
+	for {
+		stream, err := sess.Accept()
+		if err != nil {
+			if errors.Is(err, io.EOF) || sess.IsClosed() {
+				l.log.Debug("host disconnected", "port", l.path)
+				return nil
+			}
+			return err
+		}
+		select {
+		case l.conns <- stream:
+		case <-l.ctx.Done():
+			stream.Close()
+			return nil
+		}
+	}
+}
+
+// waitHost blocks until the host end of the port is connected. A port
+// without a host reports POLLHUP at once, so polling it in a loop would burn
+// the guest's CPU; instead wait edge-triggered for the port's wait queue to
+// wake (which happens when the host connects), re-checking once a second as
+// a safety net.
+func waitHost(ctx context.Context, fd int) error {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll_create: %w", err)
+	}
+	defer unix.Close(epfd)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	events := make([]unix.EpollEvent, 1)
+	for ctx.Err() == nil {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
+		if _, err := unix.Poll(pfd, 0); err != nil && err != unix.EINTR {
+			return fmt.Errorf("poll: %w", err)
+		}
+		if pfd[0].Revents&unix.POLLHUP == 0 {
+			return nil
+		}
+		if _, err := unix.EpollWait(epfd, events, 1000); err != nil && err != unix.EINTR {
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+	}
+	return ctx.Err()
+}

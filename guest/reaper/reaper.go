@@ -1,0 +1,96 @@
+// Package reaper reaps the children of the guest's PID 1 and tells
+// interested parties how they exited.
+//
+// PID 1 inherits every orphan in the VM, so it must wait for all of them.
+// Code that starts a process subscribes before starting it and learns its
+// exit status from the reaper instead of calling wait itself.
+package reaper
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Exit is a reaped process.
+type Exit struct {
+	Pid    int
+	Status int // exit code, or 128+signal when killed by a signal
+}
+
+// Reaper waits for exited children. The zero value is not usable; use New.
+type Reaper struct {
+	mu   sync.Mutex
+	subs map[chan Exit]struct{}
+}
+
+// New returns a Reaper. Call Run to start reaping.
+func New() *Reaper { return &Reaper{subs: make(map[chan Exit]struct{})} }
+
+// Subscribe returns a channel that receives every exit from now on. Call
+// Unsubscribe when done with it.
+func (r *Reaper) Subscribe() chan Exit {
+	ch := make(chan Exit, 32)
+	r.mu.Lock()
+	r.subs[ch] = struct{}{}
+	r.mu.Unlock()
+	return ch
+}
+
+// Unsubscribe stops deliveries to ch.
+func (r *Reaper) Unsubscribe(ch chan Exit) {
+	r.mu.Lock()
+	delete(r.subs, ch)
+	r.mu.Unlock()
+}
+
+// Run reaps children until ctx is done.
+func (r *Reaper) Run(ctx context.Context) {
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGCHLD)
+	defer signal.Stop(sigs)
+	r.reap() // children that exited before we listened
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sigs:
+			r.reap()
+		}
+	}
+}
+
+func (r *Reaper) reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return
+		}
+		e := Exit{Pid: pid, Status: ExitStatus(ws)}
+		r.mu.Lock()
+		for ch := range r.subs {
+			// A subscriber must keep up; the buffer absorbs bursts. Blocking
+			// here would stall reaping for everyone, so never block.
+			select {
+			case ch <- e:
+			default:
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// ExitStatus converts a wait status to a shell-style exit status.
+func ExitStatus(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}

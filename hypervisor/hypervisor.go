@@ -1,0 +1,180 @@
+// Package hypervisor defines the contract between Cocoon and the virtual
+// machine monitors that run its sandboxes.
+//
+// A driver (such as package hypervisor/qemu) implements Hypervisor for one
+// VMM. The sandbox layer consumes it and never learns which VMM it drives.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Hypervisor drives one virtual machine through its whole life.
+//
+// A Hypervisor value is bound to a single VM. CreateVM prepares the VM,
+// StartVM launches it and StopVM shuts it down; Cleanup removes every host
+// resource the VM used and is safe to call at any point, including after the
+// VMM process died.
+type Hypervisor interface {
+	// CreateVM validates cfg and prepares (but does not launch) the VM
+	// identified by id.
+	CreateVM(ctx context.Context, id string, cfg Config) error
+	// StartVM launches the VM and returns once the VMM is running. It does
+	// not wait for the guest to boot.
+	StartVM(ctx context.Context) error
+	// StopVM shuts the VM down, forcefully if the VMM does not exit within
+	// the context's deadline, and releases its resources.
+	StopVM(ctx context.Context) error
+	// PauseVM stops the guest's vCPUs.
+	PauseVM(ctx context.Context) error
+	// ResumeVM restarts the guest's vCPUs after PauseVM.
+	ResumeVM(ctx context.Context) error
+	// SaveVM writes the VM's state to path so RestoreVM can resume it.
+	SaveVM(ctx context.Context, path string) error
+	// RestoreVM launches a VM from state written by SaveVM.
+	RestoreVM(ctx context.Context, path string) error
+
+	// AddDevice hot-plugs dev into the running VM.
+	AddDevice(ctx context.Context, dev Device) error
+	// RemoveDevice hot-unplugs a device added with AddDevice.
+	RemoveDevice(ctx context.Context, dev Device) error
+	// ResizeVCPUs changes the number of online vCPUs and reports the new count.
+	ResizeVCPUs(ctx context.Context, vcpus uint32) (uint32, error)
+	// ResizeMemory changes guest memory and reports the new size in MiB.
+	ResizeMemory(ctx context.Context, memMiB uint32) (uint32, error)
+
+	// Capabilities reports what this VM supports.
+	Capabilities(ctx context.Context) Capabilities
+	// PIDs reports the host processes that make up the VM (the VMM first).
+	PIDs() []int
+	// AgentEndpoint tells the host how to reach the guest agent.
+	AgentEndpoint() AgentEndpoint
+	// Wait returns a channel closed when the VMM process exits.
+	Wait() <-chan struct{}
+	// Cleanup removes every host resource of the VM: processes, sockets,
+	// state files. It is idempotent.
+	Cleanup(ctx context.Context) error
+}
+
+// Config describes a VM to launch.
+type Config struct {
+	// Path of the VMM binary; empty selects the driver's default.
+	Path string
+	// Kernel is the guest kernel (an ELF with a PVH note or a bzImage).
+	Kernel string
+	// Initrd is the guest initramfs holding the agent as /init.
+	Initrd string
+	// KernelParams are appended to the driver's tuned command line.
+	KernelParams []string
+	// VCPUs is the number of vCPUs at boot; MaxVCPUs the hotplug ceiling.
+	VCPUs, MaxVCPUs uint32
+	// MemoryMiB is guest RAM at boot; MaxMemoryMiB the hotplug ceiling.
+	MemoryMiB, MaxMemoryMiB uint32
+	// MachineType selects the VMM machine model ("q35", "microvm");
+	// empty selects the driver's default.
+	MachineType string
+	// Accelerator is "auto", "kvm" or "tcg".
+	Accelerator Accelerator
+	// AgentTransport selects the agent channel; TransportAuto picks vsock
+	// when the host supports it and virtio-serial otherwise.
+	AgentTransport Transport
+	// SharedFS, when set, is a host directory exported to the guest with
+	// virtio-fs under the tag "cocoon".
+	SharedFS string
+	// StateDir is the parent of the per-VM runtime directory.
+	StateDir string
+	// HotplugSlots is the number of PCIe root ports to pre-create for
+	// device hotplug (q35 only).
+	HotplugSlots int
+	// Debug keeps the guest kernel verbose and the console log.
+	Debug bool
+}
+
+// Accelerator selects how the VMM executes guest code.
+type Accelerator string
+
+// Accelerators.
+const (
+	AccelAuto Accelerator = "auto" // KVM if a probe shows it works, else TCG
+	AccelKVM  Accelerator = "kvm"
+	AccelTCG  Accelerator = "tcg"
+)
+
+// Transport selects the channel between host and guest agent.
+type Transport string
+
+// Transports.
+const (
+	TransportAuto   Transport = "auto"
+	TransportSerial Transport = "virtio-serial"
+	TransportVsock  Transport = "vsock"
+)
+
+// AgentEndpoint tells the host where the agent listens.
+type AgentEndpoint struct {
+	Transport Transport
+	// Path is the unix socket of the virtio-serial port (TransportSerial).
+	Path string
+	// CID and Port address the guest over vsock (TransportVsock).
+	CID, Port uint32
+}
+
+// Capabilities reports optional features of a VM.
+type Capabilities struct {
+	BlockHotplug    bool
+	NetHotplug      bool
+	VCPUHotplug     bool
+	MemoryHotplug   bool
+	SharedFS        bool
+	SaveRestore     bool
+	MultiQueueNet   bool
+	MachineType     string
+	AcceleratorUsed Accelerator
+}
+
+// DeviceKind names the kinds of hot-pluggable device.
+type DeviceKind string
+
+// Device kinds.
+const (
+	DeviceBlock DeviceKind = "block"
+	DeviceNet   DeviceKind = "net"
+	DeviceVFIO  DeviceKind = "vfio"
+)
+
+// Device is a device to hot-plug.
+type Device struct {
+	Kind DeviceKind
+	// ID is unique within the VM.
+	ID string
+	// Path is the backing file or block device (DeviceBlock), the tap
+	// device name (DeviceNet) or the sysfs path of the host device (DeviceVFIO).
+	Path     string
+	ReadOnly bool
+	// MAC is the guest MAC address (DeviceNet).
+	MAC string
+}
+
+// Errors callers branch on.
+var (
+	// ErrNotSupported is returned for an operation the VM cannot perform.
+	ErrNotSupported = errors.New("not supported")
+	// ErrNotRunning is returned when the VMM process is not running.
+	ErrNotRunning = errors.New("vm not running")
+)
+
+// ConfigError reports an invalid VM configuration.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("invalid vm config: %s: %v", e.Field, e.Err) }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// DefaultStopTimeout bounds how long StopVM waits for a graceful shutdown
+// when the caller's context has no deadline.
+const DefaultStopTimeout = 5 * time.Second

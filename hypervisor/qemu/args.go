@@ -1,0 +1,170 @@
+package qemu
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+)
+
+// Machine types.
+const (
+	MachineQ35     = "q35"
+	MachineMicrovm = "microvm"
+)
+
+// DefaultMachine is the machine type used when the config names none. q35
+// is the default because it supports PCI(e) hotplug, which block and
+// network hotplug need; microvm boots faster but cannot hotplug (see the
+// benchmark in bench/ for the measured difference).
+const DefaultMachine = MachineQ35
+
+// tcgCacheMiB caps TCG's translation cache. QEMU's default lets the cache
+// grow to gigabytes; a sandbox's guest runs little code, and the cap keeps
+// an idle VM's host memory low.
+const tcgCacheMiB = 64
+
+// baseKernelParams are tuned for fast boot of a minimal guest: no hardware
+// probing we do not need, no self-tests, expedited RCU, the entropy pool
+// trusted from the CPU, and a single UART.
+var baseKernelParams = []string{
+	"console=ttyS0", "panic=-1", "reboot=t",
+	"no_timer_check", "tsc=reliable", "nokaslr",
+	"mitigations=off", "audit=0", "cryptomgr.notests",
+	"rcupdate.rcu_expedited=1", "random.trust_cpu=on",
+	"8250.nr_uarts=1", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
+	"rdinit=/init",
+}
+
+// launch is everything needed to build QEMU's command line.
+type launch struct {
+	id      string
+	cfg     hypervisor.Config
+	accel   hypervisor.Accelerator
+	machine string
+	files   files
+	// vsockCID is the guest's CID when the agent uses vsock.
+	vsockCID uint32
+	// tscKHz is the host TSC frequency, needed by microvm under TCG.
+	tscKHz uint64
+}
+
+// files are the per-VM files in the VM's runtime directory.
+type files struct {
+	dir, qmp, agent, console, pid, log, state string
+}
+
+// transport is the agent transport this launch uses.
+func (l launch) transport() hypervisor.Transport {
+	if l.vsockCID != 0 {
+		return hypervisor.TransportVsock
+	}
+	return hypervisor.TransportSerial
+}
+
+// kernelParams is the guest kernel command line.
+func (l launch) kernelParams() string {
+	p := append([]string{}, baseKernelParams...)
+	if !l.cfg.Debug {
+		p = append(p, "quiet", "loglevel=3")
+	} else {
+		p = append(p, "cocoon.debug=1")
+	}
+	if l.machine == MachineQ35 && l.cfg.HotplugSlots == 0 {
+		// Nothing sits behind a bridge: skip scanning for one.
+		p = append(p, "pci=lastbus=0")
+	}
+	if l.machine == MachineMicrovm && l.accel == hypervisor.AccelTCG && l.tscKHz > 0 {
+		// microvm has no PIT to calibrate the TSC against under TCG.
+		p = append(p, fmt.Sprintf("tsc_early_khz=%d", l.tscKHz))
+	}
+	if l.transport() == hypervisor.TransportVsock {
+		p = append(p, "cocoon.transport=vsock")
+	}
+	p = append(p, l.cfg.KernelParams...)
+	return strings.Join(p, " ")
+}
+
+// args builds QEMU's command line (without the binary).
+func (l launch) args() []string {
+	c := l.cfg
+	pci := l.machine != MachineMicrovm
+	dev := func(pciName, mmioName string) string {
+		if pci {
+			return pciName
+		}
+		return mmioName
+	}
+
+	machine := "q35,smm=off,vmport=off,sata=off,usb=off,i8042=off,graphics=off,hpet=off"
+	if l.machine == MachineMicrovm {
+		machine = "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=off,pic=off,acpi=on,pcie=off"
+	}
+	if c.SharedFS != "" {
+		// vhost-user devices need guest RAM the daemon can map.
+		machine += ",memory-backend=mem"
+	}
+
+	accel := "tcg,tb-size=" + fmt.Sprint(tcgCacheMiB)
+	cpu := "qemu64"
+	if l.accel == hypervisor.AccelKVM {
+		accel, cpu = "kvm", "host"
+	}
+
+	mem := fmt.Sprintf("%dM", c.MemoryMiB)
+	if c.MaxMemoryMiB > c.MemoryMiB && pci {
+		mem += fmt.Sprintf(",slots=4,maxmem=%dM", c.MaxMemoryMiB)
+	}
+	maxCPUs := max(c.MaxVCPUs, c.VCPUs)
+
+	a := []string{
+		"-name", "cocoon-" + l.id + ",debug-threads=on",
+		"-no-user-config", "-nodefaults", "-display", "none",
+		"-machine", machine,
+		"-accel", accel,
+		"-cpu", cpu,
+		"-smp", fmt.Sprintf("%d,maxcpus=%d", c.VCPUs, maxCPUs),
+		"-m", mem,
+		"-kernel", c.Kernel,
+		"-append", l.kernelParams(),
+		"-chardev", "socket,id=qmp,path=" + l.files.qmp + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-chardev", "file,id=console,path=" + l.files.console,
+		"-serial", "chardev:console",
+	}
+	if c.Initrd != "" {
+		a = append(a, "-initrd", c.Initrd)
+	}
+	if l.machine == MachineMicrovm {
+		a = append(a, "-global", "virtio-mmio.force-legacy=false")
+	}
+	if c.SharedFS != "" {
+		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", c.MemoryMiB))
+	}
+
+	switch l.transport() {
+	case hypervisor.TransportVsock:
+		a = append(a, "-device", fmt.Sprintf("%s,id=vsock0,guest-cid=%d", dev("vhost-vsock-pci", "vhost-vsock-device"), l.vsockCID))
+	default:
+		a = append(a,
+			"-device", dev("virtio-serial-pci", "virtio-serial-device")+",id=vser0,max_ports=2",
+			"-chardev", "socket,id=agent,path="+l.files.agent+",server=on,wait=off",
+			"-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.0",
+		)
+	}
+	// Free page reporting hands memory the guest freed (the unpacked
+	// initramfs, boot-time allocations) back to the host.
+	a = append(a, "-device", dev("virtio-balloon-pci", "virtio-balloon-device")+",id=balloon0,free-page-reporting=on,deflate-on-oom=on")
+	// The guest's entropy comes from the host.
+	a = append(a, "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", dev("virtio-rng-pci", "virtio-rng-device")+",rng=rng0")
+
+	if pci {
+		for i := 0; i < c.HotplugSlots; i++ {
+			a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d", rootPort(i), i+1))
+		}
+	}
+	a = append(a, "-no-reboot", "-daemonize", "-pidfile", l.files.pid)
+	return a
+}
+
+func rootPort(i int) string { return fmt.Sprintf("rp%d", i) }

@@ -1,0 +1,616 @@
+// Package qemu drives QEMU as a Cocoon hypervisor.
+//
+// A QEMU value runs one VM. QEMU is started daemonized, so the VM outlives
+// the process that started it; its state is written to the VM's runtime
+// directory, and Open re-attaches to a running VM from another process.
+// QEMU is controlled over QMP, the guest console is captured to a file, and
+// the process is tracked with a pidfd so it is always reaped and never
+// confused with a recycled pid.
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPath is the QEMU binary looked up on PATH when the config names none.
+const DefaultPath = "qemu-system-x86_64"
+
+// Options configure a QEMU driver.
+type Options struct {
+	// Log receives the driver's messages; nil discards them.
+	Log *slog.Logger
+	// CacheDir holds the accelerator probe's cached result.
+	CacheDir string
+	// VsockAvailable reports whether the host can give the guest a vsock
+	// device; nil checks for /dev/vhost-vsock.
+	VsockAvailable func() bool
+}
+
+// QEMU is a VM run by QEMU. It implements hypervisor.Hypervisor.
+type QEMU struct {
+	opts Options
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	id     string
+	cfg    hypervisor.Config
+	launch launch
+	proc   *process
+	qmp    *qmp.Client
+	// ports maps hot-plugged device IDs to the root port they occupy.
+	ports map[string]int
+}
+
+var _ hypervisor.Hypervisor = (*QEMU)(nil)
+
+// New returns a driver for one VM.
+func New(opts Options) *QEMU {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.VsockAvailable == nil {
+		opts.VsockAvailable = func() bool {
+			_, err := os.Stat("/dev/vhost-vsock")
+			return err == nil
+		}
+	}
+	return &QEMU{opts: opts, log: log, ports: make(map[string]int)}
+}
+
+var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+// ValidateID reports whether id can name a VM: 1-64 characters of letters,
+// digits, '_', '.' and '-', not starting with a punctuation character.
+func ValidateID(id string) error {
+	if !validID.MatchString(id) || strings.Contains(id, "..") {
+		return fmt.Errorf("invalid id %q: use 1-64 letters, digits, '_', '.', '-'", id)
+	}
+	return nil
+}
+
+// CreateVM validates cfg, resolves defaults and the accelerator, and
+// creates the VM's runtime directory.
+func (q *QEMU) CreateVM(ctx context.Context, id string, cfg hypervisor.Config) error {
+	if err := ValidateID(id); err != nil {
+		return &hypervisor.ConfigError{Field: "id", Err: err}
+	}
+	cfg, err := q.resolve(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(cfg.StateDir, id)
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create vm %s: %w", id, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("create vm %s: %w", id, os.ErrExist)
+		}
+		return fmt.Errorf("create vm %s: %w", id, err)
+	}
+	l := launch{id: id, cfg: cfg, machine: cfg.MachineType, files: vmFiles(dir)}
+	l.accel, err = q.resolveAccel(ctx, cfg)
+	if err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	if l.machine == MachineMicrovm && l.accel == hypervisor.AccelTCG {
+		l.tscKHz = hostTSCKHz()
+	}
+	if useVsock(cfg.AgentTransport, q.opts.VsockAvailable) {
+		l.vsockCID = cidFor(id)
+	}
+	q.mu.Lock()
+	q.id, q.cfg, q.launch = id, cfg, l
+	q.mu.Unlock()
+	return nil
+}
+
+func vmFiles(dir string) files {
+	return files{
+		dir:     dir,
+		qmp:     filepath.Join(dir, "qmp.sock"),
+		agent:   filepath.Join(dir, "agent.sock"),
+		console: filepath.Join(dir, "console.log"),
+		pid:     filepath.Join(dir, "qemu.pid"),
+		log:     filepath.Join(dir, "qemu.log"),
+		state:   filepath.Join(dir, "vm.json"),
+	}
+}
+
+func useVsock(t hypervisor.Transport, available func() bool) bool {
+	switch t {
+	case hypervisor.TransportVsock:
+		return true
+	case hypervisor.TransportSerial:
+		return false
+	default:
+		return available()
+	}
+}
+
+// cidFor derives a guest CID from the VM id. CIDs 0-2 are reserved.
+func cidFor(id string) uint32 {
+	var h uint32 = 2166136261
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return 3 + h%(1<<31)
+}
+
+// resolve fills in defaults and checks that the files cfg names exist.
+func (q *QEMU) resolve(ctx context.Context, cfg hypervisor.Config) (hypervisor.Config, error) {
+	if cfg.Path == "" {
+		cfg.Path = DefaultPath
+	}
+	p, err := exec.LookPath(cfg.Path)
+	if err != nil {
+		return cfg, &hypervisor.ConfigError{Field: "hypervisor path", Err: fmt.Errorf("qemu binary %q: %w", cfg.Path, err)}
+	}
+	cfg.Path = p
+	if cfg.Kernel == "" {
+		return cfg, &hypervisor.ConfigError{Field: "kernel", Err: errors.New("no guest kernel configured")}
+	}
+	for field, path := range map[string]string{"kernel": cfg.Kernel, "initrd": cfg.Initrd} {
+		if path == "" {
+			continue
+		}
+		if st, err := os.Stat(path); err != nil {
+			return cfg, &hypervisor.ConfigError{Field: field, Err: err}
+		} else if !st.Mode().IsRegular() {
+			return cfg, &hypervisor.ConfigError{Field: field, Err: fmt.Errorf("%s is not a regular file", path)}
+		}
+	}
+	if cfg.MachineType == "" {
+		cfg.MachineType = DefaultMachine
+	}
+	if cfg.MachineType != MachineQ35 && cfg.MachineType != MachineMicrovm {
+		return cfg, &hypervisor.ConfigError{Field: "machine type", Err: fmt.Errorf("%q is not supported (use %s or %s)", cfg.MachineType, MachineQ35, MachineMicrovm)}
+	}
+	if cfg.VCPUs == 0 {
+		cfg.VCPUs = 1
+	}
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = 256
+	}
+	if cfg.MemoryMiB < 64 {
+		return cfg, &hypervisor.ConfigError{Field: "memory", Err: fmt.Errorf("%d MiB is too little (minimum 64)", cfg.MemoryMiB)}
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/run/cocoon/vm"
+	}
+	if cfg.Accelerator == "" {
+		cfg.Accelerator = hypervisor.AccelAuto
+	}
+	if cfg.MachineType == MachineMicrovm && cfg.HotplugSlots > 0 {
+		return cfg, &hypervisor.ConfigError{Field: "hotplug slots", Err: errors.New("microvm cannot hotplug devices; use q35")}
+	}
+	for _, p := range cfg.KernelParams {
+		if strings.ContainsAny(p, " \t\n") {
+			return cfg, &hypervisor.ConfigError{Field: "kernel params", Err: fmt.Errorf("parameter %q contains white space", p)}
+		}
+	}
+	return cfg, nil
+}
+
+func (q *QEMU) resolveAccel(ctx context.Context, cfg hypervisor.Config) (hypervisor.Accelerator, error) {
+	res, err := accel.Resolve(ctx, cfg.Accelerator, accel.ProbeConfig{QEMUPath: cfg.Path, Kernel: cfg.Kernel, CacheDir: q.opts.CacheDir})
+	if err != nil {
+		var ce *hypervisor.ConfigError
+		if errors.As(err, &ce) {
+			ce.Field = "accelerator"
+			return "", ce
+		}
+		return "", &hypervisor.ConfigError{Field: "accelerator", Err: err}
+	}
+	q.log.Debug("accelerator chosen", "accel", res.Accelerator, "reason", res.Reason, "cached", res.Cached)
+	return res.Accelerator, nil
+}
+
+// hostTSCKHz reads the host's CPU frequency in kHz from /proc/cpuinfo.
+func hostTSCKHz() uint64 {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return uint64(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}
+
+// StartVM launches QEMU and connects to its QMP socket.
+func (q *QEMU) StartVM(ctx context.Context) (err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.id == "" {
+		return errors.New("start vm: CreateVM was not called")
+	}
+	if q.proc != nil {
+		return fmt.Errorf("start vm %s: already started", q.id)
+	}
+	l := q.launch
+	defer func() {
+		if err != nil {
+			q.teardownLocked(context.Background())
+		}
+	}()
+
+	logf, err := os.OpenFile(l.files.log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", q.id, err)
+	}
+	defer logf.Close()
+	// The console file is created by QEMU; make sure it is root-only.
+	if f, err := os.OpenFile(l.files.console, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		f.Close()
+	}
+	cmd := exec.CommandContext(ctx, l.cfg.Path, l.args()...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = l.files.dir
+	q.log.Debug("starting qemu", "vm", q.id, "args", cmd.Args)
+	if err := cmd.Run(); err != nil {
+		return &StartError{VM: q.id, Err: err, Output: tail(l.files.log, 2048)}
+	}
+	// With -daemonize, QEMU returns once it is initialised and has written
+	// its pid file.
+	pid, err := readPidFile(l.files.pid)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", q.id, err)
+	}
+	q.proc, err = attach(pid, l.files.pid, 0)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", q.id, err)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	q.qmp, err = qmp.Dial(qctx, l.files.qmp)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", q.id, err)
+	}
+	return q.saveLocked()
+}
+
+// StartError reports that QEMU refused to start, with what it printed.
+type StartError struct {
+	VM     string
+	Err    error
+	Output string
+}
+
+func (e *StartError) Error() string {
+	out := strings.TrimSpace(e.Output)
+	if out == "" {
+		return fmt.Sprintf("start vm %s: qemu: %v", e.VM, e.Err)
+	}
+	return fmt.Sprintf("start vm %s: qemu: %v: %s", e.VM, e.Err, out)
+}
+
+func (e *StartError) Unwrap() error { return e.Err }
+
+// tail returns at most n bytes from the end of file path.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(st.Size()-n, 0)
+	b := make([]byte, st.Size()-off)
+	f.ReadAt(b, off)
+	return string(b)
+}
+
+// ConsoleTail returns the last n bytes the guest printed on its console.
+func (q *QEMU) ConsoleTail(n int64) string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return tail(q.launch.files.console, n)
+}
+
+// StopVM makes QEMU quit, killing it if it does not exit in time.
+func (q *QEMU) StopVM(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.stopLocked(ctx)
+}
+
+func (q *QEMU) stopLocked(ctx context.Context) error {
+	if q.proc == nil || !q.proc.alive() {
+		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
+		defer cancel()
+	}
+	if q.qmp != nil {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		if err := q.qmp.Quit(qctx); err != nil {
+			q.log.Debug("qmp quit failed", "vm", q.id, "err", err)
+		}
+		cancel()
+	}
+	select {
+	case <-q.proc.done:
+		return nil
+	case <-ctx.Done():
+	}
+	q.log.Warn("qemu did not quit; killing it", "vm", q.id, "pid", q.proc.pid)
+	if err := q.proc.signal(unix.SIGKILL); err != nil {
+		return fmt.Errorf("stop vm %s: kill qemu: %w", q.id, err)
+	}
+	select {
+	case <-q.proc.done:
+		return nil
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("stop vm %s: qemu pid %d did not exit after SIGKILL", q.id, q.proc.pid)
+	}
+}
+
+// PauseVM stops the guest's vCPUs.
+func (q *QEMU) PauseVM(ctx context.Context) error {
+	c, err := q.client()
+	if err != nil {
+		return fmt.Errorf("pause vm: %w", err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		return fmt.Errorf("pause vm %s: %w", q.id, err)
+	}
+	return nil
+}
+
+// ResumeVM restarts the guest's vCPUs.
+func (q *QEMU) ResumeVM(ctx context.Context) error {
+	c, err := q.client()
+	if err != nil {
+		return fmt.Errorf("resume vm: %w", err)
+	}
+	if err := c.Cont(ctx); err != nil {
+		return fmt.Errorf("resume vm %s: %w", q.id, err)
+	}
+	return nil
+}
+
+// Status reports QEMU's run state ("running", "paused", ...).
+func (q *QEMU) Status(ctx context.Context) (string, error) {
+	c, err := q.client()
+	if err != nil {
+		return "", err
+	}
+	s, err := c.QueryStatus(ctx)
+	if err != nil {
+		return "", fmt.Errorf("query status of vm %s: %w", q.id, err)
+	}
+	return s.Status, nil
+}
+
+// client returns the QMP client of a running VM.
+func (q *QEMU) client() (*qmp.Client, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.proc == nil || !q.proc.alive() || q.qmp == nil {
+		return nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+	}
+	return q.qmp, nil
+}
+
+// SaveVM is not implemented yet.
+func (q *QEMU) SaveVM(context.Context, string) error {
+	return fmt.Errorf("save vm: %w", hypervisor.ErrNotSupported)
+}
+
+// RestoreVM is not implemented yet.
+func (q *QEMU) RestoreVM(context.Context, string) error {
+	return fmt.Errorf("restore vm: %w", hypervisor.ErrNotSupported)
+}
+
+// ResizeVCPUs is not implemented yet.
+func (q *QEMU) ResizeVCPUs(context.Context, uint32) (uint32, error) {
+	return 0, fmt.Errorf("resize vcpus: %w", hypervisor.ErrNotSupported)
+}
+
+// ResizeMemory is not implemented yet.
+func (q *QEMU) ResizeMemory(context.Context, uint32) (uint32, error) {
+	return 0, fmt.Errorf("resize memory: %w", hypervisor.ErrNotSupported)
+}
+
+// Capabilities reports what this VM supports.
+func (q *QEMU) Capabilities(context.Context) hypervisor.Capabilities {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	l := q.launch
+	hotplug := l.machine == MachineQ35 && l.cfg.HotplugSlots > 0
+	return hypervisor.Capabilities{
+		BlockHotplug:    hotplug,
+		NetHotplug:      hotplug,
+		SharedFS:        l.cfg.SharedFS != "",
+		MachineType:     l.machine,
+		AcceleratorUsed: l.accel,
+	}
+}
+
+// PIDs reports the QEMU process.
+func (q *QEMU) PIDs() []int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.proc == nil {
+		return nil
+	}
+	return []int{q.proc.pid}
+}
+
+// AgentEndpoint tells the host how to reach the guest agent.
+func (q *QEMU) AgentEndpoint() hypervisor.AgentEndpoint {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.launch.vsockCID != 0 {
+		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: q.launch.vsockCID, Port: 1024}
+	}
+	return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, Path: q.launch.files.agent}
+}
+
+// Wait returns a channel closed when QEMU exits.
+func (q *QEMU) Wait() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.proc == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return q.proc.done
+}
+
+// Cleanup stops QEMU if it still runs and removes the VM's runtime
+// directory. It is idempotent.
+func (q *QEMU) Cleanup(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.teardownLocked(ctx)
+}
+
+func (q *QEMU) teardownLocked(ctx context.Context) error {
+	var errs []error
+	if err := q.stopLocked(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if q.qmp != nil {
+		q.qmp.Close()
+		q.qmp = nil
+	}
+	if q.proc != nil {
+		if q.proc.alive() {
+			// Stopping failed: keep the state so a later Cleanup can retry.
+			return errors.Join(errs...)
+		}
+		q.proc.release()
+		q.proc = nil
+	}
+	if dir := q.launch.files.dir; dir != "" {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// state is what vm.json holds, so another process can re-attach.
+type state struct {
+	ID        string            `json:"id"`
+	Pid       int               `json:"pid"`
+	PidStart  uint64            `json:"pid_start"`
+	Accel     string            `json:"accelerator"`
+	Machine   string            `json:"machine"`
+	VsockCID  uint32            `json:"vsock_cid,omitempty"`
+	TSCKHz    uint64            `json:"tsc_khz,omitempty"`
+	Config    hypervisor.Config `json:"config"`
+	Ports     map[string]int    `json:"ports,omitempty"`
+	StartedAt time.Time         `json:"started_at"`
+}
+
+func (q *QEMU) saveLocked() error {
+	l := q.launch
+	s := state{
+		ID: q.id, Accel: string(l.accel), Machine: l.machine, VsockCID: l.vsockCID, TSCKHz: l.tscKHz,
+		Config: l.cfg, Ports: q.ports, StartedAt: time.Now().UTC(),
+	}
+	if q.proc != nil {
+		s.Pid, s.PidStart = q.proc.pid, q.proc.start
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := l.files.state + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save vm state: %w", err)
+	}
+	if err := os.Rename(tmp, l.files.state); err != nil {
+		return fmt.Errorf("save vm state: %w", err)
+	}
+	return nil
+}
+
+// Open re-attaches to the VM whose runtime directory is dir, as started by
+// StartVM in this or another process. If QEMU is no longer running, Open
+// still succeeds so Cleanup can remove what is left; Wait's channel is then
+// already closed.
+func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
+	q := New(opts)
+	f := vmFiles(dir)
+	b, err := os.ReadFile(f.state)
+	if err != nil {
+		return nil, fmt.Errorf("open vm %s: %w", dir, err)
+	}
+	var s state
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("open vm %s: parse state: %w", dir, err)
+	}
+	if err := ValidateID(s.ID); err != nil || filepath.Base(dir) != s.ID {
+		return nil, fmt.Errorf("open vm %s: state names vm %q", dir, s.ID)
+	}
+	q.id, q.cfg = s.ID, s.Config
+	q.launch = launch{id: s.ID, cfg: s.Config, accel: hypervisor.Accelerator(s.Accel), machine: s.Machine, files: f, vsockCID: s.VsockCID, tscKHz: s.TSCKHz}
+	if s.Ports != nil {
+		q.ports = s.Ports
+	}
+	p, err := attach(s.Pid, f.pid, s.PidStart)
+	if err != nil {
+		q.log.Debug("vm process is gone", "vm", s.ID, "err", err)
+		return q, nil
+	}
+	q.proc = p
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if q.qmp, err = qmp.Dial(qctx, f.qmp); err != nil {
+		q.log.Debug("cannot reach qmp", "vm", s.ID, "err", err)
+	}
+	return q, nil
+}
+
+// Close releases this process's handles on the VM without stopping it.
+func (q *QEMU) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.qmp != nil {
+		q.qmp.Close()
+		q.qmp = nil
+	}
+	if q.proc != nil {
+		q.proc.release()
+		q.proc = nil
+	}
+	return nil
+}

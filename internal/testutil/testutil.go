@@ -1,0 +1,180 @@
+// Package testutil holds helpers for tests that boot real VMs.
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// Env describes where a VM test finds its guest image and keeps its state.
+type Env struct {
+	Kernel, Initrd string
+	StateDir       string
+	CacheDir       string
+}
+
+// NeedVM skips the test unless it runs as root with QEMU and a guest image
+// (the current image under COCOON_DATA_DIR, default /var/lib/cocoon, or
+// COCOON_KERNEL and COCOON_INITRD). Setting COCOON_REQUIRE_VM=1 turns the
+// skip into a failure, so CI cannot pass by skipping.
+func NeedVM(t testing.TB) *Env {
+	t.Helper()
+	skip := func(format string, args ...any) {
+		t.Helper()
+		if os.Getenv("COCOON_REQUIRE_VM") == "1" {
+			t.Fatalf("VM test cannot run: "+format, args...)
+		}
+		t.Skipf("VM test skipped: "+format, args...)
+	}
+	if os.Geteuid() != 0 {
+		skip("not root")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		skip("no qemu-system-x86_64")
+	}
+	env := &Env{Kernel: os.Getenv("COCOON_KERNEL"), Initrd: os.Getenv("COCOON_INITRD")}
+	dataDir := os.Getenv("COCOON_DATA_DIR")
+	if dataDir == "" {
+		dataDir = "/var/lib/cocoon"
+	}
+	if env.Kernel == "" || env.Initrd == "" {
+		img, err := image.Current(dataDir)
+		if err != nil {
+			skip("%v", err)
+		}
+		env.Kernel, env.Initrd = img.Kernel, img.Initrd
+	}
+	env.CacheDir = filepath.Join(dataDir, "cache")
+	// A short path: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("/run", "cocoon-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	env.StateDir = dir
+	return env
+}
+
+// Config is a small VM config for tests: TCG unless COCOON_ACCEL says
+// otherwise, one vCPU, 256 MiB.
+func (e *Env) Config() hypervisor.Config {
+	acc := hypervisor.Accelerator(os.Getenv("COCOON_ACCEL"))
+	if acc == "" {
+		acc = hypervisor.AccelAuto
+	}
+	return hypervisor.Config{
+		Kernel: e.Kernel, Initrd: e.Initrd, VCPUs: 1, MemoryMiB: 256,
+		Accelerator: acc, StateDir: e.StateDir,
+	}
+}
+
+// Options are vm.Options for tests.
+func (e *Env) Options() vm.Options {
+	return vm.Options{CacheDir: e.CacheDir, BootTimeout: 60 * time.Second}
+}
+
+// UniqueID returns a VM id unique to this test run.
+func UniqueID(t testing.TB) string {
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, t.Name())
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return fmt.Sprintf("%s-%d", strings.ToLower(name), time.Now().UnixNano()%1e9)
+}
+
+// Cleanup makes sure the VM id is gone when the test ends, whatever
+// happened: it kills any process whose command line names the VM's state
+// directory and removes the directory.
+func (e *Env) Cleanup(t testing.TB, id string) {
+	t.Cleanup(func() {
+		dir := filepath.Join(e.StateDir, id)
+		for _, pid := range ProcessesMentioning(dir) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		os.RemoveAll(dir)
+	})
+}
+
+// ProcessesMentioning lists the processes whose command line contains s.
+func ProcessesMentioning(s string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), s) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// AssertNoLeaks fails the test if anything of VM id is left: a process
+// among pids or naming its state directory, or the directory itself.
+func AssertNoLeaks(t testing.TB, e *Env, id string, pids []int) {
+	t.Helper()
+	dir := filepath.Join(e.StateDir, id)
+	// Processes may take a moment to be reaped by their parent.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var alive []int
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, 0); err == nil && !isZombie(pid) {
+				alive = append(alive, pid)
+			}
+		}
+		alive = append(alive, ProcessesMentioning(dir)...)
+		if len(alive) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes left behind: %v", alive)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(dir)
+		t.Fatalf("state directory %s left behind (err %v, entries %v)", dir, err, entries)
+	}
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// WaitGone waits until pid has exited.
+func WaitGone(ctx context.Context, pid int) error {
+	for syscall.Kill(pid, 0) == nil && !isZombie(pid) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+// Package vm boots a sandbox VM and connects to the agent inside it.
+//
+// It joins a hypervisor driver and the agent client: Start launches the VM
+// and returns once the agent answers, Open re-attaches to a VM started by
+// another process, and Stop powers the guest off and removes every host
+// resource the VM used.
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent"
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+)
+
+// DefaultBootTimeout bounds the wait for a new VM's agent to answer.
+const DefaultBootTimeout = 30 * time.Second
+
+// Options configure Start and Open.
+type Options struct {
+	Log *slog.Logger
+	// CacheDir holds host-wide caches (the accelerator probe's result).
+	CacheDir string
+	// BootTimeout bounds the wait for the agent; 0 means DefaultBootTimeout.
+	BootTimeout time.Duration
+}
+
+// Driver is what a VM needs from its hypervisor: the whole lifecycle plus
+// a way to release this process's handles without stopping the VM.
+type Driver interface {
+	hypervisor.Hypervisor
+	Close() error
+}
+
+// VM is a running sandbox VM with a connected agent.
+type VM struct {
+	ID    string
+	HV    Driver
+	Agent *agent.Client
+	log   *slog.Logger
+}
+
+// BootError reports a VM whose agent never answered, with the end of the
+// guest console to explain why.
+type BootError struct {
+	VM      string
+	Err     error
+	Console string
+	// Hint suggests what to change, when there is an obvious suspect.
+	Hint string
+}
+
+func (e *BootError) Error() string {
+	msg := fmt.Sprintf("boot vm %s: %v", e.VM, e.Err)
+	if e.Hint != "" {
+		msg += "\nhint: " + e.Hint
+	}
+	if c := strings.TrimSpace(e.Console); c != "" {
+		msg += "\nguest console (last lines):\n" + c
+	}
+	return msg
+}
+
+func (e *BootError) Unwrap() error { return e.Err }
+
+// consoleReader is implemented by drivers that capture the guest console.
+type consoleReader interface{ ConsoleTail(n int64) string }
+
+// Start creates and boots a VM and waits for its agent. On any error every
+// resource of the VM is removed again.
+func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) (_ *VM, err error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
+	if err := hv.CreateVM(ctx, id, cfg); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if cerr := hv.Cleanup(context.Background()); cerr != nil {
+				log.Warn("cleanup after failed start", "vm", id, "err", cerr)
+			}
+		}
+	}()
+	if err := hv.StartVM(ctx); err != nil {
+		return nil, err
+	}
+	timeout := opts.BootTimeout
+	if timeout == 0 {
+		timeout = DefaultBootTimeout
+	}
+	dctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("guest agent did not answer within %v", timeout))
+	defer cancel()
+	wctx, stopWatch := context.WithCancelCause(dctx)
+	defer stopWatch(nil)
+	go watchBoot(wctx, hv, stopWatch)
+	c, err := agent.Dial(wctx, hv.AgentEndpoint(), agent.DialOptions{Dead: hv.Wait()})
+	if err != nil {
+		if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+		be := &BootError{VM: id, Err: err, Console: hv.ConsoleTail(2048)}
+		if hv.Capabilities(ctx).AcceleratorUsed == hypervisor.AccelKVM {
+			be.Hint = "the VM ran under KVM; where KVM is nested or emulated guests may not boot: " +
+				"use accelerator \"auto\" (probes KVM) or \"tcg\""
+		}
+		return nil, be
+	}
+	if _, err := c.Version(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &VM{ID: id, HV: hv, Agent: c, log: log}, nil
+}
+
+// statusReader is implemented by drivers that can report the VMM's run
+// state.
+type statusReader interface {
+	Status(ctx context.Context) (string, error)
+}
+
+// watchBoot polls the VMM's run state while the guest boots and stops the
+// wait as soon as the guest crashed (for example a KVM internal error),
+// instead of letting the caller wait for the whole boot timeout.
+func watchBoot(ctx context.Context, hv statusReader, stop context.CancelCauseFunc) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st, err := hv.Status(ctx)
+		if err != nil {
+			continue
+		}
+		switch st {
+		case "internal-error", "guest-panicked", "shutdown", "io-error":
+			stop(fmt.Errorf("%w: vm entered state %q during boot", ErrGuestCrashed, st))
+			return
+		}
+	}
+}
+
+// ErrGuestCrashed is returned when the guest stopped running while it
+// booted (the VMM reported an internal error, a panic or a shutdown).
+var ErrGuestCrashed = errors.New("guest crashed")
+
+// Open re-attaches to the VM id under stateDir, started by this or another
+// process, and connects to its agent. If the VM died, Open fails with
+// agent.ErrGuestDied but the returned VM is still usable for Stop, which
+// removes what is left.
+func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
+	if err := qemu.ValidateID(id); err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	hv, err := qemu.Open(ctx, filepath.Join(stateDir, id), qemu.Options{Log: log, CacheDir: opts.CacheDir})
+	if err != nil {
+		return nil, err
+	}
+	v := &VM{ID: id, HV: hv, log: log}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v.Agent, err = agent.Dial(dctx, hv.AgentEndpoint(), agent.DialOptions{Dead: hv.Wait()})
+	if err != nil {
+		return v, fmt.Errorf("open vm %s: %w", id, err)
+	}
+	return v, nil
+}
+
+// Stop powers the guest off through its agent, waits for the hypervisor
+// to exit (killing it when the guest does not comply in time) and removes
+// every host resource of the VM.
+func (v *VM) Stop(ctx context.Context) error {
+	var errs []error
+	if v.Agent != nil {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := v.Agent.DestroySandbox(actx); err != nil {
+			v.log.Debug("agent destroy failed; forcing", "vm", v.ID, "err", err)
+		} else {
+			select {
+			case <-v.HV.Wait():
+			case <-actx.Done():
+			}
+		}
+		cancel()
+		v.Agent.Close()
+		v.Agent = nil
+	}
+	if err := v.HV.Cleanup(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Pause stops the VM's vCPUs.
+func (v *VM) Pause(ctx context.Context) error { return v.HV.PauseVM(ctx) }
+
+// Resume restarts the VM's vCPUs.
+func (v *VM) Resume(ctx context.Context) error { return v.HV.ResumeVM(ctx) }
+
+// Close releases this process's connections to the VM and leaves it
+// running.
+func (v *VM) Close() error {
+	if v.Agent != nil {
+		v.Agent.Close()
+		v.Agent = nil
+	}
+	return v.HV.Close()
+}
