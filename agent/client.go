@@ -228,6 +228,7 @@ type GuestDetails struct {
 	BootToServe   time.Duration
 	AgentVersion  string
 	MemBlockSize  uint64
+	BlockDevices  []string
 }
 
 // GuestDetails asks the agent to describe its guest.
@@ -253,16 +254,13 @@ const (
 )
 
 func validateDetails(r *protocol.GuestDetails) (GuestDetails, error) {
-	if len(r.Modules) > maxModules {
+	if len(r.Modules) > maxModules || len(r.BlockDevices) > maxModules {
 		return GuestDetails{}, fmt.Errorf("%w: %d modules reported (max %d)", ErrProtocol, len(r.Modules), maxModules)
 	}
 	if r.OnlineCpus > maxCPUs || r.MemTotalBytes > maxMemory || r.MemFreeBytes > r.MemTotalBytes {
 		return GuestDetails{}, fmt.Errorf("%w: implausible resources (cpus %d, memory %d/%d)", ErrProtocol, r.OnlineCpus, r.MemFreeBytes, r.MemTotalBytes)
 	}
-	mods := make([]string, len(r.Modules))
-	for i, m := range r.Modules {
-		mods[i] = sanitize(m, 64)
-	}
+	mods := sanitizeAll(r.Modules, 64)
 	return GuestDetails{
 		KernelRelease: sanitize(r.KernelRelease, maxFieldSize),
 		KernelVersion: sanitize(r.KernelVersion, maxFieldSize),
@@ -276,6 +274,7 @@ func validateDetails(r *protocol.GuestDetails) (GuestDetails, error) {
 		BootToServe:   time.Duration(min(r.BootToServeNs, uint64(1<<62))),
 		AgentVersion:  sanitize(r.AgentVersion, 64),
 		MemBlockSize:  r.MemBlockSizeBytes,
+		BlockDevices:  sanitizeAll(r.BlockDevices, 32),
 	}, nil
 }
 
@@ -289,6 +288,14 @@ func sanitize(s string, max int) string {
 		}
 	}
 	return string(b)
+}
+
+func sanitizeAll(in []string, max int) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = sanitize(s, max)
+	}
+	return out
 }
 
 // DestroySandbox asks the agent to power the VM off. The VM may go away

@@ -252,3 +252,63 @@ func TestForcedKVM(t *testing.T) {
 	}
 	testutil.AssertNoLeaks(t, env, id, nil)
 }
+
+// TestBlockHotplug adds a disk to a running VM and removes it again; the
+// guest must see it come and go.
+func TestBlockHotplug(t *testing.T) {
+	env := testutil.NeedVM(t)
+	ctx := context.Background()
+	cfg := env.Config()
+	cfg.HotplugSlots = 2
+	id := testutil.UniqueID(t)
+	v, err := vm.Start(ctx, id, cfg, env.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Cleanup(t, id)
+	if caps := v.HV.Capabilities(ctx); !caps.BlockHotplug {
+		t.Fatalf("capabilities %+v lack block hotplug", caps)
+	}
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 8<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: "disk0", Path: disk}
+	if err := v.HV.AddDevice(ctx, dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.HV.AddDevice(ctx, dev); err == nil {
+		t.Fatal("adding the same device twice succeeded")
+	}
+	waitDisks := func(want int) []string {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			d, err := v.Agent.GuestDetails(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d.BlockDevices) == want {
+				return d.BlockDevices
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("guest sees disks %v, want %d", d.BlockDevices, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if disks := waitDisks(1); disks[0] != "vda" {
+		t.Fatalf("guest disks %v", disks)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := v.HV.RemoveDevice(rctx, dev); err != nil {
+		t.Fatal(err)
+	}
+	waitDisks(0)
+	pids := v.HV.PIDs()
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.AssertNoLeaks(t, env, id, pids)
+}

@@ -119,6 +119,9 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 		c.Close()
 		return nil, err
 	}
+	if err := hv.ReclaimBootMemory(); err != nil {
+		log.Debug("reclaim boot memory", "vm", id, "err", err)
+	}
 	return &VM{ID: id, HV: hv, Agent: c, log: log}, nil
 }
 

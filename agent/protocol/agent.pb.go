@@ -344,8 +344,10 @@ type GuestDetails struct {
 	AgentVersion  string `protobuf:"bytes,11,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// Memory hotplug block size, 0 when the guest cannot hotplug memory.
 	MemBlockSizeBytes uint64 `protobuf:"varint,12,opt,name=mem_block_size_bytes,json=memBlockSizeBytes,proto3" json:"mem_block_size_bytes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Block devices the guest kernel sees (names under /sys/block).
+	BlockDevices  []string `protobuf:"bytes,13,rep,name=block_devices,json=blockDevices,proto3" json:"block_devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GuestDetails) Reset() {
@@ -462,6 +464,13 @@ func (x *GuestDetails) GetMemBlockSizeBytes() uint64 {
 	return 0
 }
 
+func (x *GuestDetails) GetBlockDevices() []string {
+	if x != nil {
+		return x.BlockDevices
+	}
+	return nil
+}
+
 type DestroySandboxRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -516,7 +525,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fVersionResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12)\n" +
 	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\"\x18\n" +
-	"\x16GetGuestDetailsRequest\"\xb7\x03\n" +
+	"\x16GetGuestDetailsRequest\"\xdc\x03\n" +
 	"\fGuestDetails\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12\x18\n" +
@@ -531,7 +540,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x10boot_to_serve_ns\x18\n" +
 	" \x01(\x04R\rbootToServeNs\x12#\n" +
 	"\ragent_version\x18\v \x01(\tR\fagentVersion\x12/\n" +
-	"\x14mem_block_size_bytes\x18\f \x01(\x04R\x11memBlockSizeBytes\"\x17\n" +
+	"\x14mem_block_size_bytes\x18\f \x01(\x04R\x11memBlockSizeBytes\x12#\n" +
+	"\rblock_devices\x18\r \x03(\tR\fblockDevices\"\x17\n" +
 	"\x15DestroySandboxRequest2\x9e\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12L\n" +

@@ -85,6 +85,7 @@ func (a *Agent) GetGuestDetails(ctx context.Context, _ *protocol.GetGuestDetails
 		BootToServeNs:     uint64(a.bootServe),
 		AgentVersion:      version.Version,
 		MemBlockSizeBytes: memBlockSize(),
+		BlockDevices:      blockDevices(),
 	}
 	return d, nil
 }
@@ -138,4 +139,19 @@ func memBlockSize() uint64 {
 	}
 	v, _ := strconv.ParseUint(strings.TrimSpace(sc.Text()), 16, 64)
 	return v
+}
+
+// blockDevices lists the disks the kernel sees, without loop and ram disks.
+func blockDevices() []string {
+	entries, err := os.ReadDir("/sys/block")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if n := e.Name(); !strings.HasPrefix(n, "loop") && !strings.HasPrefix(n, "ram") {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -149,11 +149,16 @@ func SetHostname(name string) error {
 	return nil
 }
 
-// PowerOff flushes file systems and powers the VM off. It does not return
+// PowerOff flushes file systems and takes the VM down. It does not return
 // on success.
+//
+// It resets the machine rather than powering it off: Cocoon runs QEMU with
+// -no-reboot, so a reset ends QEMU just the same, and a reset works without
+// ACPI, which the guest boots without when it needs no CPU or memory
+// hotplug.
 func PowerOff() error {
 	unix.Sync()
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
 		return fmt.Errorf("power off: %w", err)
 	}
 	return nil

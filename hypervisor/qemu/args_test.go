@@ -1,0 +1,150 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+)
+
+func testLaunch(machine string) launch {
+	return launch{
+		id:      "vm1",
+		machine: machine,
+		accel:   hypervisor.AccelTCG,
+		cfg:     hypervisor.Config{Kernel: "/k", Initrd: "/i", VCPUs: 1, MemoryMiB: 256},
+		files:   vmFiles("/run/cocoon/vm/vm1"),
+		tscKHz:  2100000,
+	}
+}
+
+// argValue returns the value after the n-th occurrence of flag.
+func argValues(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func TestArgsQ35(t *testing.T) {
+	l := testLaunch(MachineQ35)
+	args := l.args()
+	for _, want := range []string{"-daemonize", "-no-reboot", "-nodefaults", "-no-user-config"} {
+		if !slices.Contains(args, want) {
+			t.Errorf("missing %s in %v", want, args)
+		}
+	}
+	if m := argValues(args, "-machine"); len(m) != 1 || !strings.HasPrefix(m[0], "q35,") {
+		t.Errorf("-machine = %v", m)
+	}
+	if a := argValues(args, "-accel"); len(a) != 1 || a[0] != "tcg,tb-size=32" {
+		t.Errorf("-accel = %v", a)
+	}
+	devs := strings.Join(argValues(args, "-device"), " ")
+	for _, want := range []string{"virtio-serial-pci", "virtserialport,bus=vser0.0,chardev=agent,name=agent.0", "virtio-balloon-pci"} {
+		if !strings.Contains(devs, want) {
+			t.Errorf("devices %q lack %q", devs, want)
+		}
+	}
+	if strings.Contains(devs, "pcie-root-port") {
+		t.Errorf("root ports without hotplug slots: %s", devs)
+	}
+	kp := l.kernelParams()
+	for _, want := range []string{"acpi=off", "pci=lastbus=0", "quiet"} {
+		if !strings.Contains(kp, want) {
+			t.Errorf("kernel params %q lack %q", kp, want)
+		}
+	}
+	if strings.Contains(kp, "tsc_early_khz") {
+		t.Errorf("q35 does not need tsc_early_khz: %q", kp)
+	}
+}
+
+func TestArgsHotplugKeepsWhatItNeeds(t *testing.T) {
+	l := testLaunch(MachineQ35)
+	l.cfg.HotplugSlots = 3
+	devs := strings.Join(argValues(l.args(), "-device"), " ")
+	if n := strings.Count(devs, "pcie-root-port"); n != 3 {
+		t.Errorf("%d root ports, want 3", n)
+	}
+	if kp := l.kernelParams(); strings.Contains(kp, "pci=lastbus=0") || strings.Contains(kp, "acpi=off") {
+		t.Errorf("hotplug needs bridge scanning and ACPI: %q", kp)
+	}
+	// CPU hotplug needs ACPI.
+	l.cfg.HotplugSlots = 0
+	l.cfg.MaxVCPUs = 4
+	if kp := l.kernelParams(); strings.Contains(kp, "acpi=off") {
+		t.Errorf("CPU hotplug needs ACPI: %q", kp)
+	}
+	if smp := argValues(l.args(), "-smp"); len(smp) != 1 || smp[0] != "1,maxcpus=4" {
+		t.Errorf("-smp = %v", smp)
+	}
+}
+
+func TestArgsMicrovm(t *testing.T) {
+	l := testLaunch(MachineMicrovm)
+	args := l.args()
+	devs := strings.Join(argValues(args, "-device"), " ")
+	if strings.Contains(devs, "-pci") {
+		t.Errorf("microvm has no PCI: %s", devs)
+	}
+	if !strings.Contains(devs, "virtio-serial-device") {
+		t.Errorf("microvm devices %s", devs)
+	}
+	kp := l.kernelParams()
+	if !strings.Contains(kp, "tsc_early_khz=2100000") || strings.Contains(kp, "acpi=off") {
+		t.Errorf("microvm kernel params %q", kp)
+	}
+}
+
+func TestArgsVsockAndKVM(t *testing.T) {
+	l := testLaunch(MachineQ35)
+	l.vsockCID, l.accel = 42, hypervisor.AccelKVM
+	args := l.args()
+	devs := strings.Join(argValues(args, "-device"), " ")
+	if !strings.Contains(devs, "vhost-vsock-pci,id=vsock0,guest-cid=42") || strings.Contains(devs, "virtserialport") {
+		t.Errorf("vsock devices %s", devs)
+	}
+	if !strings.Contains(l.kernelParams(), "cocoon.transport=vsock") {
+		t.Errorf("kernel params lack the vsock transport")
+	}
+	if a := argValues(args, "-accel"); a[0] != "kvm" || argValues(args, "-cpu")[0] != "host" {
+		t.Errorf("kvm args %v %v", a, argValues(args, "-cpu"))
+	}
+}
+
+func TestArgsSharedFSNeedsSharedMemory(t *testing.T) {
+	l := testLaunch(MachineQ35)
+	l.cfg.SharedFS = "/srv/x"
+	args := l.args()
+	if m := argValues(args, "-machine")[0]; !strings.Contains(m, "memory-backend=mem") {
+		t.Errorf("-machine %s", m)
+	}
+	if o := strings.Join(argValues(args, "-object"), " "); !strings.Contains(o, "memory-backend-memfd,id=mem,size=256M,share=on") {
+		t.Errorf("-object %s", o)
+	}
+}
+
+func TestValidateID(t *testing.T) {
+	for _, ok := range []string{"a", "pod-1", "A.b_c", strings.Repeat("x", 64)} {
+		if err := ValidateID(ok); err != nil {
+			t.Errorf("ValidateID(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "../x", "a/b", ".a", "-a", "a..b", strings.Repeat("x", 65), "a b", "a\x00"} {
+		if err := ValidateID(bad); err == nil {
+			t.Errorf("ValidateID(%q) accepted", bad)
+		}
+	}
+}
+
+func TestCIDForIsStableAndValid(t *testing.T) {
+	a, b := cidFor("pod-a"), cidFor("pod-b")
+	if a < 3 || b < 3 || a == b || cidFor("pod-a") != a {
+		t.Errorf("cids %d %d", a, b)
+	}
+}
