@@ -13,14 +13,19 @@ LDFLAGS   := -s -w -X github.com/cocoon-runtime/cocoon/internal/version.Version=
 export PATH := /usr/local/go/bin:$(PATH)
 
 # Debian packages the runtime and its tests use.
-DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates
+DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc libc6-dev libseccomp-dev
 
 .PHONY: all build deps image setup demo test unit vet bench clean install
 
 all: build
 
+# The agent runs runc's libcontainer, whose nsenter is C: cgo, linked
+# statically because the guest has no libc.
+AGENT_TAGS    := netgo osusergo seccomp
+AGENT_LDFLAGS := $(LDFLAGS) -linkmode external -extldflags "-static"
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cocoon-agent ./cmd/cocoon-agent
+	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(AGENT_TAGS)' -ldflags '$(AGENT_LDFLAGS)' -o $(BIN)/cocoon-agent ./cmd/cocoon-agent
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cocoon ./cmd/cocoon
 
 deps:

@@ -9,11 +9,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
 	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
 )
 
 // Errors callers branch on.
@@ -47,12 +51,14 @@ type DialOptions struct {
 
 // Client talks to one guest agent. It is safe for concurrent use.
 type Client struct {
-	conn   net.Conn
-	sess   *yamux.Session // nil for vsock
-	ttrpc  *ttrpc.Client
-	health protocol.HealthService
-	agent  protocol.AgentService
-	dead   <-chan struct{}
+	ep       hypervisor.AgentEndpoint
+	conn     net.Conn       // the serial socket; nil for vsock
+	sess     *yamux.Session // nil for vsock
+	portLock *os.File       // flock held on the serial port we use
+	ttrpc    *ttrpc.Client
+	health   protocol.HealthService
+	agent    protocol.AgentService
+	dead     <-chan struct{}
 
 	closeOnce sync.Once
 }
@@ -85,7 +91,10 @@ func describe(ep hypervisor.AgentEndpoint) string {
 	if ep.Transport == hypervisor.TransportVsock {
 		return fmt.Sprintf("vsock://%d:%d", ep.CID, ep.Port)
 	}
-	return "serial://" + ep.Path
+	if len(ep.Sockets) > 0 {
+		return "serial://" + filepath.Dir(ep.Sockets[0])
+	}
+	return "serial://"
 }
 
 // attemptTimeout bounds one connection attempt. Bytes sent before a
@@ -96,34 +105,28 @@ const attemptTimeout = 3 * time.Second
 func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan struct{}) (*Client, error) {
 	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
-	c := &Client{dead: dead}
-	var stream net.Conn
+	c := &Client{dead: dead, ep: ep}
 	switch ep.Transport {
 	case hypervisor.TransportVsock:
-		conn, err := vsock.Dial(ep.CID, ep.Port, nil)
-		if err != nil {
-			return nil, fmt.Errorf("dial vsock: %w", err)
-		}
-		c.conn, stream = conn, conn
 	case hypervisor.TransportSerial, "":
-		var d net.Dialer
-		conn, err := d.DialContext(actx, "unix", ep.Path)
+		conn, lock, err := dialFreePort(actx, ep.Sockets)
 		if err != nil {
-			return nil, fmt.Errorf("dial serial socket: %w", err)
+			return nil, err
 		}
 		sess, err := yamux.Client(conn, protocol.YamuxConfig(io.Discard))
 		if err != nil {
 			conn.Close()
+			lock.Close()
 			return nil, fmt.Errorf("start yamux: %w", err)
 		}
-		c.conn, c.sess = conn, sess
-		stream, err = sess.Open()
-		if err != nil {
-			sess.Close()
-			return nil, fmt.Errorf("open yamux stream: %w", err)
-		}
+		c.conn, c.sess, c.portLock = conn, sess, lock
 	default:
 		return nil, fmt.Errorf("unknown agent transport %q", ep.Transport)
+	}
+	stream, err := c.openConn(protocol.ConnRPC)
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
 	c.ttrpc = ttrpc.NewClient(stream)
 	c.health = protocol.NewHealthClient(c.ttrpc)
@@ -135,16 +138,96 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 	return c, nil
 }
 
+// openConn opens a new connection to the agent and sends kind as its
+// first byte.
+func (c *Client) openConn(kind byte) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	if c.sess != nil {
+		conn, err = c.sess.Open()
+	} else {
+		conn, err = vsock.Dial(c.ep.CID, c.ep.Port, nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open agent connection: %w", err)
+	}
+	if _, err := conn.Write([]byte{kind}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open agent connection: %w", err)
+	}
+	return conn, nil
+}
+
+// OpenStream attaches to one stdio stream of a process in the guest. For
+// stdout and stderr, read the returned connection until EOF (the process
+// closed its end and everything was delivered); for stdin, write to it and
+// close it to close the process's stdin.
+func (c *Client) OpenStream(ctx context.Context, h protocol.StreamHeader) (net.Conn, error) {
+	conn, err := c.openConn(protocol.ConnIO)
+	if err != nil {
+		return nil, err
+	}
+	// The ConnIO byte was sent already; send the rest of the header.
+	var hdr bytes.Buffer
+	if err := protocol.WriteStreamHeader(&hdr, h); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if _, err := conn.Write(hdr.Bytes()[1:]); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open %s stream of %s/%s: %w", h.Stream, h.ContainerID, h.ExecID, err)
+	}
+	return conn, nil
+}
+
 // Close closes the connection. The VM keeps running.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		c.ttrpc.Close()
+		if c.ttrpc != nil {
+			c.ttrpc.Close()
+		}
 		if c.sess != nil {
 			c.sess.Close()
 		}
-		c.conn.Close()
+		if c.conn != nil {
+			c.conn.Close()
+		}
+		if c.portLock != nil {
+			c.portLock.Close()
+		}
 	})
 	return nil
+}
+
+// ErrBusy is returned when every agent port of the VM is in use by other
+// host processes.
+var ErrBusy = errors.New("all agent ports are in use")
+
+// dialFreePort claims a serial port no other host process uses, by taking
+// an exclusive flock on "<socket>.lock" (the kernel drops it when the
+// process dies), and connects to it.
+func dialFreePort(ctx context.Context, sockets []string) (net.Conn, *os.File, error) {
+	if len(sockets) == 0 {
+		return nil, nil, errors.New("no agent sockets")
+	}
+	for _, sock := range sockets {
+		lock, err := os.OpenFile(sock+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("claim agent port: %w", err)
+		}
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			lock.Close()
+			continue
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", sock)
+		if err != nil {
+			lock.Close()
+			return nil, nil, fmt.Errorf("dial serial socket: %w", err)
+		}
+		return conn, lock, nil
+	}
+	return nil, nil, ErrBusy
 }
 
 // call runs fn, turning a VM exit into ErrGuestDied.

@@ -81,9 +81,9 @@ type Config struct {
 	// AgentTransport selects the agent channel; TransportAuto picks vsock
 	// when the host supports it and virtio-serial otherwise.
 	AgentTransport Transport
-	// SharedFS, when set, is a host directory exported to the guest with
-	// virtio-fs under the tag "cocoon".
-	SharedFS string
+	// SharedFSSocket, when set, is the vhost-user socket of a running
+	// virtiofsd; the guest sees its directory as virtio-fs tag "cocoon".
+	SharedFSSocket string
 	// StateDir is the parent of the per-VM runtime directory.
 	StateDir string
 	// HotplugSlots is the number of PCIe root ports to pre-create for
@@ -116,8 +116,11 @@ const (
 // AgentEndpoint tells the host where the agent listens.
 type AgentEndpoint struct {
 	Transport Transport
-	// Path is the unix socket of the virtio-serial port (TransportSerial).
-	Path string
+	// Sockets are the unix sockets of the virtio-serial ports
+	// (TransportSerial). Each takes one host connection at a time; a host
+	// process claims a free one, so several processes can talk to the agent
+	// at once.
+	Sockets []string
 	// CID and Port address the guest over vsock (TransportVsock).
 	CID, Port uint32
 }

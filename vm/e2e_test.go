@@ -57,12 +57,9 @@ func TestReattachFromAnotherProcess(t *testing.T) {
 	}
 	env.Cleanup(t, id)
 	pids := v.HV.PIDs()
-	// The starting process goes away (as `cocoon vm start` does).
-	if err := v.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// Twice: the second process must get in after the first left.
-	for i := 0; i < 2; i++ {
+	// Other processes get in while this one keeps its connection, one after
+	// the other (each frees its port when it exits).
+	for i := 0; i < 3; i++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), "COCOON_TEST_REATTACH="+env.StateDir+":"+id)
 		out, err := cmd.CombinedOutput()
@@ -73,7 +70,14 @@ func TestReattachFromAnotherProcess(t *testing.T) {
 			t.Fatalf("helper process %d printed %q", i, out)
 		}
 	}
-	// And this process can come back too, then stop the VM.
+	if err := v.Agent.Check(ctx); err != nil {
+		t.Fatalf("first connection after the others: %v", err)
+	}
+	// The starting process goes away (as `cocoon vm start` does), and can
+	// come back, then stop the VM.
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
 	v2, err := vm.Open(ctx, env.StateDir, id, env.Options())
 	if err != nil {
 		t.Fatal(err)

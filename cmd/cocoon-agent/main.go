@@ -14,11 +14,16 @@ import (
 	"github.com/cocoon-runtime/cocoon/guest/agent"
 	"github.com/cocoon-runtime/cocoon/guest/boot"
 	"github.com/cocoon-runtime/cocoon/guest/channel"
+	"github.com/cocoon-runtime/cocoon/guest/container"
 	"github.com/cocoon-runtime/cocoon/guest/reaper"
 	"github.com/containerd/ttrpc"
 )
 
 func main() {
+	// libcontainer starts container processes by re-executing this binary.
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		container.Init() // never returns
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := run(log); err != nil {
 		log.Error("agent failed", "err", err)
@@ -45,6 +50,10 @@ func run(log *slog.Logger) error {
 	}
 	r := reaper.New()
 	go r.Run(ctx)
+	containers, err := container.NewManager("/run/cocoon/containers", r, r, log)
+	if err != nil {
+		log.Warn("containers unavailable", "err", err)
+	}
 
 	// Modules load in the background: the agent serves as soon as its own
 	// channel is up, and calls that need the other drivers wait for them.
@@ -53,7 +62,7 @@ func run(log *slog.Logger) error {
 		return err
 	}
 
-	l, err := listen(ctx, params.Transport, log)
+	l, err := listen(ctx, params, log)
 	if err != nil {
 		return err
 	}
@@ -61,20 +70,23 @@ func run(log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("new ttrpc server: %w", err)
 	}
-	agent.New(agent.Config{
+	a := agent.New(agent.Config{
 		Log:         log,
 		Modules:     mods.wait,
 		BootToServe: boot.SinceBoot(),
 		PowerOff:    func() { boot.PowerOff() },
-	}).Register(srv)
+		Containers:  containers,
+		SharedMount: "/run/cocoon/shared",
+	})
+	a.Register(srv)
 	log.Info("agent serving", "transport", params.Transport, "since_boot", boot.SinceBoot())
-	return srv.Serve(ctx, l)
+	return srv.Serve(ctx, channel.Demux(l, a.AttachStream))
 }
 
-func listen(ctx context.Context, transport string, log *slog.Logger) (net.Listener, error) {
+func listen(ctx context.Context, params boot.Params, log *slog.Logger) (net.Listener, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if transport == "vsock" {
+	if params.Transport == "vsock" {
 		for {
 			l, err := channel.ListenVsock()
 			if err == nil {
@@ -87,11 +99,19 @@ func listen(ctx context.Context, transport string, log *slog.Logger) (net.Listen
 			}
 		}
 	}
-	path, err := channel.WaitSerialPort(ctx, "/sys", "/dev", channel.SerialPortName)
+	paths, err := channel.WaitSerialPorts(ctx, "/sys", "/dev", channel.SerialPortPrefix, params.AgentPorts, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	return channel.ListenSerial(path, log)
+	var ls []net.Listener
+	for _, p := range paths {
+		l, err := channel.ListenSerial(p, log)
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return channel.Merge(ls...), nil
 }
 
 // moduleLoader loads the image's kernel modules in the background.

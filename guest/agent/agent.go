@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/guest/container"
 	"github.com/cocoon-runtime/cocoon/internal/version"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
@@ -27,6 +28,9 @@ type Agent struct {
 	bootServe time.Duration
 	// powerOff is called (once, asynchronously) to take the VM down.
 	powerOff func()
+
+	containers *container.Manager
+	shared     *sharedFS
 }
 
 // Config configures an Agent.
@@ -39,11 +43,18 @@ type Config struct {
 	BootToServe time.Duration
 	// PowerOff takes the VM down; it is called after DestroySandbox replied.
 	PowerOff func()
+	// Containers runs the containers; nil when the agent cannot.
+	Containers *container.Manager
+	// SharedMount is where the host's shared directory is mounted.
+	SharedMount string
 }
 
 // New returns an Agent.
 func New(cfg Config) *Agent {
-	return &Agent{log: cfg.Log, modules: cfg.Modules, bootServe: cfg.BootToServe, powerOff: cfg.PowerOff}
+	return &Agent{
+		log: cfg.Log, modules: cfg.Modules, bootServe: cfg.BootToServe, powerOff: cfg.PowerOff,
+		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount},
+	}
 }
 
 // Register registers the agent's services on srv.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,13 +26,15 @@ const ModulesList = "/etc/cocoon/modules"
 // Params are the cocoon.* parameters on the kernel command line.
 type Params struct {
 	Transport string // "virtio-serial" or "vsock"
-	Hostname  string
-	Debug     bool
+	// AgentPorts is how many virtio-serial ports the host gave the agent.
+	AgentPorts int
+	Hostname   string
+	Debug      bool
 }
 
 // ParseCmdline extracts Params from a kernel command line.
 func ParseCmdline(cmdline string) Params {
-	p := Params{Transport: "virtio-serial", Hostname: "cocoon"}
+	p := Params{Transport: "virtio-serial", Hostname: "cocoon", AgentPorts: 1}
 	for _, f := range strings.Fields(cmdline) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
@@ -40,6 +43,10 @@ func ParseCmdline(cmdline string) Params {
 		case "cocoon.hostname":
 			if validHostname(v) {
 				p.Hostname = v
+			}
+		case "cocoon.agent_ports":
+			if n, err := strconv.Atoi(v); err == nil && n > 0 && n <= 31 {
+				p.AgentPorts = n
 			}
 		case "cocoon.debug":
 			p.Debug = v == "1" || v == "true"

@@ -23,8 +23,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SerialPortName is the name of the virtio-serial port the host connects to.
-const SerialPortName = "agent.0"
+// SerialPortPrefix starts the names of the virtio-serial ports the host
+// connects to: "agent.0", "agent.1", ... Each port carries one host
+// process's connection at a time.
+const SerialPortPrefix = "agent."
 
 // VsockPort is the vsock port the agent listens on.
 const VsockPort = 1024
@@ -38,40 +40,97 @@ func ListenVsock() (net.Listener, error) {
 	return l, nil
 }
 
-// FindSerialPort returns the /dev path of the virtio-serial port called
-// name, looking it up in sysfs (there is no udev in the guest).
-func FindSerialPort(sysfs, dev, name string) (string, error) {
+// FindSerialPorts returns the /dev paths of the virtio-serial ports whose
+// names start with prefix, looking them up in sysfs (there is no udev in
+// the guest).
+func FindSerialPorts(sysfs, dev, prefix string) ([]string, error) {
 	dir := filepath.Join(sysfs, "class", "virtio-ports")
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return "", fmt.Errorf("find serial port %q: %w", name, err)
+		return nil, fmt.Errorf("find serial ports %q: %w", prefix, err)
 	}
+	var out []string
 	for _, e := range entries {
 		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "name"))
-		if err == nil && strings.TrimSpace(string(b)) == name {
-			return filepath.Join(dev, e.Name()), nil
+		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(b)), prefix) {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dev, e.Name())); err == nil {
+			out = append(out, filepath.Join(dev, e.Name()))
 		}
 	}
-	return "", fmt.Errorf("find serial port %q in %s: %w", name, dir, os.ErrNotExist)
+	return out, nil
 }
 
-// WaitSerialPort waits until the virtio-serial port called name appears
-// (its driver may still be loading) and returns its /dev path.
-func WaitSerialPort(ctx context.Context, sysfs, dev, name string) (string, error) {
+// WaitSerialPorts waits until want ports named prefix* appear (their driver
+// may still be loading), or until at least one appeared and settle passed
+// without more, and returns their /dev paths.
+func WaitSerialPorts(ctx context.Context, sysfs, dev, prefix string, want int, settle time.Duration) ([]string, error) {
+	var first time.Time
 	for {
-		path, err := FindSerialPort(sysfs, dev, name)
-		if err == nil {
-			if _, err = os.Stat(path); err == nil {
-				return path, nil
-			}
+		ports, err := FindSerialPorts(sysfs, dev, prefix)
+		if len(ports) >= want || (len(ports) > 0 && !first.IsZero() && time.Since(first) > settle) {
+			return ports, nil
+		}
+		if len(ports) > 0 && first.IsZero() {
+			first = time.Now()
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("wait for serial port %q: %w (last error: %v)", name, ctx.Err(), err)
+			return nil, fmt.Errorf("wait for serial ports %q: %w (last error: %v)", prefix, ctx.Err(), err)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }
+
+// Merge returns a listener that accepts from all of ls.
+func Merge(ls ...net.Listener) net.Listener {
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &merged{ls: ls, conns: make(chan net.Conn), ctx: ctx, cancel: cancel}
+	for _, l := range ls {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				select {
+				case m.conns <- c:
+				case <-ctx.Done():
+					c.Close()
+					return
+				}
+			}
+		}()
+	}
+	return m
+}
+
+type merged struct {
+	ls     []net.Listener
+	conns  chan net.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (m *merged) Accept() (net.Conn, error) {
+	select {
+	case c := <-m.conns:
+		return c, nil
+	case <-m.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+func (m *merged) Close() error {
+	m.cancel()
+	for _, l := range m.ls {
+		l.Close()
+	}
+	return nil
+}
+
+func (m *merged) Addr() net.Addr { return m.ls[0].Addr() }
 
 // SerialListener accepts yamux streams opened by the host over a
 // virtio-serial port. When the host end disconnects (for example because

@@ -22,9 +22,28 @@ type Exit struct {
 }
 
 // Reaper waits for exited children. The zero value is not usable; use New.
+//
+// Reaper is also a sync.Locker: while it is locked, nothing is reaped.
+// Code that starts a child and waits for it itself (as libcontainer does
+// with its helper processes) holds the lock meanwhile, so the reaper cannot
+// steal the child's exit status. Exits that happen meanwhile are reaped on
+// Unlock's next SIGCHLD pass.
 type Reaper struct {
-	mu   sync.Mutex
+	reapMu sync.Mutex // held while reaping, and by Lock
+
+	mu   sync.Mutex // guards subs
 	subs map[chan Exit]struct{}
+}
+
+// Lock stops reaping until Unlock. A reaping pass under way finishes first.
+func (r *Reaper) Lock() { r.reapMu.Lock() }
+
+// Unlock allows reaping again, and reaps what exited meanwhile.
+func (r *Reaper) Unlock() {
+	r.reapMu.Unlock()
+	// A SIGCHLD that arrived while locked was consumed by a reap pass that
+	// waited for the lock; run one more so no exit is left behind.
+	go r.reap()
 }
 
 // New returns a Reaper. Call Run to start reaping.
@@ -33,7 +52,7 @@ func New() *Reaper { return &Reaper{subs: make(map[chan Exit]struct{})} }
 // Subscribe returns a channel that receives every exit from now on. Call
 // Unsubscribe when done with it.
 func (r *Reaper) Subscribe() chan Exit {
-	ch := make(chan Exit, 32)
+	ch := make(chan Exit, 256)
 	r.mu.Lock()
 	r.subs[ch] = struct{}{}
 	r.mu.Unlock()
@@ -64,6 +83,8 @@ func (r *Reaper) Run(ctx context.Context) {
 }
 
 func (r *Reaper) reap() {
+	r.reapMu.Lock()
+	defer r.reapMu.Unlock()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
@@ -49,9 +50,22 @@ type launch struct {
 	tscKHz uint64
 }
 
+// AgentPorts is the number of virtio-serial ports for the agent: how many
+// host processes can talk to one VM's agent at the same time.
+const AgentPorts = 6
+
 // files are the per-VM files in the VM's runtime directory.
 type files struct {
-	dir, qmp, agent, console, pid, log, state string
+	dir, qmp, console, pid, log, state string
+}
+
+// agentSockets are the unix sockets of the agent's serial ports.
+func (f files) agentSockets() []string {
+	s := make([]string, AgentPorts)
+	for i := range s {
+		s[i] = filepath.Join(f.dir, fmt.Sprintf("agent.%d.sock", i))
+	}
+	return s
 }
 
 // transport is the agent transport this launch uses.
@@ -88,6 +102,8 @@ func (l launch) kernelParams() string {
 	}
 	if l.transport() == hypervisor.TransportVsock {
 		p = append(p, "cocoon.transport=vsock")
+	} else {
+		p = append(p, fmt.Sprintf("cocoon.agent_ports=%d", AgentPorts))
 	}
 	p = append(p, l.cfg.KernelParams...)
 	return strings.Join(p, " ")
@@ -114,7 +130,7 @@ func (l launch) args() []string {
 	if l.machine == MachineMicrovm {
 		machine = "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=off,pic=off,acpi=on,pcie=off"
 	}
-	if c.SharedFS != "" {
+	if c.SharedFSSocket != "" {
 		// vhost-user devices need guest RAM the daemon can map.
 		machine += ",memory-backend=mem"
 	}
@@ -152,7 +168,7 @@ func (l launch) args() []string {
 	if l.machine == MachineMicrovm {
 		a = append(a, "-global", "virtio-mmio.force-legacy=false")
 	}
-	if c.SharedFS != "" {
+	if c.SharedFSSocket != "" {
 		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", c.MemoryMiB))
 	}
 
@@ -160,10 +176,18 @@ func (l launch) args() []string {
 	case hypervisor.TransportVsock:
 		a = append(a, "-device", fmt.Sprintf("%s,id=vsock0,guest-cid=%d", dev("vhost-vsock-pci", "vhost-vsock-device"), l.vsockCID))
 	default:
+		a = append(a, "-device", fmt.Sprintf("%s,id=vser0,max_ports=%d", dev("virtio-serial-pci", "virtio-serial-device"), AgentPorts+1))
+		for i, sock := range l.files.agentSockets() {
+			a = append(a,
+				"-chardev", fmt.Sprintf("socket,id=agent%d,path=%s,server=on,wait=off", i, sock),
+				"-device", fmt.Sprintf("virtserialport,bus=vser0.0,chardev=agent%d,name=agent.%d", i, i),
+			)
+		}
+	}
+	if c.SharedFSSocket != "" {
 		a = append(a,
-			"-device", dev("virtio-serial-pci", "virtio-serial-device")+",id=vser0,max_ports=2",
-			"-chardev", "socket,id=agent,path="+l.files.agent+",server=on,wait=off",
-			"-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.0",
+			"-chardev", "socket,id=vfs,path="+c.SharedFSSocket,
+			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=vfs,tag=cocoon,queue-size=1024",
 		)
 	}
 	// Free page reporting hands memory the guest freed (the unpacked

@@ -45,7 +45,7 @@ func TestArgsQ35(t *testing.T) {
 		t.Errorf("-accel = %v", a)
 	}
 	devs := strings.Join(argValues(args, "-device"), " ")
-	for _, want := range []string{"virtio-serial-pci", "virtserialport,bus=vser0.0,chardev=agent,name=agent.0", "virtio-balloon-pci"} {
+	for _, want := range []string{"virtio-serial-pci", "virtserialport,bus=vser0.0,chardev=agent0,name=agent.0", "virtio-balloon-pci"} {
 		if !strings.Contains(devs, want) {
 			t.Errorf("devices %q lack %q", devs, want)
 		}
@@ -119,13 +119,16 @@ func TestArgsVsockAndKVM(t *testing.T) {
 
 func TestArgsSharedFSNeedsSharedMemory(t *testing.T) {
 	l := testLaunch(MachineQ35)
-	l.cfg.SharedFS = "/srv/x"
+	l.cfg.SharedFSSocket = "/run/x/vfs.sock"
 	args := l.args()
 	if m := argValues(args, "-machine")[0]; !strings.Contains(m, "memory-backend=mem") {
 		t.Errorf("-machine %s", m)
 	}
 	if o := strings.Join(argValues(args, "-object"), " "); !strings.Contains(o, "memory-backend-memfd,id=mem,size=256M,share=on") {
 		t.Errorf("-object %s", o)
+	}
+	if d := strings.Join(argValues(args, "-device"), " "); !strings.Contains(d, "vhost-user-fs-pci,chardev=vfs,tag=cocoon") {
+		t.Errorf("-device %s", d)
 	}
 }
 

@@ -129,7 +129,6 @@ func vmFiles(dir string) files {
 	return files{
 		dir:     dir,
 		qmp:     filepath.Join(dir, "qmp.sock"),
-		agent:   filepath.Join(dir, "agent.sock"),
 		console: filepath.Join(dir, "console.log"),
 		pid:     filepath.Join(dir, "qemu.pid"),
 		log:     filepath.Join(dir, "qemu.log"),
@@ -455,7 +454,7 @@ func (q *QEMU) Capabilities(context.Context) hypervisor.Capabilities {
 	return hypervisor.Capabilities{
 		BlockHotplug:    hotplug,
 		NetHotplug:      hotplug,
-		SharedFS:        l.cfg.SharedFS != "",
+		SharedFS:        l.cfg.SharedFSSocket != "",
 		MachineType:     l.machine,
 		AcceleratorUsed: l.accel,
 	}
@@ -478,7 +477,7 @@ func (q *QEMU) AgentEndpoint() hypervisor.AgentEndpoint {
 	if q.launch.vsockCID != 0 {
 		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: q.launch.vsockCID, Port: 1024}
 	}
-	return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, Path: q.launch.files.agent}
+	return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, Sockets: q.launch.files.agentSockets()}
 }
 
 // Wait returns a channel closed when QEMU exits.

@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// maxProcesses bounds the process list a guest may return.
+const maxProcesses = 65536
+
+// CreateContainer asks the agent to create a container from spec, whose
+// root filesystem is rootfs relative to the shared directory.
+func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string) error {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", id, err)
+	}
+	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
+		_, err := c.agent.CreateContainer(ctx, &protocol.CreateContainerRequest{ContainerId: id, Spec: b, Rootfs: rootfs})
+		return err
+	})
+}
+
+// StartContainer starts a created container.
+func (c *Client) StartContainer(ctx context.Context, id string) error {
+	return c.call(ctx, "start container "+id, func(ctx context.Context) error {
+		_, err := c.agent.StartContainer(ctx, &protocol.ContainerRequest{ContainerId: id})
+		return err
+	})
+}
+
+// ExecProcess starts process p as execID in container id.
+func (c *Client) ExecProcess(ctx context.Context, id, execID string, p *specs.Process) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("exec in %s: %w", id, err)
+	}
+	return c.call(ctx, "exec "+execID+" in "+id, func(ctx context.Context) error {
+		_, err := c.agent.ExecProcess(ctx, &protocol.ExecProcessRequest{ContainerId: id, ExecId: execID, Process: b})
+		return err
+	})
+}
+
+// SignalProcess signals a process (execID "" for the init process), or
+// with all every process of the container.
+func (c *Client) SignalProcess(ctx context.Context, id, execID string, sig uint32, all bool) error {
+	return c.call(ctx, "signal "+id, func(ctx context.Context) error {
+		_, err := c.agent.SignalProcess(ctx, &protocol.SignalProcessRequest{ContainerId: id, ExecId: execID, Signal: sig, All: all})
+		return err
+	})
+}
+
+// Exit is a process's end as the agent reported it.
+type Exit struct {
+	Code      int
+	Signal    int
+	OOMKilled bool
+	ExitedAt  time.Time
+}
+
+// WaitProcess waits for a process to exit.
+func (c *Client) WaitProcess(ctx context.Context, id, execID string) (Exit, error) {
+	var e Exit
+	err := c.call(ctx, "wait "+id, func(ctx context.Context) error {
+		r, err := c.agent.WaitProcess(ctx, &protocol.ProcessRequest{ContainerId: id, ExecId: execID})
+		if err != nil {
+			return err
+		}
+		if r.Code < 0 || r.Code > 255 || r.Signal < 0 || r.Signal > 64 {
+			return fmt.Errorf("%w: exit status %d signal %d", ErrProtocol, r.Code, r.Signal)
+		}
+		e = Exit{Code: int(r.Code), Signal: int(r.Signal), OOMKilled: r.OomKilled, ExitedAt: time.Unix(0, r.ExitedAtUnixNano)}
+		return nil
+	})
+	return e, err
+}
+
+// ResizeTTY resizes a process's terminal.
+func (c *Client) ResizeTTY(ctx context.Context, id, execID string, width, height uint32) error {
+	return c.call(ctx, "resize "+id, func(ctx context.Context) error {
+		_, err := c.agent.ResizeTTY(ctx, &protocol.ResizeTTYRequest{ContainerId: id, ExecId: execID, Width: width, Height: height})
+		return err
+	})
+}
+
+// CloseStdin closes a process's stdin.
+func (c *Client) CloseStdin(ctx context.Context, id, execID string) error {
+	return c.call(ctx, "close stdin "+id, func(ctx context.Context) error {
+		_, err := c.agent.CloseStdin(ctx, &protocol.ProcessRequest{ContainerId: id, ExecId: execID})
+		return err
+	})
+}
+
+// ProcessInfo is one process of a container.
+type ProcessInfo struct {
+	Pid, PPid int
+	Command   string
+	State     string
+}
+
+// ListProcesses lists a container's processes.
+func (c *Client) ListProcesses(ctx context.Context, id string) ([]ProcessInfo, error) {
+	var out []ProcessInfo
+	err := c.call(ctx, "list processes of "+id, func(ctx context.Context) error {
+		r, err := c.agent.ListProcesses(ctx, &protocol.ContainerRequest{ContainerId: id})
+		if err != nil {
+			return err
+		}
+		if len(r.Processes) > maxProcesses {
+			return fmt.Errorf("%w: %d processes", ErrProtocol, len(r.Processes))
+		}
+		for _, p := range r.Processes {
+			out = append(out, ProcessInfo{Pid: int(p.Pid), PPid: int(p.Ppid), Command: sanitize(p.Command, 4096), State: sanitize(p.State, 8)})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Stats are a container's cgroup statistics, as the guest reported them.
+type Stats = protocol.ContainerStats
+
+// StatsContainer reports a container's cgroup statistics.
+func (c *Client) StatsContainer(ctx context.Context, id string) (*Stats, error) {
+	var s *Stats
+	err := c.call(ctx, "stats of "+id, func(ctx context.Context) error {
+		var err error
+		s, err = c.agent.StatsContainer(ctx, &protocol.ContainerRequest{ContainerId: id})
+		return err
+	})
+	return s, err
+}
+
+// ContainerState is a container's state in the guest.
+type ContainerState struct {
+	Status  string
+	Pid     int
+	Created time.Time
+}
+
+// StateContainer reports a container's state.
+func (c *Client) StateContainer(ctx context.Context, id string) (ContainerState, error) {
+	var st ContainerState
+	err := c.call(ctx, "state of "+id, func(ctx context.Context) error {
+		r, err := c.agent.StateContainer(ctx, &protocol.ContainerRequest{ContainerId: id})
+		if err != nil {
+			return err
+		}
+		switch r.Status {
+		case "created", "running", "paused", "stopped":
+		default:
+			return fmt.Errorf("%w: container status %q", ErrProtocol, sanitize(r.Status, 16))
+		}
+		st = ContainerState{Status: r.Status, Pid: int(r.Pid), Created: time.Unix(0, r.CreatedUnixNano)}
+		return nil
+	})
+	return st, err
+}
+
+// PauseContainer freezes a container.
+func (c *Client) PauseContainer(ctx context.Context, id string) error {
+	return c.call(ctx, "pause "+id, func(ctx context.Context) error {
+		_, err := c.agent.PauseContainer(ctx, &protocol.ContainerRequest{ContainerId: id})
+		return err
+	})
+}
+
+// ResumeContainer thaws a container.
+func (c *Client) ResumeContainer(ctx context.Context, id string) error {
+	return c.call(ctx, "resume "+id, func(ctx context.Context) error {
+		_, err := c.agent.ResumeContainer(ctx, &protocol.ContainerRequest{ContainerId: id})
+		return err
+	})
+}
+
+// UpdateContainer changes a container's resources.
+func (c *Client) UpdateContainer(ctx context.Context, id string, r *specs.LinuxResources) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, "update "+id, func(ctx context.Context) error {
+		_, err := c.agent.UpdateContainer(ctx, &protocol.UpdateContainerRequest{ContainerId: id, Resources: b})
+		return err
+	})
+}
+
+// RemoveContainer deletes a container in the guest.
+func (c *Client) RemoveContainer(ctx context.Context, id string, force bool) error {
+	return c.call(ctx, "remove "+id, func(ctx context.Context) error {
+		_, err := c.agent.RemoveContainer(ctx, &protocol.RemoveContainerRequest{ContainerId: id, Force: force})
+		return err
+	})
+}

@@ -1,0 +1,128 @@
+// Package cocoon runs OCI containers inside lightweight virtual machines.
+//
+// A sandbox is one VM with its own guest kernel; it runs one or more
+// containers, each from an OCI bundle on the host. A Runtime creates,
+// finds and lists sandboxes; a Sandbox handle operates on one of them and
+// on its containers and processes:
+//
+//	rt, _ := cocoon.New(cocoon.Options{})
+//	sb, _ := rt.RunSandbox(ctx, cocoon.SandboxConfig{
+//		ID:         "pod1",
+//		Containers: []cocoon.ContainerConfig{{ID: "web", Bundle: "/srv/bundles/web"}},
+//	})
+//	stdin, stdout, stderr, _ := sb.IOStream(ctx, "web", "")
+//	...
+//	status, _ := sb.WaitProcess(ctx, "web", "")
+//	sb.Delete(ctx)
+//
+// State is saved under Options.StateDir, so a Runtime in another process
+// finds the sandbox with FetchSandbox and acts on it; the VM, its agent and
+// its file server keep running when the process that created them exits.
+package cocoon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/persist"
+)
+
+// Options configure a Runtime. The zero value selects the defaults.
+type Options struct {
+	// StateDir holds runtime state: sandbox documents, VM sockets, shared
+	// directories. Default /run/cocoon.
+	StateDir string
+	// DataDir holds guest images and caches. Default /var/lib/cocoon.
+	DataDir string
+	// Virtiofsd is the virtiofsd binary; empty finds QEMU's.
+	Virtiofsd string
+	// Log receives the runtime's messages; nil discards them.
+	Log *slog.Logger
+}
+
+// Runtime manages the sandboxes under one state directory. It holds no
+// connection of its own and is safe for concurrent use.
+type Runtime struct {
+	opts  Options
+	log   *slog.Logger
+	store *persist.Store
+}
+
+// New returns a Runtime.
+func New(opts Options) (*Runtime, error) {
+	if opts.StateDir == "" {
+		opts.StateDir = "/run/cocoon"
+	}
+	if opts.DataDir == "" {
+		opts.DataDir = "/var/lib/cocoon"
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	store, err := persist.New(filepath.Join(opts.StateDir, "state"))
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{opts: opts, log: opts.Log, store: store}, nil
+}
+
+// Errors callers branch on, wrapped with the operation and object.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrExists        = errors.New("already exists")
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrState is returned for an operation the object's state forbids,
+	// such as starting a stopped sandbox.
+	ErrState = errors.New("invalid state for operation")
+)
+
+// State is the state of a sandbox or a container.
+type State string
+
+// States.
+const (
+	StateReady   State = "ready" // sandbox booted / container created, nothing started
+	StateRunning State = "running"
+	StatePaused  State = "paused"
+	StateStopped State = "stopped"
+)
+
+var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+// validateID checks a sandbox, container or exec ID: 1-64 letters, digits,
+// '_', '.', '-', not starting with punctuation; so an ID is always safe as
+// a path component.
+func validateID(kind, id string) error {
+	if !validID.MatchString(id) || strings.Contains(id, "..") {
+		return fmt.Errorf("%s id %q: %w: use 1-64 letters, digits, '_', '.', '-'", kind, id, ErrInvalidConfig)
+	}
+	return nil
+}
+
+// ExitStatus is how a process ended.
+type ExitStatus struct {
+	// Code is the exit code, or 128+signal when a signal killed it.
+	Code int
+	// Signal is the signal that killed it, 0 if it exited.
+	Signal int
+	// OOMKilled reports that the kernel's OOM killer ended it.
+	OOMKilled bool
+	ExitedAt  time.Time
+}
+
+// defaultTimeout bounds operations whose context has no deadline and that
+// would otherwise wait for an unresponsive guest forever.
+const defaultTimeout = 30 * time.Second
+
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, defaultTimeout)
+}

@@ -1,0 +1,492 @@
+package cocoon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent"
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ContainerConfig describes a container to create.
+type ContainerConfig struct {
+	ID string
+	// Bundle is the OCI bundle directory on the host.
+	Bundle string
+	// Spec is the OCI runtime spec; nil reads Bundle/config.json.
+	Spec        *specs.Spec
+	Annotations map[string]string
+}
+
+// ContainerStatus describes a container.
+type ContainerStatus struct {
+	ID    string
+	State State
+	// PID is the container's init process inside the guest.
+	PID         int
+	Created     time.Time
+	Bundle      string
+	Rootfs      string
+	Annotations map[string]string
+}
+
+// LoadSpec reads and checks the OCI runtime spec of a bundle.
+func LoadSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w: %w", ErrInvalidConfig, err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, fmt.Errorf("load spec %s: %w: %w", filepath.Join(bundle, "config.json"), ErrInvalidConfig, err)
+	}
+	return &spec, nil
+}
+
+func checkSpec(spec *specs.Spec) error {
+	switch {
+	case spec.Process == nil:
+		return fmt.Errorf("%w: spec has no process", ErrInvalidConfig)
+	case len(spec.Process.Args) == 0:
+		return fmt.Errorf("%w: spec process has no args", ErrInvalidConfig)
+	case spec.Root == nil || spec.Root.Path == "":
+		return fmt.Errorf("%w: spec has no root path", ErrInvalidConfig)
+	case spec.Process.Cwd == "" || !filepath.IsAbs(spec.Process.Cwd):
+		return fmt.Errorf("%w: spec process cwd %q is not absolute", ErrInvalidConfig, spec.Process.Cwd)
+	}
+	return nil
+}
+
+// CreateContainer creates a container in the sandbox from an OCI bundle:
+// its root filesystem and bind mounts are shared with the guest, and the
+// guest creates the container (its program does not start yet).
+func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) error {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.createContainerLocked(ctx, cfg)
+}
+
+func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig) (err error) {
+	if err := validateID("container", cfg.ID); err != nil {
+		return err
+	}
+	c, err := s.agentClient()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	_, exists := s.state.Containers[cfg.ID]
+	s.mu.Unlock()
+	if exists {
+		return fmt.Errorf("create container %s: %w", cfg.ID, ErrExists)
+	}
+	if !filepath.IsAbs(cfg.Bundle) {
+		return fmt.Errorf("create container %s: %w: bundle %q is not an absolute path", cfg.ID, ErrInvalidConfig, cfg.Bundle)
+	}
+	spec := cfg.Spec
+	if spec == nil {
+		if spec, err = LoadSpec(cfg.Bundle); err != nil {
+			return fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+	}
+	if err := checkSpec(spec); err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(cfg.Bundle, rootfs)
+	}
+	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
+		return fmt.Errorf("create container %s: %w: rootfs %s is not a directory", cfg.ID, ErrInvalidConfig, rootfs)
+	}
+
+	guestSpec, err := s.shareContainer(cfg.ID, spec, rootfs)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			s.shared.Release(cfg.ID)
+		}
+	}()
+	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs"); err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	err = s.updateLocked(func(st *sandboxState) error {
+		st.Containers[cfg.ID] = &containerState{
+			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
+			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal,
+		}
+		return nil
+	})
+	if err != nil {
+		c.RemoveContainer(context.Background(), cfg.ID, true)
+	}
+	return err
+}
+
+// shareContainer bind-mounts the container's rootfs and bind-mount sources
+// into the sandbox's shared directory and returns the spec the guest runs:
+// sources rewritten to shared paths, host-only settings dropped.
+func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ *specs.Spec, err error) {
+	defer func() {
+		if err != nil {
+			s.shared.Release(id)
+		}
+	}()
+	if err := s.shared.Bind(rootfs, id+"/rootfs", false); err != nil {
+		return nil, err
+	}
+	g := *spec
+	g.Hooks = nil // host hooks cannot run in the guest
+	g.Mounts = slices.Clone(spec.Mounts)
+	for i := range g.Mounts {
+		m := &g.Mounts[i]
+		if m.Type != "bind" && !slices.Contains(m.Options, "bind") && !slices.Contains(m.Options, "rbind") {
+			continue
+		}
+		if !filepath.IsAbs(m.Source) {
+			return nil, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
+		}
+		rel := fmt.Sprintf("%s/mounts/%d", id, i)
+		if err := s.shared.Bind(m.Source, rel, slices.Contains(m.Options, "ro")); err != nil {
+			return nil, err
+		}
+		m.Source = sharedMountPrefix + rel
+	}
+	if spec.Linux != nil {
+		l := *spec.Linux
+		// The VM is the sandbox's network: a host network namespace path
+		// means nothing in the guest.
+		l.Namespaces = slices.DeleteFunc(slices.Clone(l.Namespaces), func(ns specs.LinuxNamespace) bool {
+			return ns.Type == specs.NetworkNamespace || ns.Path != ""
+		})
+		// The guest's cgroup layout is the agent's (/cocoon/<id>).
+		l.CgroupsPath = ""
+		g.Linux = &l
+	}
+	return &g, nil
+}
+
+// sharedMountPrefix marks a bind mount source the guest finds below its
+// shared directory (see guest/agent).
+const sharedMountPrefix = "shared:"
+
+// StartContainer starts a created container's program.
+func (s *Sandbox) StartContainer(ctx context.Context, id string) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	if err := c.StartContainer(ctx, id); err != nil {
+		return fmt.Errorf("start container %s: %w", id, err)
+	}
+	return nil
+}
+
+// containerClient checks that the sandbox has container id and returns
+// the agent client.
+func (s *Sandbox) containerClient(id string) (*agent.Client, error) {
+	s.mu.Lock()
+	_, ok := s.state.Containers[id]
+	s.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("container %s in sandbox %s: %w", id, s.id, ErrNotFound)
+	}
+	return s.agentClient()
+}
+
+// StopContainer stops a container: SIGTERM, then SIGKILL after timeout,
+// and waits for its init process to exit.
+func (s *Sandbox) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	st, err := c.StateContainer(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.Status == "stopped" || st.Status == "created" {
+		if st.Status == "created" {
+			return c.SignalProcess(ctx, id, "", uint32(syscall.SIGKILL), true)
+		}
+		return nil
+	}
+	if err := c.SignalProcess(ctx, id, "", uint32(syscall.SIGTERM), false); err != nil {
+		return fmt.Errorf("stop container %s: %w", id, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	_, err = c.WaitProcess(wctx, id, "")
+	cancel()
+	if err == nil {
+		return nil
+	}
+	if err := c.SignalProcess(ctx, id, "", uint32(syscall.SIGKILL), true); err != nil {
+		return fmt.Errorf("stop container %s: %w", id, err)
+	}
+	_, err = c.WaitProcess(ctx, id, "")
+	return err
+}
+
+// DeleteContainer removes a container from the sandbox: in the guest (its
+// processes are killed) and on the host (its shared mounts and record).
+func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s.mu.Lock()
+	_, ok := s.state.Containers[id]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("delete container %s: %w", id, ErrNotFound)
+	}
+	if c, err := s.agentClient(); err == nil {
+		if err := c.RemoveContainer(ctx, id, true); err != nil {
+			return fmt.Errorf("delete container %s: %w", id, err)
+		}
+	}
+	if err := s.shared.Release(id); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return s.updateLocked(func(st *sandboxState) error {
+		delete(st.Containers, id)
+		return nil
+	})
+}
+
+// KillContainer sends sig to the container's init process, or with all
+// to every process in it.
+func (s *Sandbox) KillContainer(ctx context.Context, id string, sig syscall.Signal, all bool) error {
+	return s.SignalProcess(ctx, id, "", sig, all)
+}
+
+// EnterContainer starts process p in running container id and returns its
+// exec ID (execID, or a generated one when empty).
+func (s *Sandbox) EnterContainer(ctx context.Context, id, execID string, p specs.Process) (string, error) {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return "", err
+	}
+	if execID == "" {
+		b := make([]byte, 6)
+		rand.Read(b)
+		execID = "exec-" + hex.EncodeToString(b)
+	}
+	if err := validateID("exec", execID); err != nil {
+		return "", err
+	}
+	if len(p.Args) == 0 {
+		return "", fmt.Errorf("enter container %s: %w: no command", id, ErrInvalidConfig)
+	}
+	if p.Cwd == "" {
+		p.Cwd = "/"
+	}
+	if err := c.ExecProcess(ctx, id, execID, &p); err != nil {
+		return "", fmt.Errorf("enter container %s: %w", id, err)
+	}
+	return execID, nil
+}
+
+// StatusContainer reports a container's state.
+func (s *Sandbox) StatusContainer(ctx context.Context, id string) (ContainerStatus, error) {
+	s.mu.Lock()
+	cs, ok := s.state.Containers[id]
+	s.mu.Unlock()
+	if !ok {
+		return ContainerStatus{}, fmt.Errorf("container %s: %w", id, ErrNotFound)
+	}
+	out := ContainerStatus{ID: id, State: StateStopped, Created: cs.Created, Bundle: cs.Bundle, Rootfs: cs.Rootfs, Annotations: cs.Annotations}
+	c, err := s.agentClient()
+	if err != nil {
+		return out, nil // no VM: stopped
+	}
+	st, err := c.StateContainer(ctx, id)
+	if err != nil {
+		return out, fmt.Errorf("status of container %s: %w", id, err)
+	}
+	out.PID = st.Pid
+	switch st.Status {
+	case "created":
+		out.State = StateReady
+	case "running":
+		out.State = StateRunning
+	case "paused":
+		out.State = StatePaused
+	}
+	return out, nil
+}
+
+// ContainerStats are a container's resource usage from its cgroup.
+type ContainerStats = agent.Stats
+
+// StatsContainer reports a container's resource usage.
+func (s *Sandbox) StatsContainer(ctx context.Context, id string) (*ContainerStats, error) {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return nil, err
+	}
+	return c.StatsContainer(ctx, id)
+}
+
+// ProcessInfo is one process in a container.
+type ProcessInfo = agent.ProcessInfo
+
+// ProcessListContainer lists the processes in a container.
+func (s *Sandbox) ProcessListContainer(ctx context.Context, id string) ([]ProcessInfo, error) {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return nil, err
+	}
+	return c.ListProcesses(ctx, id)
+}
+
+// UpdateContainer changes a container's resource limits.
+func (s *Sandbox) UpdateContainer(ctx context.Context, id string, r *specs.LinuxResources) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	return c.UpdateContainer(ctx, id, r)
+}
+
+// PauseContainer freezes a container's processes.
+func (s *Sandbox) PauseContainer(ctx context.Context, id string) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	return c.PauseContainer(ctx, id)
+}
+
+// ResumeContainer thaws a paused container.
+func (s *Sandbox) ResumeContainer(ctx context.Context, id string) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	return c.ResumeContainer(ctx, id)
+}
+
+// WaitProcess waits for a process to exit: the container's init process
+// when execID is empty. If the VM dies meanwhile it fails with an error
+// wrapping agent.ErrGuestDied.
+func (s *Sandbox) WaitProcess(ctx context.Context, id, execID string) (ExitStatus, error) {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	e, err := c.WaitProcess(ctx, id, execID)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	return ExitStatus(e), nil
+}
+
+// SignalProcess sends sig to a process, or with all (init process only)
+// to every process of the container.
+func (s *Sandbox) SignalProcess(ctx context.Context, id, execID string, sig syscall.Signal, all bool) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	if err := c.SignalProcess(ctx, id, execID, uint32(sig), all); err != nil {
+		return fmt.Errorf("signal %v to %s: %w", sig, id, err)
+	}
+	return nil
+}
+
+// WinsizeProcess resizes a process's terminal.
+func (s *Sandbox) WinsizeProcess(ctx context.Context, id, execID string, height, width uint32) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	return c.ResizeTTY(ctx, id, execID, width, height)
+}
+
+// CloseStdin closes a process's stdin.
+func (s *Sandbox) CloseStdin(ctx context.Context, id, execID string) error {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	return c.CloseStdin(ctx, id, execID)
+}
+
+// IOStream attaches to a process's stdio. Write to stdin and close it to
+// close the process's stdin; read stdout and stderr until EOF, which comes
+// once the process closed them and everything it wrote was delivered.
+// stderr is nil for a process with a terminal. Attach before starting the
+// process to be sure to see all its output; output written before anyone
+// attached waits in the guest.
+func (s *Sandbox) IOStream(ctx context.Context, id, execID string) (stdin io.WriteCloser, stdout, stderr io.ReadCloser, err error) {
+	c, err := s.containerClient(id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	s.mu.Lock()
+	terminal := s.state.Containers[id].Terminal
+	s.mu.Unlock()
+	open := func(kind string) (io.ReadWriteCloser, error) {
+		return c.OpenStream(ctx, protocol.StreamHeader{ContainerID: id, ExecID: execID, Stream: kind})
+	}
+	var closers []io.Closer
+	defer func() {
+		if err != nil {
+			for _, c := range closers {
+				c.Close()
+			}
+		}
+	}()
+	in, err := open(protocol.StreamStdin)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	closers = append(closers, in)
+	out, err := open(protocol.StreamStdout)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	closers = append(closers, out)
+	// An exec'd process may have a terminal while the init does not; the
+	// guest closes stderr at once for a process with a terminal.
+	if !terminal || execID != "" {
+		e, err := open(protocol.StreamStderr)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		stderr = e
+	}
+	return halfCloser{in}, out, stderr, nil
+}
+
+// halfCloser closes only the write side of a stream, so the guest sees
+// end of file on stdin.
+type halfCloser struct{ io.ReadWriteCloser }
+
+func (h halfCloser) Close() error {
+	if cw, ok := h.ReadWriteCloser.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return h.ReadWriteCloser.Close()
+}
+
+// IsGuestDied reports whether err means the sandbox's VM died.
+func IsGuestDied(err error) bool { return errors.Is(err, agent.ErrGuestDied) }

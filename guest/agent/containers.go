@@ -1,0 +1,384 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/guest/container"
+	securejoin "github.com/cyphar/filepath-securejoin"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// SharedFSTag is the virtio-fs tag of the directory the host shares with
+// the guest; containers' root filesystems live below it.
+const SharedFSTag = "cocoon"
+
+// sharedFS mounts the host's shared directory on first use.
+type sharedFS struct {
+	mountPoint string
+	once       sync.Once
+	err        error
+}
+
+func (s *sharedFS) mount() error {
+	s.once.Do(func() {
+		if err := os.MkdirAll(s.mountPoint, 0o755); err != nil {
+			s.err = fmt.Errorf("mount shared fs: %w", err)
+			return
+		}
+		if err := unix.Mount(SharedFSTag, s.mountPoint, "virtiofs", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+			s.err = fmt.Errorf("mount virtiofs %q on %s: %w", SharedFSTag, s.mountPoint, err)
+		}
+	})
+	return s.err
+}
+
+// resolve returns the guest path of rel, which must stay below the shared
+// mount point.
+func (s *sharedFS) resolve(rel string) (string, error) {
+	if err := s.mount(); err != nil {
+		return "", err
+	}
+	if rel == "" || filepath.IsAbs(rel) {
+		return "", fmt.Errorf("rootfs %q: want a path relative to the shared directory", rel)
+	}
+	return securejoin.SecureJoin(s.mountPoint, rel)
+}
+
+func (a *Agent) manager() (*container.Manager, error) {
+	if a.containers == nil {
+		return nil, errors.New("this agent cannot run containers")
+	}
+	return a.containers, nil
+}
+
+// CreateContainer creates a container from an OCI spec whose rootfs was
+// shared by the host.
+func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainerRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(r.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("create container %s: parse spec: %w", r.ContainerId, err)
+	}
+	if spec.Process == nil {
+		return nil, fmt.Errorf("create container %s: spec has no process", r.ContainerId)
+	}
+	rootfs, err := a.shared.resolve(r.Rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
+	}
+	if err := a.resolveMounts(&spec); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
+	}
+	pio := container.ProcessIO{Terminal: spec.Process.Terminal}
+	if cs := spec.Process.ConsoleSize; cs != nil {
+		pio.Width, pio.Height = uint16(cs.Width), uint16(cs.Height)
+	}
+	if _, err := m.Create(ctx, r.ContainerId, &spec, rootfs, pio); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// SharedMountPrefix marks a bind mount source that the host shared through
+// virtio-fs: "shared:<path relative to the shared directory>".
+const SharedMountPrefix = "shared:"
+
+// resolveMounts turns bind mount sources the host shared into guest paths.
+func (a *Agent) resolveMounts(spec *specs.Spec) error {
+	for i := range spec.Mounts {
+		m := &spec.Mounts[i]
+		rel, ok := strings.CutPrefix(m.Source, SharedMountPrefix)
+		if !ok {
+			continue
+		}
+		p, err := a.shared.resolve(rel)
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", m.Destination, err)
+		}
+		m.Source = p
+	}
+	return nil
+}
+
+// StartContainer starts a created container's program.
+func (a *Agent) StartContainer(ctx context.Context, r *protocol.ContainerRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Start(ctx, r.ContainerId); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// ExecProcess starts a process in a running container.
+func (a *Agent) ExecProcess(ctx context.Context, r *protocol.ExecProcessRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecId == "" {
+		return nil, errors.New("exec: empty exec id")
+	}
+	var p specs.Process
+	if err := json.Unmarshal(r.Process, &p); err != nil {
+		return nil, fmt.Errorf("exec %s in %s: parse process: %w", r.ExecId, r.ContainerId, err)
+	}
+	pio := container.ProcessIO{Terminal: p.Terminal}
+	if cs := p.ConsoleSize; cs != nil {
+		pio.Width, pio.Height = uint16(cs.Width), uint16(cs.Height)
+	}
+	if _, err := m.Exec(ctx, r.ContainerId, r.ExecId, &p, pio); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// SignalProcess delivers a signal.
+func (a *Agent) SignalProcess(ctx context.Context, r *protocol.SignalProcessRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	if r.Signal == 0 || r.Signal > 64 {
+		return nil, fmt.Errorf("signal %d: out of range", r.Signal)
+	}
+	sig := syscall.Signal(r.Signal)
+	if r.ExecId == "" {
+		err = m.Kill(ctx, r.ContainerId, sig, r.All)
+	} else {
+		var p *container.Process
+		if p, err = m.Process(r.ContainerId, r.ExecId); err == nil {
+			err = p.Signal(sig)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// WaitProcess waits for a process to exit.
+func (a *Agent) WaitProcess(ctx context.Context, r *protocol.ProcessRequest) (*protocol.ExitStatus, error) {
+	p, err := a.process(r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	st, err := p.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &protocol.ExitStatus{Code: int32(st.Code), Signal: int32(st.Signal), OomKilled: st.OOMKilled, ExitedAtUnixNano: st.ExitedAt.UnixNano()}, nil
+}
+
+func (a *Agent) process(id, execID string) (*container.Process, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	return m.Process(id, execID)
+}
+
+// ResizeTTY resizes a process's terminal.
+func (a *Agent) ResizeTTY(ctx context.Context, r *protocol.ResizeTTYRequest) (*protocol.Empty, error) {
+	p, err := a.process(r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if r.Width > 0xffff || r.Height > 0xffff {
+		return nil, fmt.Errorf("resize: %dx%d out of range", r.Width, r.Height)
+	}
+	if err := p.Resize(uint16(r.Width), uint16(r.Height)); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// CloseStdin closes a process's stdin.
+func (a *Agent) CloseStdin(ctx context.Context, r *protocol.ProcessRequest) (*protocol.Empty, error) {
+	p, err := a.process(r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.CloseStdin(); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// ListProcesses lists the processes in a container.
+func (a *Agent) ListProcesses(ctx context.Context, r *protocol.ContainerRequest) (*protocol.ProcessList, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	pids, err := m.Processes(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	out := &protocol.ProcessList{}
+	for _, pid := range pids {
+		out.Processes = append(out.Processes, processInfo(pid))
+	}
+	return out, nil
+}
+
+// processInfo describes pid from /proc.
+func processInfo(pid int) *protocol.ProcessInfo {
+	info := &protocol.ProcessInfo{Pid: int32(pid)}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			if f := strings.Fields(s[i+1:]); len(f) > 1 {
+				info.State = f[0]
+				ppid, _ := strconv.Atoi(f[1])
+				info.Ppid = int32(ppid)
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		info.Command = strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	return info
+}
+
+// StatsContainer reports a container's cgroup statistics.
+func (a *Agent) StatsContainer(ctx context.Context, r *protocol.ContainerRequest) (*protocol.ContainerStats, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	s, err := m.Stats(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &protocol.ContainerStats{
+		CpuUsageNs: s.CPU.UsageNanos, CpuUserNs: s.CPU.UserNanos, CpuSystemNs: s.CPU.SystemNanos,
+		CpuThrottledPeriods: s.CPU.ThrottledPeriods, CpuThrottledNs: s.CPU.ThrottledNanos,
+		MemoryUsageBytes: s.Memory.Usage, MemoryLimitBytes: s.Memory.Limit, MemoryMaxUsageBytes: s.Memory.MaxUsage,
+		MemoryAnonBytes: s.Memory.Anon, MemoryFileBytes: s.Memory.File,
+		MemoryOomEvents: s.Memory.OOM, MemoryOomKillEvents: s.Memory.OOMKill,
+		PidsCurrent: s.Pids.Current, PidsLimit: s.Pids.Limit,
+		IoReadBytes: s.IO.ReadBytes, IoWriteBytes: s.IO.WriteBytes, IoReadOps: s.IO.ReadOps, IoWriteOps: s.IO.WriteOps,
+	}, nil
+}
+
+// StateContainer reports a container's state.
+func (a *Agent) StateContainer(ctx context.Context, r *protocol.ContainerRequest) (*protocol.ContainerState, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	st, err := m.State(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &protocol.ContainerState{Status: st.Status, Pid: int32(st.Pid), CreatedUnixNano: st.Created.UnixNano()}, nil
+}
+
+// PauseContainer freezes a container.
+func (a *Agent) PauseContainer(ctx context.Context, r *protocol.ContainerRequest) (*protocol.Empty, error) {
+	return a.onContainer(ctx, r.ContainerId, (*container.Manager).Pause)
+}
+
+// ResumeContainer thaws a container.
+func (a *Agent) ResumeContainer(ctx context.Context, r *protocol.ContainerRequest) (*protocol.Empty, error) {
+	return a.onContainer(ctx, r.ContainerId, (*container.Manager).Resume)
+}
+
+func (a *Agent) onContainer(ctx context.Context, id string, op func(*container.Manager, context.Context, string) error) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	if err := op(m, ctx, id); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// UpdateContainer changes a container's resources.
+func (a *Agent) UpdateContainer(ctx context.Context, r *protocol.UpdateContainerRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources, &res); err != nil {
+		return nil, fmt.Errorf("update container %s: parse resources: %w", r.ContainerId, err)
+	}
+	if err := m.Update(ctx, r.ContainerId, &res); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// RemoveContainer deletes a container.
+func (a *Agent) RemoveContainer(ctx context.Context, r *protocol.RemoveContainerRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Delete(ctx, r.ContainerId, r.Force); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
+// AttachStream connects a host stream to a process's stdin, stdout or
+// stderr. It takes ownership of conn.
+func (a *Agent) AttachStream(h protocol.StreamHeader, conn net.Conn) {
+	go func() {
+		defer conn.Close()
+		p, err := a.process(h.ContainerID, h.ExecID)
+		if err != nil {
+			a.log.Warn("attach stream", "container", h.ContainerID, "exec", h.ExecID, "stream", h.Stream, "err", err)
+			return
+		}
+		switch h.Stream {
+		case protocol.StreamStdin:
+			if w := p.Stdin(); w != nil {
+				io.Copy(w, conn)
+				p.CloseStdin()
+			}
+		case protocol.StreamStdout:
+			copyOut(conn, p.Stdout())
+		case protocol.StreamStderr:
+			copyOut(conn, p.Stderr())
+		}
+	}()
+}
+
+// copyOut copies a process's output to the host until the process closed
+// it. A PTY master reports EIO once the last slave closed: that is its end
+// of file.
+func copyOut(conn net.Conn, r io.Reader) {
+	if r == nil {
+		return
+	}
+	buf := make([]byte, 256<<10)
+	_, err := io.CopyBuffer(conn, r, buf)
+	if err != nil && !errors.Is(err, syscall.EIO) {
+		return
+	}
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}

@@ -1,0 +1,495 @@
+package cocoon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent"
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/persist"
+	"github.com/cocoon-runtime/cocoon/storage"
+	"github.com/cocoon-runtime/cocoon/vm"
+)
+
+// SandboxConfig describes a sandbox to create.
+type SandboxConfig struct {
+	ID string
+	// Hypervisor configures the VM. Kernel and Initrd default to the
+	// current guest image; StateDir and SharedFSSocket are set by the
+	// runtime.
+	Hypervisor hypervisor.Config
+	// BootTimeout bounds the wait for the guest agent (default 30s).
+	BootTimeout time.Duration
+	Annotations map[string]string
+	// Containers are created (not started) with the sandbox.
+	Containers []ContainerConfig
+}
+
+// sandboxState is the persisted document of a sandbox.
+type sandboxState struct {
+	ID          string                     `json:"id"`
+	State       State                      `json:"state"`
+	Created     time.Time                  `json:"created"`
+	Annotations map[string]string          `json:"annotations,omitempty"`
+	Hypervisor  hypervisor.Config          `json:"hypervisor"`
+	Containers  map[string]*containerState `json:"containers"`
+}
+
+// containerState is the persisted part of a container.
+type containerState struct {
+	ID          string            `json:"id"`
+	Bundle      string            `json:"bundle"`
+	Rootfs      string            `json:"rootfs"`
+	Created     time.Time         `json:"created"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Terminal    bool              `json:"terminal"`
+	// Execs are the exec IDs of processes started with EnterContainer.
+	Execs []string `json:"execs,omitempty"`
+}
+
+// Sandbox is a handle on one sandbox. Its methods may be called
+// concurrently. Release closes the handle and leaves the sandbox running.
+type Sandbox struct {
+	rt  *Runtime
+	id  string
+	dir string
+
+	mu     sync.Mutex
+	state  *sandboxState
+	vm     *vm.VM
+	shared *storage.Shared
+}
+
+// paths of a sandbox's host files.
+func (r *Runtime) sandboxDir(id string) string {
+	return filepath.Join(r.opts.StateDir, "sandboxes", id)
+}
+func (r *Runtime) vmStateDir() string { return filepath.Join(r.opts.StateDir, "vm") }
+
+func (s *Sandbox) sharedDir() string  { return filepath.Join(s.dir, "shared") }
+func (s *Sandbox) vfsSocket() string  { return filepath.Join(s.dir, "vfs.sock") }
+func (s *Sandbox) vfsPidFile() string { return filepath.Join(s.dir, "virtiofsd.pid") }
+
+// ID returns the sandbox's ID.
+func (s *Sandbox) ID() string { return s.id }
+
+// CreateSandbox boots a sandbox VM and creates the configured containers
+// in it. On error nothing of the sandbox is left behind.
+func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sandbox, err error) {
+	if err := validateID("sandbox", cfg.ID); err != nil {
+		return nil, err
+	}
+	unlock, err := r.store.Lock(ctx, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	var existing sandboxState
+	if err := r.store.Load(cfg.ID, &existing); err == nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, ErrExists)
+	}
+	hv := cfg.Hypervisor
+	if hv.Kernel == "" || hv.Initrd == "" {
+		img, err := image.Current(r.opts.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+		}
+		if hv.Kernel == "" {
+			hv.Kernel = img.Kernel
+		}
+		if hv.Initrd == "" {
+			hv.Initrd = img.Initrd
+		}
+	}
+	s := &Sandbox{rt: r, id: cfg.ID, dir: r.sandboxDir(cfg.ID)}
+	s.state = &sandboxState{
+		ID: cfg.ID, State: StateReady, Created: time.Now().UTC(),
+		Annotations: cfg.Annotations, Containers: map[string]*containerState{},
+	}
+	if err := os.MkdirAll(filepath.Dir(s.dir), 0o700); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	if err := os.Mkdir(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			s.teardown(context.Background())
+		}
+	}()
+	if s.shared, err = storage.NewShared(s.sharedDir()); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	if _, err := storage.StartVirtiofsd(ctx, r.opts.Virtiofsd, s.sharedDir(), s.vfsSocket(), s.vfsPidFile(), filepath.Join(s.dir, "virtiofsd.log")); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	hv.StateDir = r.vmStateDir()
+	hv.SharedFSSocket = s.vfsSocket()
+	s.state.Hypervisor = hv
+	s.vm, err = vm.Start(ctx, cfg.ID, hv, vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: cfg.BootTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	if err := r.store.Save(cfg.ID, s.state); err != nil {
+		return nil, err
+	}
+	for _, c := range cfg.Containers {
+		if err := s.createContainerLocked(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// RunSandbox creates a sandbox and starts its containers.
+func (r *Runtime) RunSandbox(ctx context.Context, cfg SandboxConfig) (*Sandbox, error) {
+	s, err := r.CreateSandbox(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Start(ctx); err != nil {
+		s.Delete(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// FetchSandbox returns a handle on an existing sandbox, connecting to its
+// VM. A sandbox whose VM died is still returned (so it can be stopped and
+// deleted) with its state reported as stopped.
+func (r *Runtime) FetchSandbox(ctx context.Context, id string) (*Sandbox, error) {
+	if err := validateID("sandbox", id); err != nil {
+		return nil, err
+	}
+	var st sandboxState
+	if err := r.store.Load(id, &st); err != nil {
+		if errors.Is(err, persist.ErrNotFound) {
+			return nil, fmt.Errorf("sandbox %s: %w", id, ErrNotFound)
+		}
+		return nil, err
+	}
+	s := &Sandbox{rt: r, id: id, dir: r.sandboxDir(id), state: &st, shared: &storage.Shared{Dir: r.sandboxDir(id) + "/shared"}}
+	if st.State == StateStopped {
+		return s, nil
+	}
+	v, err := vm.Open(ctx, r.vmStateDir(), id, vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache")})
+	if v != nil {
+		s.vm = v
+	}
+	if err != nil {
+		if errors.Is(err, agent.ErrGuestDied) || errors.Is(err, os.ErrNotExist) {
+			r.log.Warn("sandbox vm is gone", "sandbox", id, "err", err)
+			return s, nil
+		}
+		if v != nil {
+			v.Close()
+		}
+		return nil, fmt.Errorf("fetch sandbox %s: %w", id, err)
+	}
+	return s, nil
+}
+
+// ListSandbox reports the status of every sandbox.
+func (r *Runtime) ListSandbox(ctx context.Context) ([]SandboxStatus, error) {
+	ids, err := r.store.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SandboxStatus, 0, len(ids))
+	for _, id := range ids {
+		st, err := r.StatusSandbox(ctx, id)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// StatusSandbox reports a sandbox's status without keeping a connection.
+func (r *Runtime) StatusSandbox(ctx context.Context, id string) (SandboxStatus, error) {
+	s, err := r.FetchSandbox(ctx, id)
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	defer s.Release()
+	return s.Status(ctx), nil
+}
+
+// StartSandbox, StopSandbox, PauseSandbox, ResumeSandbox and DeleteSandbox
+// fetch sandbox id and perform the operation of the same name.
+func (r *Runtime) StartSandbox(ctx context.Context, id string) error {
+	return r.withSandbox(ctx, id, (*Sandbox).Start)
+}
+
+// StopSandbox stops a sandbox; see Sandbox.Stop.
+func (r *Runtime) StopSandbox(ctx context.Context, id string, force bool) error {
+	return r.withSandbox(ctx, id, func(s *Sandbox, ctx context.Context) error { return s.Stop(ctx, force) })
+}
+
+// PauseSandbox pauses a sandbox's VM.
+func (r *Runtime) PauseSandbox(ctx context.Context, id string) error {
+	return r.withSandbox(ctx, id, (*Sandbox).Pause)
+}
+
+// ResumeSandbox resumes a paused sandbox.
+func (r *Runtime) ResumeSandbox(ctx context.Context, id string) error {
+	return r.withSandbox(ctx, id, (*Sandbox).Resume)
+}
+
+// DeleteSandbox stops a sandbox if needed and removes it.
+func (r *Runtime) DeleteSandbox(ctx context.Context, id string) error {
+	return r.withSandbox(ctx, id, (*Sandbox).Delete)
+}
+
+func (r *Runtime) withSandbox(ctx context.Context, id string, op func(*Sandbox, context.Context) error) error {
+	s, err := r.FetchSandbox(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer s.Release()
+	return op(s, ctx)
+}
+
+// SandboxStatus describes a sandbox.
+type SandboxStatus struct {
+	ID          string
+	State       State
+	Created     time.Time
+	Annotations map[string]string
+	// HypervisorPids are the host processes of the VM.
+	HypervisorPids []int
+	Containers     []ContainerStatus
+}
+
+// Status reports the sandbox's state and its containers'.
+func (s *Sandbox) Status(ctx context.Context) SandboxStatus {
+	s.mu.Lock()
+	st := SandboxStatus{ID: s.id, State: s.state.State, Created: s.state.Created, Annotations: maps.Clone(s.state.Annotations)}
+	ids := slices.Sorted(maps.Keys(s.state.Containers))
+	v := s.vm
+	s.mu.Unlock()
+	if v != nil {
+		st.HypervisorPids = v.HV.PIDs()
+		select {
+		case <-v.HV.Wait():
+			st.State = StateStopped
+		default:
+		}
+	} else if st.State != StateStopped {
+		st.State = StateStopped
+	}
+	for _, id := range ids {
+		cs, err := s.StatusContainer(ctx, id)
+		if err != nil {
+			cs = ContainerStatus{ID: id, State: StateStopped}
+		}
+		st.Containers = append(st.Containers, cs)
+	}
+	return st
+}
+
+// Start starts every created container of the sandbox.
+func (s *Sandbox) Start(ctx context.Context) error {
+	s.mu.Lock()
+	ids := slices.Sorted(maps.Keys(s.state.Containers))
+	state := s.state.State
+	s.mu.Unlock()
+	if state == StateStopped {
+		return fmt.Errorf("start sandbox %s: %w: it is stopped", s.id, ErrState)
+	}
+	for _, id := range ids {
+		cs, err := s.StatusContainer(ctx, id)
+		if err != nil {
+			return err
+		}
+		if cs.State != StateReady {
+			continue
+		}
+		if err := s.StartContainer(ctx, id); err != nil {
+			return err
+		}
+	}
+	return s.setState(ctx, StateRunning)
+}
+
+func (s *Sandbox) setState(ctx context.Context, st State) error {
+	return s.update(ctx, func(state *sandboxState) error {
+		state.State = st
+		return nil
+	})
+}
+
+// update applies fn to the freshly loaded persisted state under the
+// sandbox's lock and saves it.
+func (s *Sandbox) update(ctx context.Context, fn func(*sandboxState) error) error {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.updateLocked(fn)
+}
+
+func (s *Sandbox) updateLocked(fn func(*sandboxState) error) error {
+	var st sandboxState
+	if err := s.rt.store.Load(s.id, &st); err != nil {
+		return err
+	}
+	if st.Containers == nil {
+		st.Containers = map[string]*containerState{}
+	}
+	if err := fn(&st); err != nil {
+		return err
+	}
+	if err := s.rt.store.Save(s.id, &st); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.state = &st
+	s.mu.Unlock()
+	return nil
+}
+
+// agentClient returns the connected agent or an error naming why there is
+// none.
+func (s *Sandbox) agentClient() (*agent.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vm == nil || s.vm.Agent == nil {
+		return nil, fmt.Errorf("sandbox %s: %w: its VM is not running", s.id, ErrState)
+	}
+	return s.vm.Agent, nil
+}
+
+// Pause pauses the sandbox's VM: every container stops running.
+func (s *Sandbox) Pause(ctx context.Context) error {
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return fmt.Errorf("pause sandbox %s: %w", s.id, ErrState)
+	}
+	if err := v.Pause(ctx); err != nil {
+		return err
+	}
+	return s.setState(ctx, StatePaused)
+}
+
+// Resume resumes a paused sandbox.
+func (s *Sandbox) Resume(ctx context.Context) error {
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return fmt.Errorf("resume sandbox %s: %w", s.id, ErrState)
+	}
+	if err := v.Resume(ctx); err != nil {
+		return err
+	}
+	return s.setState(ctx, StateRunning)
+}
+
+// Stop shuts the sandbox down: its containers are killed, the VM powered
+// off and its host resources (file server, mounts) released. The sandbox
+// keeps its record, in state stopped, until Delete. Without force, an
+// error stopping a container aborts the stop.
+func (s *Sandbox) Stop(ctx context.Context, force bool) error {
+	s.mu.Lock()
+	ids := slices.Sorted(maps.Keys(s.state.Containers))
+	s.mu.Unlock()
+	if c, err := s.agentClient(); err == nil {
+		for _, id := range ids {
+			if err := c.RemoveContainer(ctx, id, true); err != nil && !force {
+				return fmt.Errorf("stop sandbox %s: %w", s.id, err)
+			}
+		}
+	}
+	if err := s.teardown(ctx); err != nil && !force {
+		return fmt.Errorf("stop sandbox %s: %w", s.id, err)
+	}
+	return s.setState(ctx, StateStopped)
+}
+
+// teardown stops the VM and the file server and releases every host
+// resource except the state record. It is idempotent.
+func (s *Sandbox) teardown(ctx context.Context) error {
+	var errs []error
+	s.mu.Lock()
+	v := s.vm
+	s.vm = nil
+	s.mu.Unlock()
+	if v != nil {
+		errs = append(errs, v.Stop(ctx))
+	} else if s.state != nil {
+		// The VM was never reached from this handle: clean up what it left.
+		if dead, err := vm.Open(ctx, s.rt.vmStateDir(), s.id, vm.Options{}); dead != nil {
+			errs = append(errs, dead.Stop(ctx))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			s.rt.log.Debug("no vm to clean up", "sandbox", s.id, "err", err)
+		}
+	}
+	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
+	if err := storage.UnmountAll(s.sharedDir()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(s.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Delete stops the sandbox if it still runs and removes its record.
+func (s *Sandbox) Delete(ctx context.Context) error {
+	if err := s.Stop(ctx, true); err != nil && !errors.Is(err, persist.ErrNotFound) {
+		s.rt.log.Warn("stop before delete", "sandbox", s.id, "err", err)
+	}
+	// A second pass catches what a failed stop left.
+	if err := s.teardown(ctx); err != nil {
+		return fmt.Errorf("delete sandbox %s: %w", s.id, err)
+	}
+	return s.rt.store.Delete(s.id)
+}
+
+// Monitor returns a channel that receives an error when the sandbox's VM
+// exits, whoever stopped it, and is then closed.
+func (s *Sandbox) Monitor() <-chan error {
+	ch := make(chan error, 1)
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		ch <- fmt.Errorf("sandbox %s: vm not running", s.id)
+		close(ch)
+		return ch
+	}
+	go func() {
+		<-v.HV.Wait()
+		ch <- fmt.Errorf("sandbox %s: vm exited: %w", s.id, agent.ErrGuestDied)
+		close(ch)
+	}()
+	return ch
+}
+
+// Release closes this handle's connections; the sandbox keeps running.
+func (s *Sandbox) Release() error {
+	s.mu.Lock()
+	v := s.vm
+	s.vm = nil
+	s.mu.Unlock()
+	if v != nil {
+		return v.Close()
+	}
+	return nil
+}

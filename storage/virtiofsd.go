@@ -1,0 +1,274 @@
+// Package storage shares host directories with sandbox VMs: one virtiofsd
+// per sandbox exports the sandbox's shared directory, into which container
+// root filesystems and volumes are bind-mounted.
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultVirtiofsd is where Debian's QEMU package installs virtiofsd.
+const DefaultVirtiofsd = "/usr/lib/qemu/virtiofsd"
+
+// FindVirtiofsd returns path if set, else the first virtiofsd found.
+func FindVirtiofsd(path string) (string, error) {
+	if path != "" {
+		return exec.LookPath(path)
+	}
+	for _, p := range []string{DefaultVirtiofsd, "/usr/libexec/virtiofsd"} {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return exec.LookPath("virtiofsd")
+}
+
+// Virtiofsd is a running virtiofsd. It is not a child of the caller: it
+// outlives the process that started it, exits by itself when QEMU
+// disconnects, and is found again from its pid file.
+type Virtiofsd struct {
+	Pid     int
+	Socket  string
+	PidFile string
+}
+
+// StartVirtiofsd exports dir on the vhost-user socket sock and returns
+// once the socket exists.
+func StartVirtiofsd(ctx context.Context, binary, dir, sock, pidFile, logFile string) (*Virtiofsd, error) {
+	bin, err := FindVirtiofsd(binary)
+	if err != nil {
+		return nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin,
+		"--socket-path="+sock,
+		"-o", "source="+dir,
+		"-o", "cache=auto",
+		"-o", "sandbox=namespace",
+		"-o", "announce_submounts",
+		"--thread-pool-size=1",
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own session: a Ctrl-C at the terminal that started the sandbox
+	// must not kill the sandbox's file server.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	v := &Virtiofsd{Pid: cmd.Process.Pid, Socket: sock, PidFile: pidFile}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it while we live
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(v.Pid)), 0o600); err != nil {
+		cmd.Process.Kill()
+		return nil, fmt.Errorf("start virtiofsd: %w", err)
+	}
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return v, nil
+		}
+		select {
+		case err := <-exited:
+			out, _ := os.ReadFile(logFile)
+			return nil, fmt.Errorf("start virtiofsd: exited (%v): %s", err, bytes.TrimSpace(out))
+		case <-ctx.Done():
+			cmd.Process.Kill()
+			return nil, fmt.Errorf("start virtiofsd: %w", ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// LoadVirtiofsd finds the virtiofsd whose pid file is pidFile. It returns
+// nil when none runs.
+func LoadVirtiofsd(pidFile, sock string) *Virtiofsd {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !isVirtiofsd(pid, sock) {
+		return nil
+	}
+	return &Virtiofsd{Pid: pid, Socket: sock, PidFile: pidFile}
+}
+
+// isVirtiofsd reports whether pid runs virtiofsd on sock (so a recycled
+// pid is never killed).
+func isVirtiofsd(pid int, sock string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && bytes.Contains(b, []byte("--socket-path="+sock))
+}
+
+// Stop kills virtiofsd (it holds no state worth a graceful exit) and waits
+// for it to be gone.
+func (v *Virtiofsd) Stop(ctx context.Context) error {
+	if v == nil {
+		return nil
+	}
+	fd, err := unix.PidfdOpen(v.Pid, 0)
+	if err != nil {
+		return nil // already gone
+	}
+	defer unix.Close(fd)
+	if !isVirtiofsd(v.Pid, v.Socket) {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("stop virtiofsd %d: %w", v.Pid, err)
+	}
+	for {
+		n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 50)
+		if n > 0 {
+			// Reap it if it is our child; otherwise its parent (or init) does.
+			var ws unix.WaitStatus
+			unix.Wait4(v.Pid, &ws, unix.WNOHANG, nil)
+			os.Remove(v.Socket)
+			os.Remove(v.PidFile)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("stop virtiofsd %d: %w", v.Pid, ctx.Err())
+		}
+	}
+}
+
+// Shared is a sandbox's shared directory: a mount point whose submounts
+// propagate into virtiofsd's mount namespace, so container root
+// filesystems bind-mounted into it after virtiofsd started are visible to
+// the guest.
+type Shared struct {
+	Dir string
+}
+
+// NewShared creates dir and makes it a shared mount point of its own.
+func NewShared(dir string) (*Shared, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create shared dir: %w", err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return nil, fmt.Errorf("bind shared dir %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		return nil, fmt.Errorf("make %s a shared mount: %w", dir, err)
+	}
+	return &Shared{Dir: dir}, nil
+}
+
+// Bind bind-mounts the host path src (a directory or a file) to rel below
+// the shared directory and returns rel. readOnly makes the bind read-only.
+func (s *Shared) Bind(src, rel string, readOnly bool) error {
+	dst := filepath.Join(s.Dir, rel)
+	if !strings.HasPrefix(dst, s.Dir+"/") {
+		return fmt.Errorf("bind %s: %q escapes the shared dir", src, rel)
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	if st.IsDir() {
+		err = os.MkdirAll(dst, 0o755)
+	} else {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+				f.Close()
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s to %s: %w", src, dst, err)
+	}
+	if readOnly {
+		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, ""); err != nil {
+			unix.Unmount(dst, unix.MNT_DETACH)
+			return fmt.Errorf("make %s read-only: %w", dst, err)
+		}
+	}
+	return nil
+}
+
+// Release unmounts everything below rel and removes it.
+func (s *Shared) Release(rel string) error {
+	dir := filepath.Join(s.Dir, rel)
+	if !strings.HasPrefix(dir, s.Dir+"/") {
+		return fmt.Errorf("release %q: escapes the shared dir", rel)
+	}
+	if err := UnmountAll(dir); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
+// Destroy unmounts the shared directory and everything in it, and removes
+// it.
+func (s *Shared) Destroy() error {
+	if err := UnmountAll(s.Dir); err != nil {
+		return err
+	}
+	return os.RemoveAll(s.Dir)
+}
+
+// UnmountAll unmounts every mount at or below dir, deepest first.
+func UnmountAll(dir string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var mounts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMountPath(f[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			mounts = append(mounts, mp)
+		}
+	}
+	// Deepest first; a path mounted several times appears several times.
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mounts[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", mounts[i], err)
+		}
+	}
+	return nil
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
