@@ -80,8 +80,41 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) erro
 	return s.createContainerLocked(ctx, cfg)
 }
 
-func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig) (err error) {
+// prepareContainer checks cfg and loads its spec into cfg.Spec.
+func prepareContainer(cfg *ContainerConfig) error {
 	if err := validateID("container", cfg.ID); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(cfg.Bundle) {
+		return fmt.Errorf("create container %s: %w: bundle %q is not an absolute path", cfg.ID, ErrInvalidConfig, cfg.Bundle)
+	}
+	if cfg.Spec == nil {
+		spec, err := LoadSpec(cfg.Bundle)
+		if err != nil {
+			return fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+		cfg.Spec = spec
+	}
+	if err := checkSpec(cfg.Spec); err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	rootfs := containerRootfs(cfg)
+	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
+		return fmt.Errorf("create container %s: %w: rootfs %s is not a directory", cfg.ID, ErrInvalidConfig, rootfs)
+	}
+	return nil
+}
+
+// containerRootfs is the host path of a prepared container's rootfs.
+func containerRootfs(cfg *ContainerConfig) string {
+	if filepath.IsAbs(cfg.Spec.Root.Path) {
+		return cfg.Spec.Root.Path
+	}
+	return filepath.Join(cfg.Bundle, cfg.Spec.Root.Path)
+}
+
+func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig) (err error) {
+	if err := prepareContainer(&cfg); err != nil {
 		return err
 	}
 	c, err := s.agentClient()
@@ -94,26 +127,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	if exists {
 		return fmt.Errorf("create container %s: %w", cfg.ID, ErrExists)
 	}
-	if !filepath.IsAbs(cfg.Bundle) {
-		return fmt.Errorf("create container %s: %w: bundle %q is not an absolute path", cfg.ID, ErrInvalidConfig, cfg.Bundle)
-	}
-	spec := cfg.Spec
-	if spec == nil {
-		if spec, err = LoadSpec(cfg.Bundle); err != nil {
-			return fmt.Errorf("create container %s: %w", cfg.ID, err)
-		}
-	}
-	if err := checkSpec(spec); err != nil {
-		return fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
-	rootfs := spec.Root.Path
-	if !filepath.IsAbs(rootfs) {
-		rootfs = filepath.Join(cfg.Bundle, rootfs)
-	}
-	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
-		return fmt.Errorf("create container %s: %w: rootfs %s is not a directory", cfg.ID, ErrInvalidConfig, rootfs)
-	}
-
+	spec, rootfs := cfg.Spec, containerRootfs(&cfg)
 	guestSpec, err := s.shareContainer(cfg.ID, spec, rootfs)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)

@@ -96,6 +96,12 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	if err := r.store.Load(cfg.ID, &existing); err == nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, ErrExists)
 	}
+	// Check every container before booting anything.
+	for i := range cfg.Containers {
+		if err := prepareContainer(&cfg.Containers[i]); err != nil {
+			return nil, err
+		}
+	}
 	hv := cfg.Hypervisor
 	if hv.Kernel == "" || hv.Initrd == "" {
 		img, err := image.Current(r.opts.DataDir)
@@ -123,6 +129,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	defer func() {
 		if err != nil {
 			s.teardown(context.Background())
+			r.store.Delete(cfg.ID)
 		}
 	}()
 	if s.shared, err = storage.NewShared(s.sharedDir()); err != nil {

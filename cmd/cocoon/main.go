@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -36,6 +34,13 @@ func newRootCommand() *cobra.Command {
 		Short:         "Run containers inside lightweight virtual machines",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// SIGINT and SIGTERM cancel a command's context, except for the
+		// commands that pass them on to a process in a container.
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			if cmd.Annotations[forwardsSignals] == "" {
+				cmd.SetContext(interruptible(cmd.Context()))
+			}
+		},
 	}
 	root.PersistentFlags().StringVar(&g.root, "root", "/run/cocoon", "directory for runtime state (sockets, pid files)")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "/var/lib/cocoon", "directory for persistent data (guest images, caches)")
@@ -46,14 +51,29 @@ func newRootCommand() *cobra.Command {
 		newImageCommand(g),
 		newVMCommand(g),
 		newVersionCommand(g),
+		newSpecCommand(g),
+		newCreateCommand(g),
+		newStartCommand(g),
+		newRunCommand(g),
+		newExecCommand(g),
+		newPsCommand(g),
+		newListCommand(g),
+		newStateCommand(g),
+		newKillCommand(g),
+		newPauseCommand(g),
+		newResumeCommand(g),
+		newDeleteCommand(g),
+		newStatsCommand(g),
+		newEventsCommand(g),
+		newUpdateCommand(g),
 	)
 	return root
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
 	err := newRootCommand().ExecuteContext(ctx)
-	stop()
+	cancel()
 	if err != nil {
 		var ec exitCode
 		if asExitCode(err, &ec) {

@@ -22,16 +22,17 @@
 //
 // The agent, as PID 1, reaps every process of the guest. libcontainer waits
 // for its own helper processes while it starts a container process, so the
-// reaper must not reap while that happens: replace reaper.Reaper by a
-// LockedReaper and pass it both as the Manager's Reaper and as its lock:
+// reaper must not reap while that happens: the Manager holds the reaper's
+// lock meanwhile. A *reaper.Reaper is both the Reaper and the lock:
 //
-//	r := container.NewLockedReaper()
+//	r := reaper.New()
 //	go r.Run(ctx)
 //	mgr, err := container.NewManager("/run/cocoon/containers", r, r, log)
 //
 // The Manager learns how a container's processes exit from the reaper: it
 // subscribes while holding the lock, before starting a process, and never
-// waits for the process itself.
+// waits for the process itself. Any other code of the agent that waits for
+// its own children must hold the lock too.
 //
 // # Building
 //
@@ -45,7 +46,7 @@
 // The seccomp tag needs libseccomp's static library (Debian's
 // libseccomp-dev). Without the tag, containers whose spec has a seccomp
 // profile are refused with ErrSeccompUnsupported rather than run without
-// it. NewManager fails in a binary built without cgo.
+// it. Without cgo the package does not compile.
 package container
 
 import (
@@ -136,9 +137,6 @@ type State struct {
 // processes from r and holds lock, which the reaping loop must also hold
 // while it reaps, while it starts a process. See the package documentation.
 func NewManager(root string, r Reaper, lock sync.Locker, log *slog.Logger) (*Manager, error) {
-	if !cgoEnabled {
-		return nil, errors.New("new container manager: binary built without cgo, which libcontainer needs")
-	}
 	if r == nil || lock == nil {
 		return nil, errors.New("new container manager: reaper and lock are required")
 	}

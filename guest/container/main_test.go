@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-runtime/cocoon/guest/reaper"
 )
 
 // nsEnv marks the re-executed test process that runs the tests in a mount
@@ -19,7 +21,7 @@ const nsEnv = "COCOON_CONTAINER_TEST_MNTNS"
 
 // TestMain makes the test binary work like the agent: it serves
 // libcontainer's "init" re-execution, and runs the tests as a child
-// subreaper with a LockedReaper, wired as main.go wires it.
+// subreaper with a reaper.Reaper, wired as main.go wires it.
 //
 // As root, the tests run in a re-executed copy of the test binary inside a
 // new mount namespace with cgroup v2 mounted on /sys/fs/cgroup, as in the
@@ -86,4 +88,4 @@ func mountCgroup2() error {
 }
 
 // testReaper is the test process's only reaper, as PID 1 has in the guest.
-var testReaper = sync.OnceValue(NewLockedReaper)
+var testReaper = sync.OnceValue(reaper.New)

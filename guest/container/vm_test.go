@@ -118,7 +118,7 @@ func TestInGuestVM(t *testing.T) {
 	if res.Accelerator == hypervisor.AccelKVM {
 		accelArg, cpu = "kvm", "host"
 	}
-	args := []string{"-test.timeout=" + (vmTimeout - 30*time.Second).String()}
+	args := []string{"-test.timeout=" + (vmTimeout - 30*time.Second).String(), "-test.v", "-test.run=TestConcurrent", "-test.count=4"} // DEBUG
 	if testing.Verbose() {
 		args = append(args, "-test.v")
 	}
@@ -141,6 +141,7 @@ func TestInGuestVM(t *testing.T) {
 	runErr := cmd.Run()
 	testReaper().Unlock()
 	out, err := os.ReadFile(console)
+	os.WriteFile("/tmp/console-debug.log", out, 0o644) // DEBUG
 	if err != nil {
 		t.Fatalf("QEMU (%v): %v; console: %v", runErr, qemuOut.String(), err)
 	}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/cocoon-runtime/cocoon"
+	"github.com/cocoon-runtime/cocoon/agent"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/spf13/cobra"
+)
+
+// The container commands follow runc's model: every container runs in a
+// sandbox VM of its own, and the sandbox has the container's ID.
+
+// runtime returns the library's Runtime for the global flags.
+func (g *globalOptions) runtime() (*cocoon.Runtime, error) {
+	rt, err := cocoon.New(cocoon.Options{StateDir: g.root, DataDir: g.dataDir, Log: g.logger()})
+	if err != nil {
+		return nil, fmt.Errorf("open runtime state %s: %w", g.root, err)
+	}
+	return rt, nil
+}
+
+// openSandbox returns a handle on the sandbox of container id. Release it
+// when done.
+func openSandbox(cmd *cobra.Command, g *globalOptions, id string) (*cocoon.Sandbox, error) {
+	rt, err := g.runtime()
+	if err != nil {
+		return nil, err
+	}
+	sb, err := fetchSandbox(cmd.Context(), rt, id)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	return sb, nil
+}
+
+// agentAttempts is how many times cocoon tries to reach a sandbox's agent.
+// A connection made right after another process let go of the same agent
+// port sometimes gets no answer (see retryAgent).
+const agentAttempts = 3
+
+// retryAgent runs op again when it failed because the agent did not
+// answer. Working around the library: right after one process closed its
+// connection to a sandbox's agent, a new connection on the same serial
+// port occasionally goes unanswered until the guest has noticed that the
+// previous host left.
+func retryAgent(ctx context.Context, op func() error) error {
+	var err error
+	for range agentAttempts {
+		if err = op(); err == nil || !errors.Is(err, agent.ErrTimeout) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// fetchSandbox is Runtime.FetchSandbox, retried when the agent does not
+// answer.
+func fetchSandbox(ctx context.Context, rt *cocoon.Runtime, id string) (*cocoon.Sandbox, error) {
+	var sb *cocoon.Sandbox
+	err := retryAgent(ctx, func() (err error) {
+		sb, err = rt.FetchSandbox(ctx, id)
+		return err
+	})
+	return sb, err
+}
+
+// withContainer runs fn on container id's sandbox and releases it.
+func withContainer(cmd *cobra.Command, g *globalOptions, id string, fn func(*cocoon.Sandbox) error) error {
+	sb, err := openSandbox(cmd, g, id)
+	if err != nil {
+		return err
+	}
+	defer sb.Release()
+	return fn(sb)
+}
+
+// ociStatus is the runc-style name of a container state.
+func ociStatus(s cocoon.State) string {
+	switch s {
+	case cocoon.StateReady:
+		return string(specs.StateCreated)
+	case cocoon.StateRunning:
+		return string(specs.StateRunning)
+	case cocoon.StatePaused:
+		return "paused"
+	default:
+		return string(specs.StateStopped)
+	}
+}
+
+// requireState fails unless container id is in one of the states.
+func requireState(ctx context.Context, sb *cocoon.Sandbox, id string, states ...cocoon.State) (cocoon.ContainerStatus, error) {
+	st, err := sb.StatusContainer(ctx, id)
+	if err != nil {
+		return st, err
+	}
+	for _, s := range states {
+		if st.State == s {
+			return st, nil
+		}
+	}
+	return st, fmt.Errorf("container %s is %s: %w", id, ociStatus(st.State), cocoon.ErrState)
+}
+
+// loadBundle reads and checks an OCI bundle before any VM is booted for
+// it, so a bad bundle fails at once with a clear message.
+func loadBundle(dir string) (string, *specs.Spec, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
+	}
+	if !st.IsDir() {
+		return "", nil, fmt.Errorf("bundle %s: %w: not a directory", abs, cocoon.ErrInvalidConfig)
+	}
+	cfg := filepath.Join(abs, "config.json")
+	if _, err := os.Stat(cfg); errors.Is(err, fs.ErrNotExist) {
+		return "", nil, fmt.Errorf("bundle %s: no config.json (write one with 'cocoon spec'): %w", abs, err)
+	}
+	spec, err := cocoon.LoadSpec(abs)
+	if err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
+	}
+	if spec.Process == nil {
+		return "", nil, fmt.Errorf("bundle %s: %w: config.json has no process", abs, cocoon.ErrInvalidConfig)
+	}
+	if spec.Root == nil || spec.Root.Path == "" {
+		return "", nil, fmt.Errorf("bundle %s: %w: config.json has no root.path", abs, cocoon.ErrInvalidConfig)
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(abs, rootfs)
+	}
+	if st, err := os.Stat(rootfs); err != nil {
+		return "", nil, fmt.Errorf("bundle %s: rootfs: %w", abs, err)
+	} else if !st.IsDir() {
+		return "", nil, fmt.Errorf("bundle %s: %w: rootfs %s is not a directory", abs, cocoon.ErrInvalidConfig, rootfs)
+	}
+	return abs, spec, nil
+}
+
+// writeJSON writes v as indented JSON.
+func writeJSON(w io.Writer, what string, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("write %s: %w", what, err)
+	}
+	return nil
+}
