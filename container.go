@@ -143,7 +143,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	err = s.updateLocked(func(st *sandboxState) error {
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
-			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal,
+			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
 		}
 		return nil
 	})
@@ -292,7 +292,8 @@ func (s *Sandbox) KillContainer(ctx context.Context, id string, sig syscall.Sign
 }
 
 // EnterContainer starts process p in running container id and returns its
-// exec ID (execID, or a generated one when empty).
+// exec ID (execID, or a generated one when empty). A process without an
+// environment gets the container's; without a cwd, "/".
 func (s *Sandbox) EnterContainer(ctx context.Context, id, execID string, p specs.Process) (string, error) {
 	c, err := s.containerClient(id)
 	if err != nil {
@@ -311,6 +312,11 @@ func (s *Sandbox) EnterContainer(ctx context.Context, id, execID string, p specs
 	}
 	if p.Cwd == "" {
 		p.Cwd = "/"
+	}
+	if p.Env == nil {
+		s.mu.Lock()
+		p.Env = slices.Clone(s.state.Containers[id].Env)
+		s.mu.Unlock()
 	}
 	if err := c.ExecProcess(ctx, id, execID, &p); err != nil {
 		return "", fmt.Errorf("enter container %s: %w", id, err)

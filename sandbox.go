@@ -51,6 +51,8 @@ type containerState struct {
 	Created     time.Time         `json:"created"`
 	Annotations map[string]string `json:"annotations,omitempty"`
 	Terminal    bool              `json:"terminal"`
+	// Env is the container process's environment, the default of execs.
+	Env []string `json:"env,omitempty"`
 	// Execs are the exec IDs of processes started with EnterContainer.
 	Execs []string `json:"execs,omitempty"`
 }

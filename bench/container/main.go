@@ -1,0 +1,189 @@
+// Command container measures running containers with Cocoon: a cold run
+// of `true` end to end (create the sandbox VM, start, wait, delete), exec
+// latency into a running container, and stdout throughput; and the same
+// runs with runc on the host for comparison.
+//
+//	go run ./bench/container -runs 5 -execs 20
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon"
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/specutil"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func main() {
+	runs := flag.Int("runs", 5, "cold runs of `true`")
+	execs := flag.Int("execs", 20, "execs of `true`")
+	sizeMB := flag.Int("size", 100, "MB written to stdout in the throughput run")
+	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
+	dataDir := flag.String("data-dir", "/var/lib/cocoon", "Cocoon data directory (guest image)")
+	flag.Parse()
+
+	stateDir, err := os.MkdirTemp("/run", "cocoon-bench-")
+	check(err)
+	defer os.RemoveAll(stateDir)
+	work, err := os.MkdirTemp("", "cocoon-bench-")
+	check(err)
+	defer os.RemoveAll(work)
+	rt, err := cocoon.New(cocoon.Options{StateDir: stateDir, DataDir: *dataDir})
+	check(err)
+	ctx := context.Background()
+
+	rootfs := filepath.Join(work, "rootfs")
+	check(specutil.BusyboxRootfs(rootfs, ""))
+	check(os.WriteFile(filepath.Join(rootfs, "data"), bytes.Repeat([]byte("0123456789abcdef"), *sizeMB<<16), 0o644))
+	bundle := func(name string, args ...string) string {
+		dir := filepath.Join(work, name)
+		check(os.MkdirAll(dir, 0o755))
+		spec := specutil.Default(args...)
+		spec.Root.Path = rootfs
+		check(specutil.WriteBundle(dir, spec))
+		return dir
+	}
+	hv := hypervisor.Config{Accelerator: hypervisor.Accelerator(*accel), VCPUs: 1, MemoryMiB: 256}
+
+	// run creates a one-container sandbox, runs it to completion with its
+	// output copied to w, and deletes it.
+	run := func(id, b string, w io.Writer) (time.Duration, cocoon.ExitStatus) {
+		start := time.Now()
+		sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{ID: id, Hypervisor: hv, Containers: []cocoon.ContainerConfig{{ID: id, Bundle: b}}})
+		check(err)
+		defer sb.Delete(ctx)
+		wait := attach(sb, id, "", w)
+		check(sb.StartContainer(ctx, id))
+		wait()
+		st, err := sb.WaitProcess(ctx, id, "")
+		check(err)
+		d := time.Since(start)
+		check(sb.Delete(ctx))
+		return d, st
+	}
+
+	trueBundle := bundle("true", "true")
+	var cold []time.Duration
+	for i := 0; i < *runs; i++ {
+		d, _ := run(fmt.Sprintf("bench-run-%d", i), trueBundle, io.Discard)
+		cold = append(cold, d)
+	}
+	fmt.Printf("cocoon  cold run of true (create VM, start, wait, delete): median %v (min %v, max %v, n=%d)\n",
+		median(cold), slices.Min(cold), slices.Max(cold), len(cold))
+
+	sleeper := bundle("sleep", "sleep", "1000")
+	sb, err := rt.RunSandbox(ctx, cocoon.SandboxConfig{ID: "bench-exec", Hypervisor: hv, Containers: []cocoon.ContainerConfig{{ID: "bench-exec", Bundle: sleeper}}})
+	check(err)
+	var lat []time.Duration
+	for i := 0; i < *execs; i++ {
+		start := time.Now()
+		execID, err := sb.EnterContainer(ctx, "bench-exec", "", specs.Process{Args: []string{"true"}, Cwd: "/"})
+		check(err)
+		wait := attach(sb, "bench-exec", execID, io.Discard)
+		wait()
+		_, err = sb.WaitProcess(ctx, "bench-exec", execID)
+		check(err)
+		lat = append(lat, time.Since(start))
+	}
+	fmt.Printf("cocoon  exec of true into a running container: median %v (min %v, max %v, n=%d)\n",
+		median(lat), slices.Min(lat), slices.Max(lat), len(lat))
+
+	// Throughput: exec cat of the file in the running container.
+	var n countWriter
+	start := time.Now()
+	execID, err := sb.EnterContainer(ctx, "bench-exec", "", specs.Process{Args: []string{"cat", "/data"}, Cwd: "/"})
+	check(err)
+	attach(sb, "bench-exec", execID, &n)()
+	_, err = sb.WaitProcess(ctx, "bench-exec", execID)
+	check(err)
+	d := time.Since(start)
+	fmt.Printf("cocoon  stdout throughput (cat of a %d MB file): %.1f MB/s (%d bytes in %v)\n", *sizeMB, float64(n.n)/1e6/d.Seconds(), n.n, d.Round(time.Millisecond))
+	check(sb.Delete(ctx))
+
+	runcBench(work, trueBundle, rootfs, *runs, *sizeMB)
+}
+
+// runcBench runs the same workloads with runc, when it is installed.
+func runcBench(work, trueBundle, rootfs string, runs, sizeMB int) {
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		fmt.Println("runc    not installed: no comparison")
+		return
+	}
+	root := filepath.Join(work, "runc-root")
+	var cold []time.Duration
+	for i := 0; i < runs; i++ {
+		start := time.Now()
+		cmd := exec.Command(runc, "--root", root, "run", "--bundle", trueBundle, fmt.Sprintf("bench-runc-%d", i))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Printf("runc    run failed: %v: %s\n", err, out)
+			return
+		}
+		cold = append(cold, time.Since(start))
+	}
+	fmt.Printf("runc    cold run of true: median %v (n=%d)\n", median(cold), len(cold))
+	catBundle := filepath.Join(work, "cat")
+	os.MkdirAll(catBundle, 0o755)
+	spec := specutil.Default("cat", "/data")
+	spec.Root.Path = rootfs
+	check(specutil.WriteBundle(catBundle, spec))
+	var n countWriter
+	cmd := exec.Command(runc, "--root", root, "run", "--bundle", catBundle, "bench-runc-cat")
+	cmd.Stdout = &n
+	start := time.Now()
+	if err := cmd.Run(); err == nil {
+		d := time.Since(start)
+		fmt.Printf("runc    stdout throughput (cat of a %d MB file): %.1f MB/s\n", sizeMB, float64(n.n)/1e6/d.Seconds())
+	}
+}
+
+// attach copies a process's stdout and stderr to w and returns a function
+// that waits until both reached EOF.
+func attach(sb *cocoon.Sandbox, id, execID string, w io.Writer) func() {
+	in, out, errs, err := sb.IOStream(context.Background(), id, execID)
+	check(err)
+	in.Close()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	lw := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return w.Write(p) })
+	for _, r := range []io.ReadCloser{out, errs} {
+		if r == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); io.Copy(lw, r); r.Close() }()
+	}
+	return wg.Wait
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2].Round(time.Millisecond)
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
