@@ -14,6 +14,9 @@ func YamuxConfig(log io.Writer) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = false
 	cfg.ConnectionWriteTimeout = 30 * time.Second
+	// Process output streams move megabytes; yamux's default 256 KiB window
+	// caps a stream at one window per round trip over the serial port.
+	cfg.MaxStreamWindowSize = 4 << 20
 	cfg.LogOutput = log
 	return cfg
 }

@@ -32,6 +32,7 @@ func main() {
 	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
 	dataDir := flag.String("data-dir", "/var/lib/cocoon", "Cocoon data directory (guest image)")
 	flag.Parse()
+	check := fatalIf
 
 	stateDir, err := os.MkdirTemp("/run", "cocoon-bench-")
 	check(err)
@@ -42,6 +43,21 @@ func main() {
 	rt, err := cocoon.New(cocoon.Options{StateDir: stateDir, DataDir: *dataDir})
 	check(err)
 	ctx := context.Background()
+	// On any failure, delete every sandbox before exiting: os.Exit skips
+	// deferred calls.
+	check = func(err error) {
+		if err == nil {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		if list, lerr := rt.ListSandbox(ctx); lerr == nil {
+			for _, s := range list {
+				rt.DeleteSandbox(ctx, s.ID)
+			}
+		}
+		os.RemoveAll(stateDir)
+		os.Exit(1)
+	}
 
 	rootfs := filepath.Join(work, "rootfs")
 	check(specutil.BusyboxRootfs(rootfs, ""))
@@ -63,7 +79,7 @@ func main() {
 		sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{ID: id, Hypervisor: hv, Containers: []cocoon.ContainerConfig{{ID: id, Bundle: b}}})
 		check(err)
 		defer sb.Delete(ctx)
-		wait := attach(sb, id, "", w)
+		wait := attach(sb, id, "", w, check)
 		check(sb.StartContainer(ctx, id))
 		wait()
 		st, err := sb.WaitProcess(ctx, id, "")
@@ -90,7 +106,7 @@ func main() {
 		start := time.Now()
 		execID, err := sb.EnterContainer(ctx, "bench-exec", "", specs.Process{Args: []string{"true"}, Cwd: "/"})
 		check(err)
-		wait := attach(sb, "bench-exec", execID, io.Discard)
+		wait := attach(sb, "bench-exec", execID, io.Discard, check)
 		wait()
 		_, err = sb.WaitProcess(ctx, "bench-exec", execID)
 		check(err)
@@ -104,18 +120,18 @@ func main() {
 	start := time.Now()
 	execID, err := sb.EnterContainer(ctx, "bench-exec", "", specs.Process{Args: []string{"cat", "/data"}, Cwd: "/"})
 	check(err)
-	attach(sb, "bench-exec", execID, &n)()
+	attach(sb, "bench-exec", execID, &n, check)()
 	_, err = sb.WaitProcess(ctx, "bench-exec", execID)
 	check(err)
 	d := time.Since(start)
 	fmt.Printf("cocoon  stdout throughput (cat of a %d MB file): %.1f MB/s (%d bytes in %v)\n", *sizeMB, float64(n.n)/1e6/d.Seconds(), n.n, d.Round(time.Millisecond))
 	check(sb.Delete(ctx))
 
-	runcBench(work, trueBundle, rootfs, *runs, *sizeMB)
+	runcBench(work, trueBundle, rootfs, *runs, *sizeMB, check)
 }
 
 // runcBench runs the same workloads with runc, when it is installed.
-func runcBench(work, trueBundle, rootfs string, runs, sizeMB int) {
+func runcBench(work, trueBundle, rootfs string, runs, sizeMB int, check func(error)) {
 	runc, err := exec.LookPath("runc")
 	if err != nil {
 		fmt.Println("runc    not installed: no comparison")
@@ -150,7 +166,7 @@ func runcBench(work, trueBundle, rootfs string, runs, sizeMB int) {
 
 // attach copies a process's stdout and stderr to w and returns a function
 // that waits until both reached EOF.
-func attach(sb *cocoon.Sandbox, id, execID string, w io.Writer) func() {
+func attach(sb *cocoon.Sandbox, id, execID string, w io.Writer, check func(error)) func() {
 	in, out, errs, err := sb.IOStream(context.Background(), id, execID)
 	check(err)
 	in.Close()
@@ -181,7 +197,8 @@ func median(d []time.Duration) time.Duration {
 	return s[len(s)/2].Round(time.Millisecond)
 }
 
-func check(err error) {
+// fatalIf exits on err (before a Runtime exists, nothing to clean up).
+func fatalIf(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
