@@ -8,6 +8,13 @@
 // network), and a cgroup v2 group, /cocoon/<id> unless the spec sets
 // cgroupsPath, that enforces spec.linux.resources.
 //
+// The spec is adapted to the guest: root.path is the rootfs argument;
+// OCI hooks, which name programs of the host, are dropped with a warning,
+// and so are AppArmor profiles and SELinux labels when the guest kernel
+// does not run those modules. When the agent runs from its initramfs,
+// which pivot_root(2) cannot leave, the container's root is moved over /
+// and chrooted into instead, as with "runc --no-pivot".
+//
 // # Wiring into the agent
 //
 // libcontainer starts container processes by re-executing the running
@@ -342,6 +349,49 @@ func (m *Manager) lookup(id string) (*ctr, error) {
 	return c, nil
 }
 
+// execFifo is the file in a container's libcontainer state directory that
+// exists from Create until Start.
+const execFifo = "exec.fifo"
+
+// status returns the status of c.
+//
+// libcontainer tells whether the init process runs through /proc, with
+// openat2(2), which fails with EAGAIN while mounts change anywhere in the
+// system; libcontainer gives up after 2ms and then reports a running
+// container as stopped, as seen under load. The init process's pidfd
+// settles whether it runs, and then the container's files tell the rest.
+func (m *Manager) status(c *ctr) libcontainer.Status {
+	if c.init == nil || !c.init.running() {
+		return libcontainer.Stopped
+	}
+	if st, err := c.lc.Status(); err == nil && st != libcontainer.Stopped {
+		return st
+	}
+	if c.cgroupDir != "" {
+		if b, err := os.ReadFile(filepath.Join(c.cgroupDir, "cgroup.freeze")); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return libcontainer.Paused
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(m.root, c.id, execFifo)); err == nil {
+		return libcontainer.Created
+	}
+	return libcontainer.Running
+}
+
+// retry runs op, a libcontainer operation that checks the container's
+// status first, again while it fails because libcontainer took the running
+// container for stopped (see status).
+func (c *ctr) retry(op func() error) error {
+	for i := 0; ; i++ {
+		err := op()
+		transient := errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, libcontainer.ErrNotPaused)
+		if err == nil || !transient || i == 50 || !c.init.running() {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Start starts the program of a created container, like "runc start".
 func (m *Manager) Start(ctx context.Context, id string) error {
 	c, err := m.lookup(id)
@@ -352,11 +402,7 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
-	st, err := c.lc.Status()
-	if err != nil {
-		return fmt.Errorf("start container %s: %w", id, err)
-	}
-	if st != libcontainer.Created {
+	if st := m.status(c); st != libcontainer.Created {
 		return fmt.Errorf("start container %s: container is %s, not created", id, st)
 	}
 	if err := c.lc.Exec(); err != nil {
@@ -386,11 +432,7 @@ func (m *Manager) Exec(ctx context.Context, id, execID string, proc *specs.Proce
 	if _, ok := c.execs[execID]; ok {
 		return nil, fmt.Errorf("exec %s in container %s: %w", execID, id, ErrExists)
 	}
-	st, err := c.lc.Status()
-	if err != nil {
-		return nil, fmt.Errorf("exec %s in container %s: %w", execID, id, err)
-	}
-	if st != libcontainer.Created && st != libcontainer.Running {
+	if st := m.status(c); st != libcontainer.Created && st != libcontainer.Running {
 		return nil, fmt.Errorf("exec %s in container %s: container is %s: %w", execID, id, st, ErrNotRunning)
 	}
 
@@ -510,7 +552,13 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 		return fmt.Errorf("pause container: %w", err)
 	}
 	defer c.mu.Unlock()
-	if err := c.lc.Pause(); err != nil {
+	switch m.status(c) {
+	case libcontainer.Stopped:
+		return fmt.Errorf("pause container %s: %w", id, ErrNotRunning)
+	case libcontainer.Paused:
+		return nil
+	}
+	if err := c.retry(c.lc.Pause); err != nil {
 		return fmt.Errorf("pause container %s: %w", id, err)
 	}
 	return nil
@@ -523,7 +571,10 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 		return fmt.Errorf("resume container: %w", err)
 	}
 	defer c.mu.Unlock()
-	if err := c.lc.Resume(); err != nil {
+	if st := m.status(c); st != libcontainer.Paused {
+		return fmt.Errorf("resume container %s: container is %s, not paused", id, st)
+	}
+	if err := c.retry(c.lc.Resume); err != nil {
 		return fmt.Errorf("resume container %s: %w", id, err)
 	}
 	return nil
@@ -557,7 +608,10 @@ func (m *Manager) Update(ctx context.Context, id string, r *specs.LinuxResources
 	newRes.SkipDevices = old.SkipDevices
 	newCg.Resources = &newRes
 	cfg.Cgroups = &newCg
-	if err := c.lc.Set(cfg); err != nil {
+	if m.status(c) == libcontainer.Stopped {
+		return fmt.Errorf("update container %s: %w", id, ErrNotRunning)
+	}
+	if err := c.retry(func() error { return c.lc.Set(cfg) }); err != nil {
 		return fmt.Errorf("update container %s: %w", id, err)
 	}
 	return nil
@@ -584,10 +638,7 @@ func (m *Manager) State(ctx context.Context, id string) (State, error) {
 		return State{}, fmt.Errorf("container state: %w", err)
 	}
 	defer c.mu.Unlock()
-	st, err := c.lc.Status()
-	if err != nil {
-		return State{}, fmt.Errorf("state of container %s: %w", id, err)
-	}
+	st := m.status(c)
 	ls, err := c.lc.State()
 	if err != nil {
 		return State{}, fmt.Errorf("state of container %s: %w", id, err)
@@ -638,11 +689,7 @@ func (m *Manager) Delete(ctx context.Context, id string, force bool) error {
 		return fmt.Errorf("delete container: %w", err)
 	}
 	defer c.mu.Unlock()
-	st, err := c.lc.Status()
-	if err != nil {
-		return fmt.Errorf("delete container %s: %w", id, err)
-	}
-	if !force && (st == libcontainer.Running || st == libcontainer.Paused) {
+	if st := m.status(c); !force && (st == libcontainer.Running || st == libcontainer.Paused) {
 		return fmt.Errorf("delete container %s: container is %s: %w", id, st, ErrRunning)
 	}
 	if err := m.teardown(ctx, c); err != nil {
@@ -666,10 +713,7 @@ func (m *Manager) destroyAfterFailure(c *ctr) {
 // teardown kills every process of c, waits for them, and removes the
 // container's cgroup, state and leftover mounts.
 func (m *Manager) teardown(ctx context.Context, c *ctr) error {
-	paused := false
-	if st, err := c.lc.Status(); err == nil && st == libcontainer.Paused {
-		paused = true
-	}
+	paused := m.status(c) == libcontainer.Paused
 	procs := []*Process{}
 	if c.init != nil && c.init.Pid() > 0 {
 		procs = append(procs, c.init)

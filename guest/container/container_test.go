@@ -737,10 +737,7 @@ func TestMaskedPaths(t *testing.T) {
 
 func TestStats(t *testing.T) {
 	h := newHarness(t)
-	p := h.run("stats", testSpec("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000"), ProcessIO{})
-	go func() { b, _ := io.ReadAll(p.Stderr()); t.Logf("DEBUG stderr %q", b) }()
-	time.Sleep(time.Second)
-	if p.exited() { st, _ := p.Wait(h.ctx); t.Logf("DEBUG init exited %+v", st) }
+	h.run("stats", testSpec("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000"), ProcessIO{})
 	h.exec("stats", "e", ProcessIO{}, "sleep", "1000")
 	var st *Stats
 	waitFor(t, h.ctx, func() bool {
@@ -848,12 +845,7 @@ func TestSeccomp(t *testing.T) {
 
 func TestConcurrentStarts(t *testing.T) {
 	h := newHarness(t)
-	initP := h.run("many", testSpec("sleep", "1000"), ProcessIO{})
-	defer func() {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", initP.Pid()))
-		st, _ := h.m.State(h.ctx, "many")
-		t.Logf("DEBUG init exited=%v stat=%q err=%v state=%+v", initP.exited(), stat, err, st)
-	}()
+	h.run("many", testSpec("sleep", "1000"), ProcessIO{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 40)
 	for i := range 4 {

@@ -184,6 +184,23 @@ func (p *Process) exited() bool {
 	}
 }
 
+// running reports whether the process has started and not exited. A
+// zombie not yet reaped has exited.
+func (p *Process) running() bool {
+	if p.pid <= 0 || p.exited() {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pidfd < 0 {
+		return !p.exited()
+	}
+	// A pidfd polls readable once its process has exited.
+	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err != nil || n == 0
+}
+
 // String names the process for errors and logs.
 func (p *Process) String() string {
 	if p.execID == "" {
