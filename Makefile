@@ -1,6 +1,6 @@
 # Cocoon: containers in lightweight VMs.
 #
-#   make demo   set up this machine (packages, binaries, guest image) and boot a sandbox VM
+#   make demo   set up this machine (packages, binaries, guest image) and run a container in a VM
 #   make test   set up, then run every test, including the real-VM ones
 #   make bench  print the performance figures
 
@@ -40,9 +40,16 @@ image: build
 
 setup: deps image
 
+# The main job: a busybox container (built locally, no registry) runs in
+# its own VM and prints where it runs.
+DEMO_BUNDLE ?= /tmp/cocoon-demo
 demo: setup
 	$(BIN)/cocoon --data-dir $(DATA_DIR) check || true
-	$(BIN)/cocoon --data-dir $(DATA_DIR) vm boot
+	rm -rf $(DEMO_BUNDLE)
+	$(BIN)/cocoon spec --busybox --bundle $(DEMO_BUNDLE) -- \
+		sh -c 'echo "hello from container $$(hostname) in a VM: guest kernel $$(uname -r), $$(nproc) vCPU, $$(free -m | awk "/Mem/{print \$$2}") MiB"'
+	@echo "host kernel $$(uname -r); running the container:"
+	$(BIN)/cocoon --data-dir $(DATA_DIR) run --bundle $(DEMO_BUNDLE) demo-$$$$
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -91,6 +91,8 @@ const (
 	StateRunning State = "running"
 	StatePaused  State = "paused"
 	StateStopped State = "stopped"
+	// StateUnknown is reported for a sandbox whose guest does not answer.
+	StateUnknown State = "unknown"
 )
 
 var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)

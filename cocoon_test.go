@@ -417,3 +417,30 @@ func TestBadInput(t *testing.T) {
 		assertSandboxGone(t, rt, env, id, pids)
 	})
 }
+
+// TestDeleteHungSandbox freezes QEMU: the guest no longer answers, yet
+// another process must still be able to delete the sandbox completely.
+func TestDeleteHungSandbox(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	sb, err := rt.RunSandbox(ctx, sandboxConfig(env, id, bundle(t, "sleep", "1000")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	pids := sb.Status(ctx).HypervisorPids
+	sb.Release()
+	syscall.Kill(pids[0], syscall.SIGSTOP)
+	defer syscall.Kill(pids[0], syscall.SIGKILL)
+
+	rt2, _ := cocoon.New(cocoon.Options{StateDir: env.StateDir, DataDir: filepath.Dir(env.CacheDir)})
+	list, err := rt2.ListSandbox(ctx)
+	if err != nil || len(list) != 1 || list[0].State != cocoon.StateUnknown {
+		t.Fatalf("ListSandbox of a hung sandbox = %+v, %v", list, err)
+	}
+	if err := rt2.DeleteSandbox(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	assertSandboxGone(t, rt, env, id, pids)
+}

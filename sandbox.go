@@ -68,6 +68,8 @@ type Sandbox struct {
 	state  *sandboxState
 	vm     *vm.VM
 	shared *storage.Shared
+	// agentErr says why vm has no agent connection, when it has none.
+	agentErr error
 }
 
 // paths of a sandbox's host files.
@@ -190,18 +192,19 @@ func (r *Runtime) FetchSandbox(ctx context.Context, id string) (*Sandbox, error)
 		return s, nil
 	}
 	v, err := vm.Open(ctx, r.vmStateDir(), id, vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache")})
-	if v != nil {
-		s.vm = v
-	}
-	if err != nil {
-		if errors.Is(err, agent.ErrGuestDied) || errors.Is(err, os.ErrNotExist) {
-			r.log.Warn("sandbox vm is gone", "sandbox", id, "err", err)
-			return s, nil
-		}
+	if err != nil && ctx.Err() != nil {
 		if v != nil {
 			v.Close()
 		}
 		return nil, fmt.Errorf("fetch sandbox %s: %w", id, err)
+	}
+	// A sandbox whose guest is dead or does not answer is still returned,
+	// so that it can be stopped and deleted; calls that need the agent
+	// fail with the reason.
+	s.vm = v
+	if err != nil {
+		r.log.Warn("sandbox agent unreachable", "sandbox", id, "err", err)
+		s.agentErr = fmt.Errorf("sandbox %s: %w", id, err)
 	}
 	return s, nil
 }
@@ -219,7 +222,9 @@ func (r *Runtime) ListSandbox(ctx context.Context) ([]SandboxStatus, error) {
 			if errors.Is(err, ErrNotFound) {
 				continue // deleted meanwhile
 			}
-			return nil, err
+			// One broken sandbox does not hide the others.
+			r.log.Warn("sandbox status", "sandbox", id, "err", err)
+			st = SandboxStatus{ID: id, State: StateUnknown}
 		}
 		out = append(out, st)
 	}
@@ -295,6 +300,9 @@ func (s *Sandbox) Status(ctx context.Context) SandboxStatus {
 		case <-v.HV.Wait():
 			st.State = StateStopped
 		default:
+			if v.Agent == nil {
+				st.State = StateUnknown
+			}
 		}
 	} else if st.State != StateStopped {
 		st.State = StateStopped
@@ -376,6 +384,9 @@ func (s *Sandbox) updateLocked(fn func(*sandboxState) error) error {
 func (s *Sandbox) agentClient() (*agent.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.agentErr != nil {
+		return nil, s.agentErr
+	}
 	if s.vm == nil || s.vm.Agent == nil {
 		return nil, fmt.Errorf("sandbox %s: %w: its VM is not running", s.id, ErrState)
 	}

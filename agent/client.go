@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -47,6 +48,11 @@ type DialOptions struct {
 	Dead <-chan struct{}
 	// RetryInterval is the pause between connection attempts (default 10ms).
 	RetryInterval time.Duration
+	// AttemptTimeout bounds one connection attempt (default 3s, which
+	// covers a guest that is still booting). Re-attaching to a booted guest
+	// should use a short one: an attempt can only fail by landing in a
+	// session the guest has not yet seen end, and then a retry succeeds.
+	AttemptTimeout time.Duration
 }
 
 // Client talks to one guest agent. It is safe for concurrent use.
@@ -70,9 +76,12 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, opts DialOptions) (*
 	if opts.RetryInterval == 0 {
 		opts.RetryInterval = 10 * time.Millisecond
 	}
+	if opts.AttemptTimeout == 0 {
+		opts.AttemptTimeout = attemptTimeout
+	}
 	var lastErr error
 	for {
-		c, err := dialOnce(ctx, ep, opts.Dead)
+		c, err := dialOnce(ctx, ep, opts.Dead, opts.AttemptTimeout)
 		if err == nil {
 			return c, nil
 		}
@@ -102,8 +111,8 @@ func describe(ep hypervisor.AgentEndpoint) string {
 // covers a whole boot; a new attempt starts only when a session broke.
 const attemptTimeout = 3 * time.Second
 
-func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan struct{}) (*Client, error) {
-	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan struct{}, timeout time.Duration) (*Client, error) {
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c := &Client{dead: dead, ep: ep}
 	switch ep.Transport {
@@ -205,12 +214,16 @@ var ErrBusy = errors.New("all agent ports are in use")
 
 // dialFreePort claims a serial port no other host process uses, by taking
 // an exclusive flock on "<socket>.lock" (the kernel drops it when the
-// process dies), and connects to it.
+// process dies), and connects to it. It starts at a random port: the port
+// another process just released is the one most likely to still carry a
+// session the guest has not seen end.
 func dialFreePort(ctx context.Context, sockets []string) (net.Conn, *os.File, error) {
 	if len(sockets) == 0 {
 		return nil, nil, errors.New("no agent sockets")
 	}
-	for _, sock := range sockets {
+	first := rand.IntN(len(sockets))
+	for i := range sockets {
+		sock := sockets[(first+i)%len(sockets)]
 		lock, err := os.OpenFile(sock+".lock", os.O_CREATE|os.O_RDWR, 0o600)
 		if err != nil {
 			return nil, nil, fmt.Errorf("claim agent port: %w", err)

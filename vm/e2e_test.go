@@ -316,3 +316,37 @@ func TestBlockHotplug(t *testing.T) {
 	}
 	testutil.AssertNoLeaks(t, env, id, pids)
 }
+
+// TestRapidReattach opens and closes connections back to back, as a burst
+// of CLI commands does: every one must get through, although each may land
+// on a port whose previous session the guest has not yet seen end.
+func TestRapidReattach(t *testing.T) {
+	env := testutil.NeedVM(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	v, err := vm.Start(ctx, id, env.Config(), env.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Cleanup(t, id)
+	v.Close()
+	for i := 0; i < 20; i++ {
+		v2, err := vm.Open(ctx, env.StateDir, id, env.Options())
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		if err := v2.Agent.Check(ctx); err != nil {
+			t.Fatalf("check %d: %v", i, err)
+		}
+		v2.Close()
+	}
+	v3, err := vm.Open(ctx, env.StateDir, id, env.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := v3.HV.PIDs()
+	if err := v3.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.AssertNoLeaks(t, env, id, pids)
+}

@@ -160,9 +160,9 @@ func watchBoot(ctx context.Context, hv statusReader, stop context.CancelCauseFun
 var ErrGuestCrashed = errors.New("guest crashed")
 
 // Open re-attaches to the VM id under stateDir, started by this or another
-// process, and connects to its agent. If the VM died, Open fails with
-// agent.ErrGuestDied but the returned VM is still usable for Stop, which
-// removes what is left.
+// process, and connects to its agent. If the agent cannot be reached (the
+// VM died, or the guest does not answer), Open returns the error together
+// with a VM that is still usable for Stop, which removes what is left.
 func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
 	if err := qemu.ValidateID(id); err != nil {
 		return nil, err
@@ -178,7 +178,7 @@ func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
 	v := &VM{ID: id, HV: hv, log: log}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	v.Agent, err = agent.Dial(dctx, hv.AgentEndpoint(), agent.DialOptions{Dead: hv.Wait()})
+	v.Agent, err = agent.Dial(dctx, hv.AgentEndpoint(), agent.DialOptions{Dead: hv.Wait(), AttemptTimeout: 500 * time.Millisecond})
 	if err != nil {
 		return v, fmt.Errorf("open vm %s: %w", id, err)
 	}

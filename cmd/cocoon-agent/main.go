@@ -40,6 +40,9 @@ func run(log *slog.Logger) error {
 	if os.Getpid() != 1 {
 		return fmt.Errorf("cocoon-agent must run as PID 1 inside a Cocoon VM")
 	}
+	if err := boot.LeaveRootfs(); err != nil {
+		return err
+	}
 	if err := boot.MountAll(); err != nil {
 		return err
 	}

@@ -20,19 +20,25 @@ import (
 // they start: before the process runs, a terminating one aborts the
 // command; afterwards every one is passed on to the process.
 type signalCatcher struct {
-	c chan os.Signal
+	c    chan os.Signal
+	pipe chan os.Signal
 }
 
 func catchSignals() *signalCatcher {
-	s := &signalCatcher{c: make(chan os.Signal, 64)}
+	s := &signalCatcher{c: make(chan os.Signal, 64), pipe: make(chan os.Signal, 1)}
 	signal.Notify(s.c, append(forwardedSignals(), unix.SIGWINCH)...)
-	// Writing to a closed standard output fails with EPIPE instead of
-	// killing cocoon, so that the sandbox is still cleaned up.
-	signal.Ignore(unix.SIGPIPE)
+	// With SIGPIPE caught (and dropped), writing to a closed standard
+	// output fails with EPIPE instead of killing cocoon, so the sandbox is
+	// still cleaned up. (Unlike ignoring it, this is not inherited by the
+	// VM's processes.)
+	signal.Notify(s.pipe, unix.SIGPIPE)
 	return s
 }
 
-func (s *signalCatcher) stop() { signal.Stop(s.c) }
+func (s *signalCatcher) stop() {
+	signal.Stop(s.c)
+	signal.Stop(s.pipe)
+}
 
 // guard returns a context cancelled by the first terminating signal, and
 // the function that stops watching and reports that signal (nil if none

@@ -187,7 +187,7 @@ func (e *execer) setup(ctx context.Context, p *specs.Process) (*cocoon.Sandbox, 
 	if err != nil {
 		return nil, "", nil, err
 	}
-	sb, err := fetchSandbox(ctx, rt, e.id)
+	sb, err := rt.FetchSandbox(ctx, e.id)
 	if err != nil {
 		return nil, "", nil, err
 	}

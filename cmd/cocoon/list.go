@@ -26,11 +26,7 @@ they were created, their bundle, and the host processes of their sandbox VM
 			if err != nil {
 				return err
 			}
-			var sandboxes []cocoon.SandboxStatus
-			err = retryAgent(cmd.Context(), func() (err error) {
-				sandboxes, err = rt.ListSandbox(cmd.Context())
-				return err
-			})
+			sandboxes, err := rt.ListSandbox(cmd.Context())
 			if err != nil {
 				return fmt.Errorf("list sandboxes in %s: %w", g.root, err)
 			}

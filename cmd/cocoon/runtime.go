@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 
 	"github.com/cocoon-runtime/cocoon"
-	"github.com/cocoon-runtime/cocoon/agent"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 )
@@ -35,42 +34,11 @@ func openSandbox(cmd *cobra.Command, g *globalOptions, id string) (*cocoon.Sandb
 	if err != nil {
 		return nil, err
 	}
-	sb, err := fetchSandbox(cmd.Context(), rt, id)
+	sb, err := rt.FetchSandbox(cmd.Context(), id)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
 	return sb, nil
-}
-
-// agentAttempts is how many times cocoon tries to reach a sandbox's agent.
-// A connection made right after another process let go of the same agent
-// port sometimes gets no answer (see retryAgent).
-const agentAttempts = 3
-
-// retryAgent runs op again when it failed because the agent did not
-// answer. Working around the library: right after one process closed its
-// connection to a sandbox's agent, a new connection on the same serial
-// port occasionally goes unanswered until the guest has noticed that the
-// previous host left.
-func retryAgent(ctx context.Context, op func() error) error {
-	var err error
-	for range agentAttempts {
-		if err = op(); err == nil || !errors.Is(err, agent.ErrTimeout) || ctx.Err() != nil {
-			return err
-		}
-	}
-	return err
-}
-
-// fetchSandbox is Runtime.FetchSandbox, retried when the agent does not
-// answer.
-func fetchSandbox(ctx context.Context, rt *cocoon.Runtime, id string) (*cocoon.Sandbox, error) {
-	var sb *cocoon.Sandbox
-	err := retryAgent(ctx, func() (err error) {
-		sb, err = rt.FetchSandbox(ctx, id)
-		return err
-	})
-	return sb, err
 }
 
 // withContainer runs fn on container id's sandbox and releases it.

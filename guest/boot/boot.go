@@ -84,6 +84,31 @@ var mounts = []mount{
 	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate", 0o555},
 }
 
+// LeaveRootfs moves PID 1 off the kernel's initial rootfs without copying
+// anything: it bind-mounts / onto a directory, moves that mount over / and
+// chroots into it. The root is then an ordinary mount with a parent, which
+// pivot_root(2) can leave, so containers get pivot_root instead of the
+// weaker chroot. Call it first, before MountAll.
+func LeaveRootfs() error {
+	const dir = "/.root"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("leave rootfs: %w", err)
+	}
+	if err := unix.Mount("/", dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("leave rootfs: bind /: %w", err)
+	}
+	if err := unix.Chdir(dir); err != nil {
+		return fmt.Errorf("leave rootfs: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("leave rootfs: move to /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("leave rootfs: chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
 // MountAll mounts the pseudo filesystems PID 1 needs. A filesystem that is
 // already mounted is left alone.
 func MountAll() error {

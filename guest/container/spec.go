@@ -299,8 +299,10 @@ func rlimitType(name string) (int, bool) {
 }
 
 // rootIsInitramfs reports whether the root of the calling process's mount
-// namespace is the kernel's initial rootfs, which pivot_root(2) refuses to
-// move.
+// namespace is the kernel's initial rootfs mount, which pivot_root(2)
+// refuses to move. The agent normally leaves it at boot (see
+// boot.LeaveRootfs): its root is then a bind mount of the rootfs, of the
+// same type but with a parent mount.
 func rootIsInitramfs() bool {
 	infos, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
 		return i.Mountpoint != "/", false
@@ -308,6 +310,10 @@ func rootIsInitramfs() bool {
 	if err != nil || len(infos) == 0 {
 		return false
 	}
-	// Only the last mount on / is visible.
-	return infos[len(infos)-1].FSType == "rootfs"
+	// Only the last mount on / is visible. The initial rootfs is the
+	// bottom of the mount tree, its own parent; a bind mount of it has a
+	// parent (measured in the guest: "1 1 ... rootfs" before, "21 1 ...
+	// rootfs" after boot.LeaveRootfs).
+	root := infos[len(infos)-1]
+	return root.FSType == "rootfs" && root.Parent == root.ID
 }
