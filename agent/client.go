@@ -122,6 +122,11 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 		if err != nil {
 			return nil, err
 		}
+		if err := awaitHello(actx, conn); err != nil {
+			conn.Close()
+			lock.Close()
+			return nil, err
+		}
 		sess, err := yamux.Client(conn, protocol.YamuxConfig(io.Discard))
 		if err != nil {
 			conn.Close()
@@ -206,6 +211,31 @@ func (c *Client) Close() error {
 		}
 	})
 	return nil
+}
+
+// awaitHello reads until the guest's greeting, skipping (a bounded amount
+// of) bytes left over from an earlier session.
+func awaitHello(ctx context.Context, conn net.Conn) error {
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetReadDeadline(dl)
+		defer conn.SetReadDeadline(time.Time{})
+	}
+	hello := []byte(protocol.SerialHello)
+	var window []byte
+	buf := make([]byte, 1)
+	for skipped := 0; skipped < protocol.MaxHelloSkip; skipped++ {
+		if _, err := conn.Read(buf); err != nil {
+			return fmt.Errorf("wait for agent greeting: %w", err)
+		}
+		window = append(window, buf[0])
+		if len(window) > len(hello) {
+			window = window[1:]
+		}
+		if bytes.Equal(window, hello) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: no greeting in %d bytes", ErrProtocol, protocol.MaxHelloSkip)
 }
 
 // ErrBusy is returned when every agent port of the VM is in use by other

@@ -103,7 +103,9 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 	wctx, stopWatch := context.WithCancelCause(dctx)
 	defer stopWatch(nil)
 	go watchBoot(wctx, hv, stopWatch)
-	c, err := agent.Dial(wctx, hv.AgentEndpoint(), agent.DialOptions{Dead: hv.Wait()})
+	// One attempt may take the whole boot: the host waits for the guest's
+	// greeting, which comes as soon as the agent opened its port.
+	c, err := agent.Dial(wctx, hv.AgentEndpoint(), agent.DialOptions{Dead: hv.Wait(), AttemptTimeout: timeout})
 	if err != nil {
 		if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = fmt.Errorf("%w: %w", cause, err)

@@ -7,6 +7,17 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
+// SerialHello is what the guest writes on a virtio-serial port as soon as
+// it sees a host connected, before its yamux session starts. The host sends
+// nothing until it has read it: bytes a host writes before the guest opened
+// its port are not reliably delivered, and bytes left from an earlier host's
+// session must not be taken for the new one's.
+const SerialHello = "\x00cocoon-agent-hello-1\n"
+
+// MaxHelloSkip bounds the stale bytes a host skips while looking for
+// SerialHello.
+const MaxHelloSkip = 1 << 20
+
 // YamuxConfig is the yamux configuration both ends of a virtio-serial agent
 // channel use. Keep-alives are off: an idle VM must not be woken up, and a
 // host that goes away shows up as end of file on the guest's port.

@@ -23,7 +23,7 @@ const DefaultMachine = MachineQ35
 // tcgCacheMiB caps TCG's translation cache. QEMU's default lets the cache
 // grow to gigabytes; a sandbox's guest runs little code, and the cap keeps
 // an idle VM's host memory low.
-const tcgCacheMiB = 32
+const tcgCacheMiB = 16
 
 // baseKernelParams are tuned for fast boot of a minimal guest: no hardware
 // probing we do not need, no self-tests, expedited RCU, the entropy pool
