@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -41,7 +42,7 @@ func TestArgsQ35(t *testing.T) {
 	if m := argValues(args, "-machine"); len(m) != 1 || !strings.HasPrefix(m[0], "q35,") {
 		t.Errorf("-machine = %v", m)
 	}
-	if a := argValues(args, "-accel"); len(a) != 1 || a[0] != "tcg,tb-size=32" {
+	if a := argValues(args, "-accel"); len(a) != 1 || a[0] != fmt.Sprintf("tcg,tb-size=%d", tcgCacheMiB) {
 		t.Errorf("-accel = %v", a)
 	}
 	devs := strings.Join(argValues(args, "-device"), " ")
