@@ -17,6 +17,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/guest/container"
 	"github.com/cocoon-runtime/cocoon/guest/reaper"
 	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
 )
 
 func main() {
@@ -50,6 +51,8 @@ func run(log *slog.Logger) error {
 	params := boot.ParseCmdline(string(cmdline))
 	if params.Debug {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		// libcontainer and ttrpc log through logrus.
+		logrus.SetLevel(logrus.DebugLevel)
 	}
 	r := reaper.New()
 	go r.Run(ctx)

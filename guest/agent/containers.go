@@ -78,6 +78,10 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	if spec.Process == nil {
 		return nil, fmt.Errorf("create container %s: spec has no process", r.ContainerId)
 	}
+	// The virtio-fs and overlay drivers load in the background at boot.
+	if _, err := a.modules(ctx); err != nil {
+		return nil, fmt.Errorf("create container %s: kernel modules: %w", r.ContainerId, err)
+	}
 	rootfs, err := a.shared.resolve(r.Rootfs)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
