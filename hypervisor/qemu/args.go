@@ -20,10 +20,12 @@ const (
 // benchmark in bench/ for the measured difference).
 const DefaultMachine = MachineQ35
 
-// tcgCacheMiB caps TCG's translation cache. QEMU's default lets the cache
-// grow to gigabytes; a sandbox's guest runs little code, and the cap keeps
-// an idle VM's host memory low.
-const tcgCacheMiB = 16
+// tcgCacheMiB caps TCG's translation cache. It costs only what it fills
+// (~50 MiB for an idle VM, the same at 64 MiB or 512 MiB), but too small a
+// cache thrashes: measured with a 16 MiB cache, an exec into a container took
+// 1.5 s and a cold container run 8 s; with 64 MiB, 0.18 s and 3.9 s.
+// 128 MiB leaves headroom for containers that run more code.
+const tcgCacheMiB = 128
 
 // baseKernelParams are tuned for fast boot of a minimal guest: no hardware
 // probing we do not need, no self-tests, expedited RCU, the entropy pool
