@@ -1,9 +1,9 @@
 package check
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"github.com/moby/sys/mountinfo"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -76,43 +76,15 @@ type mountEntry struct {
 	mountPoint, fsType, superOptions string
 }
 
-// parseMountinfo parses mountinfo(5) lines; malformed lines are skipped.
+// parseMountinfo parses mountinfo(5) data with moby/sys/mountinfo (which
+// undoes the octal escapes); malformed data yields what parsed before it.
 func parseMountinfo(data string) []mountEntry {
-	var out []mountEntry
-	sc := bufio.NewScanner(strings.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		sep := slices.Index(f, "-")
-		if sep < 6 || len(f) < sep+4 {
-			continue
-		}
-		out = append(out, mountEntry{
-			mountPoint:   unescapeMount(f[4]),
-			fsType:       f[sep+1],
-			superOptions: f[sep+3],
-		})
+	infos, _ := mountinfo.GetMountsFromReader(strings.NewReader(data), nil)
+	out := make([]mountEntry, 0, len(infos))
+	for _, m := range infos {
+		out = append(out, mountEntry{mountPoint: m.Mountpoint, fsType: m.FSType, superOptions: m.VFSOptions})
 	}
 	return out
-}
-
-// unescapeMount decodes the octal escapes (\040 for a space...) of mountinfo.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // v1Controllers are the cgroup v1 controllers that a mount's super options

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	"io"
 	"os"
 	"os/exec"
@@ -70,7 +71,7 @@ func newCLI(t *testing.T) *cli {
 	}
 	c.root = root
 	t.Cleanup(func() {
-		for _, pid := range processesMentioning(root + "/") {
+		for _, pid := range testutil.ProcessesMentioning(root + "/") {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		mounts := mountsUnder(root)
@@ -246,7 +247,7 @@ func (c *cli) assertGone(t *testing.T, id string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		procs := processesMentioning(c.root + "/")
+		procs := testutil.ProcessesMentioning(c.root + "/")
 		if len(procs) == 0 {
 			break
 		}
@@ -273,24 +274,6 @@ func (c *cli) assertGone(t *testing.T, id string) {
 			t.Errorf("container %s still listed: %+v", id, st)
 		}
 	}
-}
-
-// processesMentioning lists the live processes whose command line contains
-// s (ignoring zombies, which hold nothing).
-func processesMentioning(s string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		var pid int
-		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), s) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 func describeProcesses(pids []int) string {
@@ -348,7 +331,7 @@ func (c *cli) assertEmptyRoot(t *testing.T) {
 			t.Errorf("%s/%s holds %q", c.root, d, names)
 		}
 	}
-	if p := processesMentioning(c.root + "/"); len(p) > 0 {
+	if p := testutil.ProcessesMentioning(c.root + "/"); len(p) > 0 {
 		t.Errorf("processes left behind: %s", describeProcesses(p))
 	}
 	if m := mountsUnder(c.root); len(m) > 0 {

@@ -111,7 +111,8 @@ func (e *Env) Cleanup(t testing.TB, id string) {
 	})
 }
 
-// ProcessesMentioning lists the processes whose command line contains s.
+// ProcessesMentioning lists the live processes whose command line contains
+// s (zombies hold nothing and are skipped).
 func ProcessesMentioning(s string) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
@@ -121,7 +122,7 @@ func ProcessesMentioning(s string) []int {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), s) {
+		if err == nil && strings.Contains(string(b), s) && !isZombie(pid) {
 			pids = append(pids, pid)
 		}
 	}
