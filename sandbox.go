@@ -461,10 +461,7 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 		}
 	}
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
-	if err := storage.UnmountAll(s.sharedDir()); err != nil {
-		errs = append(errs, err)
-	}
-	if err := os.RemoveAll(s.dir); err != nil {
+	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -216,19 +216,31 @@ func (s *Shared) Release(rel string) error {
 	if !strings.HasPrefix(dir, s.Dir+"/") {
 		return fmt.Errorf("release %q: escapes the shared dir", rel)
 	}
-	if err := UnmountAll(dir); err != nil {
-		return err
-	}
-	return os.RemoveAll(dir)
+	return RemoveUnmounted(dir)
 }
 
 // Destroy unmounts the shared directory and everything in it, and removes
 // it.
 func (s *Shared) Destroy() error {
-	if err := UnmountAll(s.Dir); err != nil {
+	return RemoveUnmounted(s.Dir)
+}
+
+// RemoveUnmounted unmounts everything at or below dir and then removes
+// dir, but only once no mount is left below it: os.RemoveAll crosses
+// mount points and would otherwise delete the sources of bind mounts, such
+// as a container's rootfs on the host.
+func RemoveUnmounted(dir string) error {
+	if err := UnmountAll(dir); err != nil {
 		return err
 	}
-	return os.RemoveAll(s.Dir)
+	left, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("remove %s: %s is still mounted; not removing", dir, left[0].Mountpoint)
+	}
+	return os.RemoveAll(dir)
 }
 
 // UnmountAll unmounts every mount at or below dir, deepest first.
