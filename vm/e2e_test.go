@@ -14,6 +14,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -349,4 +350,68 @@ func TestRapidReattach(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.AssertNoLeaks(t, env, id, pids)
+}
+
+// TestConsoleFloodIsBounded boots a guest whose init writes to its serial
+// console without end: the host keeps at most the console's cap, QEMU keeps
+// working, and cleanup leaves no mount behind.
+func TestConsoleFloodIsBounded(t *testing.T) {
+	env := testutil.NeedVM(t)
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox-static")
+	}
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	os.MkdirAll(filepath.Join(root, "dev"), 0o755)
+	b, _ := os.ReadFile(busybox)
+	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
+	os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\nexec /bin/busybox yes flooding-the-console-flooding-the-console-flooding-the-console > /dev/ttyS0\n"), 0o755)
+	initrd := filepath.Join(t.TempDir(), "flood.cpio")
+	mk := exec.Command("sh", "-c", "find . | cpio -o -H newc > "+initrd)
+	mk.Dir = root
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, out)
+	}
+	cfg := env.Config()
+	cfg.Initrd = initrd
+	cfg.Accelerator = hypervisor.AccelTCG
+	id := testutil.UniqueID(t)
+	env.Cleanup(t, id)
+	ctx := context.Background()
+	hv := qemu.New(qemu.Options{CacheDir: env.CacheDir})
+	if err := hv.CreateVM(ctx, id, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := hv.StartVM(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pids := hv.PIDs()
+	console := filepath.Join(env.StateDir, id, "console", "console.log")
+	var size int64
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if st, err := os.Stat(console); err == nil {
+			size = st.Size()
+		}
+		if size >= 1<<20-64<<10 {
+			break
+		}
+	}
+	if size < 1<<20-64<<10 || size > 1<<20 {
+		t.Fatalf("console is %d bytes: want it filled up to the 1 MiB cap", size)
+	}
+	time.Sleep(time.Second)
+	if st, _ := os.Stat(console); st.Size() > 1<<20 {
+		t.Fatalf("console grew past the cap: %d bytes", st.Size())
+	}
+	if st, err := hv.Status(ctx); err != nil || st != "running" {
+		t.Fatalf("QEMU after the flood: %q, %v", st, err)
+	}
+	if err := hv.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.AssertNoLeaks(t, env, id, pids)
+	if m := testutil.MountsUnder(env.StateDir); len(m) > 0 {
+		t.Fatalf("mounts left: %v", m)
+	}
 }

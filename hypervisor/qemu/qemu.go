@@ -129,7 +129,7 @@ func vmFiles(dir string) files {
 	return files{
 		dir:     dir,
 		qmp:     filepath.Join(dir, "qmp.sock"),
-		console: filepath.Join(dir, "console.log"),
+		console: filepath.Join(dir, consoleDir, "console.log"),
 		pid:     filepath.Join(dir, "qemu.pid"),
 		log:     filepath.Join(dir, "qemu.log"),
 		state:   filepath.Join(dir, "vm.json"),
@@ -267,6 +267,9 @@ func (q *QEMU) StartVM(ctx context.Context) (err error) {
 		return fmt.Errorf("start vm %s: %w", q.id, err)
 	}
 	defer logf.Close()
+	if err := mountConsole(filepath.Dir(l.files.console)); err != nil {
+		return fmt.Errorf("start vm %s: %w", q.id, err)
+	}
 	// The console file is created by QEMU; make sure it is root-only.
 	if f, err := os.OpenFile(l.files.console, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
 		f.Close()
@@ -329,6 +332,45 @@ func tail(path string, n int64) string {
 	b := make([]byte, st.Size()-off)
 	f.ReadAt(b, off)
 	return string(b)
+}
+
+// consoleDir holds the console log on a tmpfs of its own, of
+// consoleLimit bytes. The guest owns its kernel and can write to its serial
+// port without end; /run is in RAM, so an unbounded file would let a guest
+// exhaust host memory. When the tmpfs is full QEMU drops console output.
+const (
+	consoleDir   = "console"
+	consoleLimit = 1 << 20
+)
+
+func mountConsole(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("console dir: %w", err)
+	}
+	opts := fmt.Sprintf("size=%d,mode=0700,nr_inodes=16", consoleLimit)
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
+		return fmt.Errorf("mount console tmpfs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// unmountConsole unmounts the console tmpfs if it is mounted.
+func unmountConsole(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("console dir: %w", err)
+	}
+	var parent unix.Statfs_t
+	if unix.Statfs(filepath.Dir(dir), &parent) == nil && st.Fsid == parent.Fsid {
+		return nil // not mounted
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount console tmpfs %s: %w", dir, err)
+	}
+	return nil
 }
 
 // ConsoleTail returns the last n bytes the guest printed on its console.
@@ -518,6 +560,10 @@ func (q *QEMU) teardownLocked(ctx context.Context) error {
 		q.proc = nil
 	}
 	if dir := q.launch.files.dir; dir != "" {
+		if err := unmountConsole(filepath.Dir(q.launch.files.console)); err != nil {
+			// Never remove through a mount.
+			return errors.Join(append(errs, err)...)
+		}
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/storage"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -61,7 +62,7 @@ func NeedVM(t testing.TB) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { storage.RemoveUnmounted(dir) })
 	env.StateDir = dir
 	return env
 }
@@ -107,7 +108,7 @@ func (e *Env) Cleanup(t testing.TB, id string) {
 		for _, pid := range ProcessesMentioning(dir) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		os.RemoveAll(dir)
+		storage.RemoveUnmounted(dir)
 	})
 }
 
