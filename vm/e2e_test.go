@@ -189,31 +189,14 @@ func TestBadInput(t *testing.T) {
 // leave nothing behind.
 func TestGuestNeverAnswers(t *testing.T) {
 	env := testutil.NeedVM(t)
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	initrd := filepath.Join(t.TempDir(), "silent.cpio")
-	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-	b, err := os.ReadFile(busybox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
-	os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/busybox sh\necho silent guest up\nexec /bin/busybox sleep 1000\n"), 0o755)
-	mk := exec.Command("sh", "-c", "find . | cpio -o -H newc > "+initrd)
-	mk.Dir = root
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("cpio: %v\n%s", err, out)
-	}
+	initrd := busyboxInitrd(t, "echo silent guest up\nexec /bin/busybox sleep 1000")
 	cfg := env.Config()
 	cfg.Initrd = initrd
 	opts := env.Options()
 	opts.BootTimeout = 4 * time.Second
 	id := testutil.UniqueID(t)
 	env.Cleanup(t, id)
-	_, err = vm.Start(context.Background(), id, cfg, opts)
+	_, err := vm.Start(context.Background(), id, cfg, opts)
 	var be *vm.BootError
 	if !errors.As(err, &be) || !errors.Is(err, agent.ErrTimeout) {
 		t.Fatalf("Start = %v, want a BootError wrapping agent.ErrTimeout", err)
@@ -357,22 +340,7 @@ func TestRapidReattach(t *testing.T) {
 // working, and cleanup leaves no mount behind.
 func TestConsoleFloodIsBounded(t *testing.T) {
 	env := testutil.NeedVM(t)
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-	os.MkdirAll(filepath.Join(root, "dev"), 0o755)
-	b, _ := os.ReadFile(busybox)
-	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
-	os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\nexec /bin/busybox yes flooding-the-console-flooding-the-console-flooding-the-console > /dev/ttyS0\n"), 0o755)
-	initrd := filepath.Join(t.TempDir(), "flood.cpio")
-	mk := exec.Command("sh", "-c", "find . | cpio -o -H newc > "+initrd)
-	mk.Dir = root
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("cpio: %v\n%s", err, out)
-	}
+	initrd := busyboxInitrd(t, "/bin/busybox mount -t devtmpfs dev /dev\nexec /bin/busybox yes flooding-the-console-flooding-the-console > /dev/ttyS0")
 	cfg := env.Config()
 	cfg.Initrd = initrd
 	cfg.Accelerator = hypervisor.AccelTCG
@@ -414,4 +382,31 @@ func TestConsoleFloodIsBounded(t *testing.T) {
 	if m := testutil.MountsUnder(env.StateDir); len(m) > 0 {
 		t.Fatalf("mounts left: %v", m)
 	}
+}
+
+// busyboxInitrd builds an initramfs whose /init is a busybox shell script
+// running script: a guest without our agent.
+func busyboxInitrd(t *testing.T, script string) string {
+	t.Helper()
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox-static")
+	}
+	b, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	for _, d := range []string{"bin", "dev"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
+	os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/busybox sh\n"+script+"\n"), 0o755)
+	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
+	mk := exec.Command("sh", "-c", "find . | cpio -o -H newc > "+initrd)
+	mk.Dir = root
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, out)
+	}
+	return initrd
 }
