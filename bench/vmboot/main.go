@@ -40,6 +40,12 @@ func main() {
 		fatal(err)
 	}
 	defer os.RemoveAll(stateDir)
+	// os.Exit skips deferred calls: on failure remove the state directory
+	// too (vm.Start already removed the failed VM's own resources).
+	fail := func(err error) {
+		os.RemoveAll(stateDir)
+		fatal(err)
+	}
 	opts := vm.Options{CacheDir: filepath.Join(*dataDir, "cache")}
 	ctx := context.Background()
 
@@ -57,7 +63,7 @@ func main() {
 			start := time.Now()
 			v, err := vm.Start(ctx, id, cfg, opts)
 			if err != nil {
-				fatal(err)
+				fail(err)
 			}
 			boots = append(boots, time.Since(start))
 			if d, err := v.Agent.GuestDetails(ctx); err == nil {
@@ -65,7 +71,7 @@ func main() {
 			}
 			if i < *n-1 {
 				if err := v.Stop(ctx); err != nil {
-					fatal(err)
+					fail(err)
 				}
 				continue
 			}
@@ -82,7 +88,7 @@ func main() {
 		fmt.Printf("%-8s idle VM after %v: QEMU RSS %.1f MiB, PSS %.1f MiB, CPU %.2f%% of a core\n",
 			machine, *idle, float64(rss)/1024, float64(pss)/1024, cpu)
 		if err := last.Stop(ctx); err != nil {
-			fatal(err)
+			fail(err)
 		}
 	}
 }
