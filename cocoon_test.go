@@ -195,6 +195,25 @@ func TestSandboxWithTwoContainers(t *testing.T) {
 	if _, st := run(id, "sh", "-c", "exit 3"); st.Code != 3 {
 		t.Errorf("exec exit code %d, want 3", st.Code)
 	}
+	// An exec whose status was collected can be forgotten; the guest then
+	// no longer knows it, and the init process cannot be deleted this way.
+	execID, err := sb.EnterContainer(ctx, id, "", specs.Process{Args: []string{"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attach(t, sb, id, execID, nil).wg.Wait()
+	if _, err := sb.WaitProcess(ctx, id, execID); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.DeleteProcess(ctx, id, execID); err != nil {
+		t.Fatalf("DeleteProcess: %v", err)
+	}
+	if _, err := sb.WaitProcess(ctx, id, execID); err == nil {
+		t.Error("WaitProcess still knows a deleted exec")
+	}
+	if err := sb.DeleteProcess(ctx, id, ""); !errors.Is(err, cocoon.ErrInvalidConfig) {
+		t.Errorf("DeleteProcess of the init = %v, want ErrInvalidConfig", err)
+	}
 	procs, err := sb.ProcessListContainer(ctx, id)
 	if err != nil || len(procs) == 0 || !strings.Contains(procs[0].Command, "sleep") {
 		t.Errorf("ProcessListContainer = %+v, %v", procs, err)

@@ -419,6 +419,20 @@ func (s *Sandbox) WaitProcess(ctx context.Context, id, execID string) (ExitStatu
 	return ExitStatus(e), nil
 }
 
+// DeleteProcess forgets an exec'd process that exited: its streams are
+// closed and WaitProcess no longer knows it. Call it once its exit status
+// was collected, or the guest keeps its record until the container goes.
+func (s *Sandbox) DeleteProcess(ctx context.Context, id, execID string) error {
+	if execID == "" {
+		return fmt.Errorf("delete process of %s: %w: the init process goes with its container", id, ErrInvalidConfig)
+	}
+	c, err := s.containerClient(id)
+	if err != nil {
+		return err
+	}
+	return c.DeleteProcess(ctx, id, execID)
+}
+
 // SignalProcess sends sig to a process, or with all (init process only)
 // to every process of the container.
 func (s *Sandbox) SignalProcess(ctx context.Context, id, execID string, sig syscall.Signal, all bool) error {

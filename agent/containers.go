@@ -197,3 +197,11 @@ func (c *Client) RemoveContainer(ctx context.Context, id string, force bool) err
 		return err
 	})
 }
+
+// DeleteProcess forgets an exited exec'd process in the guest.
+func (c *Client) DeleteProcess(ctx context.Context, id, execID string) error {
+	return c.call(ctx, "delete process "+execID+" of "+id, func(ctx context.Context) error {
+		_, err := c.agent.DeleteProcess(ctx, &protocol.ProcessRequest{ContainerId: id, ExecId: execID})
+		return err
+	})
+}

@@ -174,6 +174,12 @@ func (a *attachment) wait(ctx context.Context, sigs *signalCatcher) (cocoon.Exit
 		}
 		return st, fmt.Errorf("wait for %s: %w", processName(a.id, a.execID), err)
 	}
+	if a.execID != "" {
+		// Its status is collected: the guest can forget the process.
+		if err := a.sb.DeleteProcess(ctx, a.id, a.execID); err != nil {
+			a.log.Debug("delete exec", "container", a.id, "exec", a.execID, "err", err)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return st, fmt.Errorf("copy output of %s: %w", processName(a.id, a.execID), err)
 	}

@@ -346,6 +346,21 @@ func (a *Agent) RemoveContainer(ctx context.Context, r *protocol.RemoveContainer
 	return &protocol.Empty{}, nil
 }
 
+// DeleteProcess forgets an exited exec'd process.
+func (a *Agent) DeleteProcess(ctx context.Context, r *protocol.ProcessRequest) (*protocol.Empty, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecId == "" {
+		return nil, errors.New("delete process: the init process goes with its container")
+	}
+	if err := m.DeleteProcess(ctx, r.ContainerId, r.ExecId); err != nil {
+		return nil, err
+	}
+	return &protocol.Empty{}, nil
+}
+
 // AttachStream connects a host stream to a process's stdin, stdout or
 // stderr. It takes ownership of conn.
 func (a *Agent) AttachStream(h protocol.StreamHeader, conn net.Conn) {
