@@ -21,13 +21,11 @@
 package cocoon
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
 	"log/slog"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/persist"
@@ -95,14 +93,12 @@ const (
 	StateUnknown State = "unknown"
 )
 
-var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
-
-// validateID checks a sandbox, container or exec ID: 1-64 letters, digits,
-// '_', '.', '-', not starting with punctuation; so an ID is always safe as
-// a path component.
+// validateID checks a sandbox, container or exec ID with the VM's rule (a
+// sandbox ID names its VM): 1-64 letters, digits, '_', '.', '-', not
+// starting with punctuation; so an ID is always safe as a path component.
 func validateID(kind, id string) error {
-	if !validID.MatchString(id) || strings.Contains(id, "..") {
-		return fmt.Errorf("%s id %q: %w: use 1-64 letters, digits, '_', '.', '-'", kind, id, ErrInvalidConfig)
+	if err := qemu.ValidateID(id); err != nil {
+		return fmt.Errorf("%s id: %w: %w", kind, ErrInvalidConfig, err)
 	}
 	return nil
 }
@@ -116,15 +112,4 @@ type ExitStatus struct {
 	// OOMKilled reports that the kernel's OOM killer ended it.
 	OOMKilled bool
 	ExitedAt  time.Time
-}
-
-// defaultTimeout bounds operations whose context has no deadline and that
-// would otherwise wait for an unresponsive guest forever.
-const defaultTimeout = 30 * time.Second
-
-func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, defaultTimeout)
 }

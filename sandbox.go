@@ -187,7 +187,8 @@ func (r *Runtime) FetchSandbox(ctx context.Context, id string) (*Sandbox, error)
 		}
 		return nil, err
 	}
-	s := &Sandbox{rt: r, id: id, dir: r.sandboxDir(id), state: &st, shared: &storage.Shared{Dir: r.sandboxDir(id) + "/shared"}}
+	s := &Sandbox{rt: r, id: id, dir: r.sandboxDir(id), state: &st}
+	s.shared = &storage.Shared{Dir: s.sharedDir()}
 	if st.State == StateStopped {
 		return s, nil
 	}

@@ -58,15 +58,9 @@ func (r Report) Failed() []Result {
 
 // Defaults for Options.
 const (
-	DefaultQEMUPath = "qemu-system-x86_64"
+	DefaultQEMUPath = accel.DefaultQEMUPath
 	DefaultDataDir  = "/var/lib/cocoon"
 )
-
-// virtiofsdCandidates are the places distributions install virtiofsd,
-// tried in order before PATH.
-func virtiofsdCandidates() []string {
-	return []string{"/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"}
-}
 
 // Options configures Run.
 type Options struct {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/storage"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -292,9 +293,9 @@ var versionRE = regexp.MustCompile(`\d+\.\d+(?:\.\d+)?`)
 
 func (h *host) checkVirtiofsd(ctx context.Context, explicit string) Result {
 	r := Result{Name: "virtiofsd", Required: true, Status: StatusFail}
-	path, err := h.findBinary(explicit, virtiofsdCandidates(), "virtiofsd")
+	path, err := h.findBinary(explicit, storage.VirtiofsdCandidates(), "virtiofsd")
 	if err != nil {
-		where := strings.Join(virtiofsdCandidates(), ", ") + " or PATH"
+		where := strings.Join(storage.VirtiofsdCandidates(), ", ") + " or PATH"
 		if explicit != "" {
 			where = explicit
 		}

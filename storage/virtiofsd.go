@@ -25,12 +25,18 @@ import (
 // DefaultVirtiofsd is where Debian's QEMU package installs virtiofsd.
 const DefaultVirtiofsd = "/usr/lib/qemu/virtiofsd"
 
+// VirtiofsdCandidates are the places distributions install virtiofsd,
+// tried in order before PATH.
+func VirtiofsdCandidates() []string {
+	return []string{DefaultVirtiofsd, "/usr/libexec/virtiofsd"}
+}
+
 // FindVirtiofsd returns path if set, else the first virtiofsd found.
 func FindVirtiofsd(path string) (string, error) {
 	if path != "" {
 		return exec.LookPath(path)
 	}
-	for _, p := range []string{DefaultVirtiofsd, "/usr/libexec/virtiofsd"} {
+	for _, p := range VirtiofsdCandidates() {
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
 			return p, nil
 		}

@@ -32,6 +32,13 @@ type Options struct {
 	BootTimeout time.Duration
 }
 
+func (o Options) logger() *slog.Logger {
+	if o.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Log
+}
+
 // Driver is what a VM needs from its hypervisor: the whole lifecycle plus
 // a way to release this process's handles without stopping the VM.
 type Driver interface {
@@ -76,10 +83,7 @@ type consoleReader interface{ ConsoleTail(n int64) string }
 // Start creates and boots a VM and waits for its agent. On any error every
 // resource of the VM is removed again.
 func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) (_ *VM, err error) {
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := opts.logger()
 	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
 	if err := hv.CreateVM(ctx, id, cfg); err != nil {
 		return nil, err
@@ -169,10 +173,7 @@ func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
 	if err := qemu.ValidateID(id); err != nil {
 		return nil, err
 	}
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := opts.logger()
 	hv, err := qemu.Open(ctx, filepath.Join(stateDir, id), qemu.Options{Log: log, CacheDir: opts.CacheDir})
 	if err != nil {
 		return nil, err

@@ -31,7 +31,7 @@ import (
 )
 
 // DefaultPath is the QEMU binary looked up on PATH when the config names none.
-const DefaultPath = "qemu-system-x86_64"
+const DefaultPath = accel.DefaultQEMUPath
 
 // Options configure a QEMU driver.
 type Options struct {

@@ -4,6 +4,7 @@ package testutil
 import (
 	"context"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,8 +42,8 @@ func NeedVM(t testing.TB) *Env {
 	if os.Geteuid() != 0 {
 		skip("not root")
 	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		skip("no qemu-system-x86_64")
+	if _, err := exec.LookPath(qemu.DefaultPath); err != nil {
+		skip("no %s", qemu.DefaultPath)
 	}
 	env := &Env{Kernel: os.Getenv("COCOON_KERNEL"), Initrd: os.Getenv("COCOON_INITRD")}
 	dataDir := os.Getenv("COCOON_DATA_DIR")
