@@ -1,0 +1,752 @@
+// Package shim is Cocoon's containerd runtime v2 shim: containerd (and
+// through it nerdctl, the CRI and Kubernetes) drives Cocoon with the task
+// API, and the shim translates every call into the library's sandbox and
+// container API.
+//
+// One shim process serves a whole pod: the pod's first task (the CRI's
+// sandbox container, or a container run on its own) boots the pod's VM,
+// later tasks of the pod join it, and the VM goes away with the first
+// task. The task service only translates; each process's lifecycle rules
+// live in process.go.
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon"
+	"github.com/cocoon-runtime/cocoon/config"
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	ptypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/plugin"
+	"github.com/containerd/containerd/protobuf"
+	"github.com/containerd/containerd/runtime"
+	cshim "github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
+)
+
+// RuntimeName is the runtime type containerd knows Cocoon by.
+const RuntimeName = "io.containerd.cocoon.v2"
+
+// ConfigEnv names the environment variable that points the shim at a
+// configuration file when containerd passes no runtime options.
+const ConfigEnv = "COCOON_CONFIG"
+
+// vmDiedStatus is the exit status of every process whose VM died.
+const vmDiedStatus = 255
+
+// Run runs the shim binary: containerd's shim package parses the command
+// line and calls back the manager ("start", "delete") or serves the task
+// service.
+func Run(ctx context.Context, name string) {
+	plugin.Register(&plugin.Registration{
+		Type:     plugin.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugin.EventPlugin, plugin.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (interface{}, error) {
+			pp, err := ic.GetByID(plugin.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			sd, err := ic.GetByID(plugin.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			return newService(ic.Context, pp.(cshim.Publisher), sd.(shutdown.Service)), nil
+		},
+	})
+	// The library waits for the processes it starts (QEMU's daemonizing
+	// parent, virtiofsd); a reaper taking every child would steal those.
+	cshim.RunManager(ctx, manager{name: name}, func(c *cshim.Config) {
+		c.NoReaper = true
+		c.NoSubreaper = true
+	})
+}
+
+// service implements containerd's task service for one pod.
+type service struct {
+	ctx       context.Context // the shim's; lives as long as the process
+	publisher cshim.Publisher
+	shutdown  shutdown.Service
+
+	mu         sync.Mutex
+	rt         *cocoon.Runtime
+	cfg        *config.Config
+	sb         *cocoon.Sandbox
+	sandboxID  string
+	vmPid      uint32
+	deleting   bool // the sandbox is being deleted on purpose
+	containers map[string]*container
+}
+
+func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *service {
+	s := &service{ctx: ctx, publisher: pub, shutdown: sd, containers: map[string]*container{}}
+	sd.RegisterCallback(func(context.Context) error {
+		s.mu.Lock()
+		sb := s.sb
+		s.mu.Unlock()
+		if sb != nil {
+			sb.Release()
+		}
+		// Events are published synchronously, so none is pending: the
+		// shim may exit as soon as the publisher is closed.
+		return pub.Close()
+	})
+	return s
+}
+
+// RegisterTTRPC serves the task API on the shim's socket.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTaskService(server, s)
+	return nil
+}
+
+// grpcError maps the library's errors onto containerd's error kinds,
+// which travel over ttrpc as gRPC status codes.
+func grpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(err, cocoon.ErrNotFound):
+		err = fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	case errors.Is(err, cocoon.ErrExists):
+		err = fmt.Errorf("%w: %w", errdefs.ErrAlreadyExists, err)
+	case errors.Is(err, cocoon.ErrInvalidConfig), errors.Is(err, config.ErrInvalid), errors.Is(err, config.ErrAnnotationNotAllowed):
+		err = fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	case errors.Is(err, cocoon.ErrState):
+		err = fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err)
+	}
+	return errdefs.ToGRPC(err)
+}
+
+// loadConfig finds the configuration: the runtime options' ConfigPath
+// (containerd's runtime options, `ctr --runtime-config-path`), else
+// $COCOON_CONFIG, else config.DefaultPath.
+func loadConfig(opts *anypb.Any) (*config.Config, error) {
+	path := os.Getenv(ConfigEnv)
+	if opts != nil && opts.GetTypeUrl() != "" {
+		v, err := typeurl.UnmarshalAny(opts)
+		if err != nil {
+			return nil, fmt.Errorf("runtime options: %w", err)
+		}
+		if o, ok := v.(*runtimeoptions.Options); ok && o.ConfigPath != "" {
+			path = o.ConfigPath
+		}
+	}
+	return config.Load(path)
+}
+
+func (s *service) logger() *slog.Logger {
+	lvl := slog.LevelInfo
+	if s.cfg != nil {
+		lvl.UnmarshalText([]byte(s.cfg.Runtime.LogLevel))
+	}
+	return slog.New(slog.NewTextHandler(log.G(s.ctx).Logger.Out, &slog.HandlerOptions{Level: lvl}))
+}
+
+func (s *service) publish(topic string, ev interface{}) {
+	ctx := namespaces.WithNamespace(context.Background(), namespaceOf(s.ctx))
+	if err := s.publisher.Publish(ctx, topic, ev); err != nil {
+		log.G(s.ctx).WithError(err).WithField("topic", topic).Warn("publish event")
+	}
+}
+
+func namespaceOf(ctx context.Context) string {
+	ns, _ := namespaces.Namespace(ctx)
+	return ns
+}
+
+// Create creates a task: the pod's VM for its first task, then the
+// container in it. Its program does not run until Start.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, grpcError(fmt.Errorf("create %s from a checkpoint: %w", r.ID, errdefs.ErrNotImplemented))
+	}
+	defer logDuration(ctx, "create", r.ID)()
+	spec, err := cocoon.LoadSpec(r.Bundle)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[r.ID]; ok {
+		return nil, grpcError(fmt.Errorf("task %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	pd := podOf(r.ID, spec.Annotations)
+	if pd.createsVM && s.sb != nil {
+		return nil, grpcError(fmt.Errorf("task %s: %w: this shim already serves sandbox %s", r.ID, errdefs.ErrFailedPrecondition, s.sandboxID))
+	}
+	if !pd.createsVM && (s.sb == nil || pd.sandboxID != s.sandboxID) {
+		return nil, grpcError(fmt.Errorf("task %s: %w: its sandbox %s is not served by this shim", r.ID, errdefs.ErrFailedPrecondition, pd.sandboxID))
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}}
+	if len(r.Rootfs) > 0 {
+		if err := mountRootfs(r.Bundle, r.Rootfs); err != nil {
+			return nil, grpcError(fmt.Errorf("task %s: %w", r.ID, err))
+		}
+		c.rootfsMounted = true
+		defer func() {
+			if retErr != nil {
+				mount.UnmountRecursive(filepath.Join(r.Bundle, "rootfs"), 0)
+			}
+		}()
+	}
+	cc := cocoon.ContainerConfig{ID: r.ID, Bundle: r.Bundle, Spec: spec, Annotations: spec.Annotations}
+	if pd.createsVM {
+		if err := s.createSandbox(ctx, r, cc); err != nil {
+			return nil, grpcError(err)
+		}
+	} else {
+		if err := writeBundleRecord(r.Bundle, s.record()); err != nil {
+			return nil, grpcError(err)
+		}
+		if err := s.sb.CreateContainer(ctx, cc); err != nil {
+			os.Remove(filepath.Join(r.Bundle, bundleRecordFile))
+			return nil, grpcError(err)
+		}
+	}
+	c.init = newProcess(r.ID, "", stdio{r.Stdin, r.Stdout, r.Stderr, r.Terminal}, nil)
+	if err := s.attach(ctx, c.init); err != nil {
+		s.removeContainer(ctx, c)
+		return nil, grpcError(err)
+	}
+	s.containers[r.ID] = c
+	go s.waitExit(c.init)
+
+	s.publish(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
+		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: s.vmPid,
+		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+	})
+	return &taskAPI.CreateTaskResponse{Pid: s.vmPid}, nil
+}
+
+// createSandbox boots the pod's VM with its first container.
+func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, cc cocoon.ContainerConfig) error {
+	base, err := loadConfig(r.Options)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", r.ID, err)
+	}
+	cfg, err := base.WithAnnotations(cc.Spec.Annotations)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", r.ID, err)
+	}
+	s.cfg = cfg
+	rt, err := cocoon.New(cocoon.Options{
+		StateDir:  cfg.Runtime.StateDir,
+		DataDir:   cfg.Runtime.DataDir,
+		Virtiofsd: cfg.Hypervisor.Virtiofsd,
+		Log:       s.logger(),
+	})
+	if err != nil {
+		return err
+	}
+	s.rt, s.sandboxID = rt, r.ID
+	// Written first: if the shim dies while the VM boots, containerd's
+	// "delete" still finds the sandbox.
+	if err := writeBundleRecord(r.Bundle, s.record()); err != nil {
+		return err
+	}
+	sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{
+		ID:          r.ID,
+		Hypervisor:  cfg.HypervisorConfig(),
+		BootTimeout: cfg.Agent.BootTimeout.Duration,
+		Annotations: cc.Spec.Annotations,
+		Containers:  []cocoon.ContainerConfig{cc},
+	})
+	if err != nil {
+		os.Remove(filepath.Join(r.Bundle, bundleRecordFile))
+		s.rt, s.sandboxID = nil, ""
+		return err
+	}
+	s.sb = sb
+	if st := sb.Status(ctx); len(st.HypervisorPids) > 0 {
+		s.vmPid = uint32(st.HypervisorPids[0])
+	}
+	go s.monitor(sb)
+	return nil
+}
+
+func (s *service) record() bundleRecord {
+	return bundleRecord{SandboxID: s.sandboxID, StateDir: s.cfg.Runtime.StateDir, DataDir: s.cfg.Runtime.DataDir}
+}
+
+// mountRootfs mounts the root filesystem containerd prepared (a
+// snapshot's mounts) at the bundle's rootfs.
+func mountRootfs(bundle string, rootfs []*ptypes.Mount) error {
+	target := filepath.Join(bundle, "rootfs")
+	if err := os.MkdirAll(target, 0o711); err != nil {
+		return err
+	}
+	ms := make([]mount.Mount, 0, len(rootfs))
+	for _, m := range rootfs {
+		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+	}
+	if err := mount.All(ms, target); err != nil {
+		mount.UnmountRecursive(target, 0)
+		return fmt.Errorf("mount rootfs: %w", err)
+	}
+	return nil
+}
+
+// attach opens the process's streams in the guest and connects them to
+// containerd's stdio.
+func (s *service) attach(ctx context.Context, p *process) error {
+	in, out, errs, err := s.sb.IOStream(ctx, p.containerID, p.execID)
+	if err != nil {
+		return err
+	}
+	pp, err := connect(s.ctx, namespaceOf(ctx), p.containerID, p.stdio, in, out, errs)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.pipes = pp
+	p.mu.Unlock()
+	return nil
+}
+
+// waitExit waits for a process to end, lets its output reach containerd,
+// and publishes the exit.
+func (s *service) waitExit(p *process) {
+	st, err := s.sb.WaitProcess(s.ctx, p.containerID, p.execID)
+	if err != nil {
+		st = cocoon.ExitStatus{Code: vmDiedStatus}
+		log.G(s.ctx).WithError(err).WithField("process", p.name()).Warn("wait failed; reporting the process as exited")
+	}
+	p.mu.Lock()
+	pp := p.pipes
+	p.mu.Unlock()
+	if pp != nil {
+		pp.drain(outputDrain)
+	}
+	s.exited(p, st)
+}
+
+// exited records a process's end and tells containerd.
+func (s *service) exited(p *process, st cocoon.ExitStatus) {
+	if !p.setExited(st) {
+		return
+	}
+	log.G(s.ctx).WithField("process", p.name()).WithField("status", st.Code).Debug("exited")
+	if st.OOMKilled {
+		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: p.containerID})
+	}
+	st = p.exitStatus()
+	s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
+		ContainerID: p.containerID, ID: p.taskID(), Pid: s.vmPid,
+		ExitStatus: uint32(st.Code), ExitedAt: protobuf.ToTimestamp(st.ExitedAt),
+	})
+}
+
+// taskID is the id containerd's exit events carry: the container's for
+// the init process, else the exec's.
+func (p *process) taskID() string {
+	if p.execID == "" {
+		return p.containerID
+	}
+	return p.execID
+}
+
+// monitor ends every process when the VM dies and releases the VM's host
+// resources; containerd then deletes the tasks.
+func (s *service) monitor(sb *cocoon.Sandbox) {
+	err := <-sb.Monitor()
+	s.mu.Lock()
+	deleting := s.deleting
+	var procs []*process
+	for _, c := range s.containers {
+		procs = append(procs, c.init)
+		for _, e := range c.execs {
+			procs = append(procs, e)
+		}
+	}
+	s.mu.Unlock()
+	if deleting {
+		return
+	}
+	log.G(s.ctx).WithError(err).Error("sandbox VM died; every task exits")
+	for _, p := range procs {
+		s.exited(p, cocoon.ExitStatus{Code: vmDiedStatus})
+	}
+	if err := sb.Stop(s.ctx, true); err != nil {
+		log.G(s.ctx).WithError(err).Warn("release the dead VM's resources")
+	}
+}
+
+// lookup returns a task's container and process.
+func (s *service) lookup(id, execID string) (*container, *process, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, nil, fmt.Errorf("task %s: %w", id, errdefs.ErrNotFound)
+	}
+	p, err := c.process(execID)
+	return c, p, err
+}
+
+// Start starts a created task's program or an added exec.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	defer logDuration(ctx, "start", r.ID)()
+	_, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !canMove(p.state, stateRunning) || p.state != stateCreated {
+		return nil, grpcError(fmt.Errorf("start %s: %w: it is %s", p.name(), errdefs.ErrFailedPrecondition, p.state))
+	}
+	if r.ExecID == "" {
+		if err := s.sb.StartContainer(ctx, r.ID); err != nil {
+			return nil, grpcError(err)
+		}
+		p.moveLocked(stateRunning)
+		s.publish(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: r.ID, Pid: s.vmPid})
+		return &taskAPI.StartResponse{Pid: s.vmPid}, nil
+	}
+	if _, err := s.sb.EnterContainer(ctx, r.ID, r.ExecID, *p.spec); err != nil {
+		return nil, grpcError(err)
+	}
+	p.mu.Unlock()
+	err = s.attach(ctx, p)
+	p.mu.Lock()
+	if err != nil {
+		s.sb.SignalProcess(ctx, r.ID, r.ExecID, syscall.SIGKILL, false)
+		return nil, grpcError(err)
+	}
+	p.moveLocked(stateRunning)
+	go s.waitExit(p)
+	s.publish(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: s.vmPid})
+	return &taskAPI.StartResponse{Pid: s.vmPid}, nil
+}
+
+// Exec adds a process to a running task; Start runs it.
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, _, err := s.lookup(r.ID, "")
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	if st := c.init.current(); st != stateRunning {
+		return nil, grpcError(fmt.Errorf("exec in task %s: %w: it is %s", r.ID, errdefs.ErrFailedPrecondition, st))
+	}
+	var spec specs.Process
+	if r.Spec == nil || json.Unmarshal(r.Spec.GetValue(), &spec) != nil {
+		return nil, grpcError(fmt.Errorf("exec %s: %w: process spec is missing or not JSON", r.ExecID, errdefs.ErrInvalidArgument))
+	}
+	spec.Terminal = r.Terminal
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := c.execs[r.ExecID]; ok {
+		return nil, grpcError(fmt.Errorf("exec %s in task %s: %w", r.ExecID, r.ID, errdefs.ErrAlreadyExists))
+	}
+	c.execs[r.ExecID] = newProcess(r.ID, r.ExecID, stdio{r.Stdin, r.Stdout, r.Stderr, r.Terminal}, &spec)
+	s.publish(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	return &emptypb.Empty{}, nil
+}
+
+// Delete removes an exited process. Deleting the pod's sandbox task
+// removes the VM.
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	defer logDuration(ctx, "delete", r.ID)()
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	switch p.current() {
+	case stateRunning, statePaused:
+		return nil, grpcError(fmt.Errorf("delete %s: %w: it is still running", p.name(), errdefs.ErrFailedPrecondition))
+	case stateCreated:
+		if r.ExecID == "" {
+			s.sb.SignalProcess(ctx, r.ID, "", syscall.SIGKILL, true)
+		}
+		p.setExited(cocoon.ExitStatus{Code: 128 + int(syscall.SIGKILL), Signal: int(syscall.SIGKILL)})
+	}
+	if err := p.move(stateDeleted); err != nil {
+		return nil, grpcError(err)
+	}
+	if pp := p.pipes; pp != nil {
+		pp.close()
+	}
+	st := p.exitStatus()
+	resp := &taskAPI.DeleteResponse{Pid: s.vmPid, ExitStatus: uint32(st.Code), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}
+	if r.ExecID != "" {
+		if p.spec != nil && s.sb != nil {
+			s.sb.DeleteProcess(ctx, r.ID, r.ExecID)
+		}
+		s.mu.Lock()
+		delete(c.execs, r.ExecID)
+		s.mu.Unlock()
+		return resp, nil
+	}
+	s.mu.Lock()
+	delete(s.containers, r.ID)
+	s.mu.Unlock()
+	if err := s.removeContainer(ctx, c); err != nil {
+		return nil, grpcError(err)
+	}
+	s.publish(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{
+		ContainerID: r.ID, Pid: s.vmPid, ExitStatus: uint32(st.Code), ExitedAt: protobuf.ToTimestamp(st.ExitedAt),
+	})
+	return resp, nil
+}
+
+// removeContainer removes a container from the VM and its rootfs from the
+// host; for the sandbox's own task, it removes the whole sandbox (any
+// container still in it ends with it).
+func (s *service) removeContainer(ctx context.Context, c *container) error {
+	var err error
+	if c.id == s.sandboxID {
+		s.mu.Lock()
+		s.deleting = true
+		rest := make([]*container, 0, len(s.containers))
+		for _, o := range s.containers {
+			rest = append(rest, o)
+		}
+		s.mu.Unlock()
+		for _, o := range rest {
+			s.exited(o.init, cocoon.ExitStatus{Code: 128 + int(syscall.SIGKILL), Signal: int(syscall.SIGKILL)})
+		}
+		err = s.sb.Delete(ctx)
+	} else {
+		err = s.sb.DeleteContainer(ctx, c.id)
+		if errors.Is(err, cocoon.ErrNotFound) {
+			err = nil
+		}
+	}
+	if c.rootfsMounted {
+		if uerr := mount.UnmountRecursive(filepath.Join(c.bundle, "rootfs"), 0); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmount rootfs of %s: %w", c.id, uerr))
+		}
+	}
+	os.Remove(filepath.Join(c.bundle, bundleRecordFile))
+	return err
+}
+
+// State reports a process's state.
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	resp := &taskAPI.StateResponse{
+		ID: r.ID, ExecID: r.ExecID, Bundle: c.bundle, Pid: s.vmPid, Status: p.state.taskStatus(),
+		Stdin: p.stdio.stdin, Stdout: p.stdio.stdout, Stderr: p.stdio.stderr, Terminal: p.stdio.terminal,
+	}
+	if p.state == stateStopped || p.state == stateDeleted {
+		resp.ExitStatus = uint32(p.exit.Code)
+		resp.ExitedAt = protobuf.ToTimestamp(p.exit.ExitedAt)
+	}
+	return resp, nil
+}
+
+// Pids lists the processes of a task (their pids in the guest).
+func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	if _, _, err := s.lookup(r.ID, ""); err != nil {
+		return nil, grpcError(err)
+	}
+	ps, err := s.sb.ProcessListContainer(ctx, r.ID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	resp := &taskAPI.PidsResponse{}
+	for _, p := range ps {
+		resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: uint32(p.Pid)})
+	}
+	return resp, nil
+}
+
+// Pause freezes a task's processes.
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
+	_, p, err := s.lookup(r.ID, "")
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !canMove(p.state, statePaused) {
+		return nil, grpcError(fmt.Errorf("pause %s: %w: it is %s", r.ID, errdefs.ErrFailedPrecondition, p.state))
+	}
+	if err := s.sb.PauseContainer(ctx, r.ID); err != nil {
+		return nil, grpcError(err)
+	}
+	p.moveLocked(statePaused)
+	s.publish(runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: r.ID})
+	return &emptypb.Empty{}, nil
+}
+
+// Resume thaws a paused task.
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	_, p, err := s.lookup(r.ID, "")
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != statePaused {
+		return nil, grpcError(fmt.Errorf("resume %s: %w: it is %s", r.ID, errdefs.ErrFailedPrecondition, p.state))
+	}
+	if err := s.sb.ResumeContainer(ctx, r.ID); err != nil {
+		return nil, grpcError(err)
+	}
+	p.moveLocked(stateRunning)
+	s.publish(runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: r.ID})
+	return &emptypb.Empty{}, nil
+}
+
+// Checkpoint is not supported: a VM's containers cannot be checkpointed
+// with CRIU from the host.
+func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, grpcError(fmt.Errorf("checkpoint %s: %w: Cocoon does not checkpoint containers", r.ID, errdefs.ErrNotImplemented))
+}
+
+// Kill signals a process, or with All every process of the task.
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	_, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	switch p.current() {
+	case stateStopped, stateDeleted:
+		return nil, grpcError(fmt.Errorf("kill %s: %w: process already finished", p.name(), errdefs.ErrNotFound))
+	case stateCreated:
+		if r.ExecID != "" { // not started: there is nothing in the guest
+			p.setExited(cocoon.ExitStatus{Code: 128 + int(r.Signal), Signal: int(r.Signal)})
+			return &emptypb.Empty{}, nil
+		}
+	}
+	if err := s.sb.SignalProcess(ctx, r.ID, r.ExecID, syscall.Signal(r.Signal), r.All && r.ExecID == ""); err != nil {
+		if p.current() == stateStopped {
+			return nil, grpcError(fmt.Errorf("kill %s: %w: process already finished", p.name(), errdefs.ErrNotFound))
+		}
+		return nil, grpcError(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// ResizePty resizes a process's terminal.
+func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
+	if _, _, err := s.lookup(r.ID, r.ExecID); err != nil {
+		return nil, grpcError(err)
+	}
+	if err := s.sb.WinsizeProcess(ctx, r.ID, r.ExecID, r.Height, r.Width); err != nil {
+		return nil, grpcError(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	if r.Stdin {
+		p.mu.Lock()
+		pp := p.pipes
+		p.mu.Unlock()
+		if pp != nil {
+			pp.closeStdin()
+		}
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Update changes a task's resource limits.
+func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
+	if _, _, err := s.lookup(r.ID, ""); err != nil {
+		return nil, grpcError(err)
+	}
+	var res specs.LinuxResources
+	if r.Resources == nil || !strings.HasSuffix(r.Resources.GetTypeUrl(), "LinuxResources") || json.Unmarshal(r.Resources.GetValue(), &res) != nil {
+		return nil, grpcError(fmt.Errorf("update %s: %w: resources must be OCI LinuxResources", r.ID, errdefs.ErrInvalidArgument))
+	}
+	if err := s.sb.UpdateContainer(ctx, r.ID, &res); err != nil {
+		return nil, grpcError(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Wait waits for a process to exit.
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, grpcError(ctx.Err())
+	}
+	st := p.exitStatus()
+	return &taskAPI.WaitResponse{ExitStatus: uint32(st.Code), ExitedAt: protobuf.ToTimestamp(st.ExitedAt)}, nil
+}
+
+// Stats reports a task's cgroup metrics from the guest.
+func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	if _, _, err := s.lookup(r.ID, ""); err != nil {
+		return nil, grpcError(err)
+	}
+	st, err := s.sb.StatsContainer(ctx, r.ID)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	a, err := typeurl.MarshalAny(metrics(st))
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &taskAPI.StatsResponse{Stats: protobuf.FromAny(a)}, nil
+}
+
+// Connect reports the shim's and the task's host pids (the VM's).
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	if _, _, err := s.lookup(r.ID, ""); err != nil {
+		return nil, grpcError(err)
+	}
+	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPid}, nil
+}
+
+// Shutdown ends the shim once it serves no task.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	n := len(s.containers)
+	s.mu.Unlock()
+	if n > 0 {
+		return &emptypb.Empty{}, nil
+	}
+	s.shutdown.Shutdown()
+	return &emptypb.Empty{}, nil
+}
+
+// logDuration logs at debug level how long an operation took.
+func logDuration(ctx context.Context, op, id string) func() {
+	start := time.Now()
+	return func() {
+		log.G(ctx).WithField("task", id).WithField("took", time.Since(start)).Debug(op)
+	}
+}
