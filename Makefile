@@ -13,7 +13,7 @@ LDFLAGS   := -s -w -X github.com/cocoon-runtime/cocoon/internal/version.Version=
 export PATH := /usr/local/go/bin:$(PATH)
 
 # Debian packages the runtime and its tests use.
-DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc libc6-dev libseccomp-dev
+DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc libc6-dev libseccomp-dev containerd runc containernetworking-plugins
 
 .PHONY: all build deps image setup demo test unit vet bench clean install
 
@@ -27,6 +27,7 @@ AGENT_LDFLAGS := $(LDFLAGS) -linkmode external -extldflags "-static"
 build:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(AGENT_TAGS)' -ldflags '$(AGENT_LDFLAGS)' -o $(BIN)/cocoon-agent ./cmd/cocoon-agent
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cocoon ./cmd/cocoon
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/containerd-shim-cocoon-v2 ./cmd/containerd-shim-cocoon-v2
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -63,9 +64,11 @@ test: setup vet
 
 bench: setup
 	$(GO) run ./bench/vmboot -n 5
+	$(GO) run ./bench/container
+	$(GO) run ./bench/pod
 
 install: build
-	install -m 0755 $(BIN)/cocoon $(BIN)/cocoon-agent $(PREFIX)/bin/
+	install -m 0755 $(BIN)/cocoon $(BIN)/cocoon-agent $(BIN)/containerd-shim-cocoon-v2 $(PREFIX)/bin/
 
 clean:
 	rm -rf $(BIN)

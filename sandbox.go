@@ -91,6 +91,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	if err := validateID("sandbox", cfg.ID); err != nil {
 		return nil, err
 	}
+	if err := r.checkSocketPaths(cfg.ID); err != nil {
+		return nil, err
+	}
 	unlock, err := r.store.Lock(ctx, cfg.ID)
 	if err != nil {
 		return nil, err
@@ -158,6 +161,22 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	return s, nil
+}
+
+// maxSocketPath is the longest path a unix socket can be bound to.
+const maxSocketPath = 107
+
+// checkSocketPaths fails with a clear error when the state directory is
+// too long for the sockets of sandbox id (its file server's and its VM's
+// agent ports), which the daemons would otherwise refuse obscurely.
+func (r *Runtime) checkSocketPaths(id string) error {
+	for _, p := range []string{filepath.Join(r.sandboxDir(id), "vfs.sock"), filepath.Join(r.vmStateDir(), id, "agent.0.sock")} {
+		if len(p) > maxSocketPath {
+			return fmt.Errorf("create sandbox %s: %w: socket path %s is %d bytes, over the limit of %d: use a shorter state directory than %s",
+				id, ErrInvalidConfig, p, len(p), maxSocketPath, r.opts.StateDir)
+		}
+	}
+	return nil
 }
 
 // RunSandbox creates a sandbox and starts its containers.

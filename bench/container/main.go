@@ -11,6 +11,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/bench/internal/measure"
 	"io"
 	"os"
 	"os/exec"
@@ -96,7 +97,7 @@ func main() {
 		cold = append(cold, d)
 	}
 	fmt.Printf("cocoon  cold run of true (create VM, start, wait, delete): median %v (min %v, max %v, n=%d)\n",
-		median(cold), slices.Min(cold), slices.Max(cold), len(cold))
+		measure.Median(cold), slices.Min(cold), slices.Max(cold), len(cold))
 
 	sleeper := bundle("sleep", "sleep", "1000")
 	sb, err := rt.RunSandbox(ctx, cocoon.SandboxConfig{ID: "bench-exec", Hypervisor: hv, Containers: []cocoon.ContainerConfig{{ID: "bench-exec", Bundle: sleeper}}})
@@ -113,7 +114,7 @@ func main() {
 		lat = append(lat, time.Since(start))
 	}
 	fmt.Printf("cocoon  exec of true into a running container: median %v (min %v, max %v, n=%d)\n",
-		median(lat), slices.Min(lat), slices.Max(lat), len(lat))
+		measure.Median(lat), slices.Min(lat), slices.Max(lat), len(lat))
 
 	// Throughput: exec cat of the file in the running container.
 	var n countWriter
@@ -148,7 +149,7 @@ func runcBench(work, trueBundle, rootfs string, runs, sizeMB int, check func(err
 		}
 		cold = append(cold, time.Since(start))
 	}
-	fmt.Printf("runc    cold run of true: median %v (n=%d)\n", median(cold), len(cold))
+	fmt.Printf("runc    cold run of true: median %v (n=%d)\n", measure.Median(cold), len(cold))
 	catBundle := filepath.Join(work, "cat")
 	os.MkdirAll(catBundle, 0o755)
 	spec := specutil.Default("cat", "/data")
@@ -190,12 +191,6 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2].Round(time.Millisecond)
-}
 
 // fatalIf exits on err (before a Runtime exists, nothing to clean up).
 func fatalIf(err error) {

@@ -6,10 +6,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/bench/internal/measure"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,28 +78,19 @@ func main() {
 			last = v
 		}
 		fmt.Printf("%-8s launch to first agent answer: median %v (min %v, max %v, n=%d); guest kernel start to agent serving: median %v\n",
-			machine, median(boots), slices.Min(boots), slices.Max(boots), len(boots), median(guest))
+			machine, measure.Median(boots), slices.Min(boots), slices.Max(boots), len(boots), measure.Median(guest))
 
 		pid := last.HV.PIDs()[0]
 		t0, c0 := time.Now(), cpuTicks(pid)
 		time.Sleep(*idle)
 		cpu := float64(cpuTicks(pid)-c0) / 100 / time.Since(t0).Seconds() * 100
-		rss, pss := memoryKiB(pid)
+		rss, pss := measure.MemoryKiB(pid)
 		fmt.Printf("%-8s idle VM after %v: QEMU RSS %.1f MiB, PSS %.1f MiB, CPU %.2f%% of a core\n",
 			machine, *idle, float64(rss)/1024, float64(pss)/1024, cpu)
 		if err := last.Stop(ctx); err != nil {
 			fail(err)
 		}
 	}
-}
-
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2].Round(time.Millisecond)
 }
 
 // cpuTicks is utime+stime of pid in clock ticks (USER_HZ, 100 on Linux).
@@ -113,30 +104,6 @@ func cpuTicks(pid int) uint64 {
 	u, _ := strconv.ParseUint(f[11], 10, 64)
 	st, _ := strconv.ParseUint(f[12], 10, 64)
 	return u + st
-}
-
-// memoryKiB reads RSS and PSS in KiB from smaps_rollup.
-func memoryKiB(pid int) (rss, pss uint64) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseUint(fields[1], 10, 64)
-		switch fields[0] {
-		case "Rss:":
-			rss = v
-		case "Pss:":
-			pss = v
-		}
-	}
-	return rss, pss
 }
 
 func fatal(err error) {

@@ -25,7 +25,7 @@ Images are kept under <data-dir>/images/<id>/; <data-dir>/images/current
 points to the one built last.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newImageBuildCommand(g), newImageShowCommand(g))
+	cmd.AddCommand(newImageBuildCommand(g), newImageShowCommand(g), newImageOCICommand(g))
 	return cmd
 }
 

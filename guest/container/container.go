@@ -181,6 +181,9 @@ func (m *Manager) Create(ctx context.Context, id string, spec *specs.Spec, rootf
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
+	if err := applySysctls(vmSysctls(s.Linux)); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
 	cfg, err := newConfig(id, s, m.log)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)

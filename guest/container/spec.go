@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
@@ -138,6 +139,45 @@ func prepareSpec(id string, spec *specs.Spec, rootfs string, terminal bool, log 
 		l.MountLabel = ""
 	}
 	return s, nil
+}
+
+// vmSysctls takes the network sysctls out of a container that shares the
+// VM's network (it has no network namespace of its own): the VM is the
+// pod's network namespace, so they are set on the VM's own network stack,
+// which libcontainer would refuse to do from inside the container.
+func vmSysctls(l *specs.Linux) map[string]string {
+	for _, ns := range l.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return nil
+		}
+	}
+	var out map[string]string
+	for k, v := range l.Sysctl {
+		if strings.HasPrefix(k, "net.") {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+			delete(l.Sysctl, k)
+		}
+	}
+	return out
+}
+
+// validSysctl matches a sysctl name: dotted lowercase words.
+var validSysctl = regexp.MustCompile(`^[a-z0-9_]+(\.[a-z0-9_-]+)+$`)
+
+// applySysctls writes sysctls to the guest's /proc/sys.
+func applySysctls(sysctls map[string]string) error {
+	for k, v := range sysctls {
+		if !validSysctl.MatchString(k) {
+			return fmt.Errorf("invalid sysctl name %q", k)
+		}
+		if err := os.WriteFile("/proc/sys/"+strings.ReplaceAll(k, ".", "/"), []byte(v), 0); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", k, v, err)
+		}
+	}
+	return nil
 }
 
 // checkProcess validates a process from the host and drops the security
