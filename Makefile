@@ -15,7 +15,12 @@ export PATH := /usr/local/go/bin:$(PATH)
 # Debian packages the runtime and its tests use.
 DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc libc6-dev libseccomp-dev containerd runc containernetworking-plugins
 
-.PHONY: all build deps image setup demo test unit vet bench clean install
+# containerd 2.x, built from the module proxy, which the containerd tests
+# also run against (besides Debian's containerd 1.6).
+CONTAINERD2_VERSION ?= 2.1.5
+CONTAINERD2_DIR     := $(DATA_DIR)/containerd-$(CONTAINERD2_VERSION)
+
+.PHONY: all build deps image setup demo test unit vet bench clean install containerd2
 
 all: build
 
@@ -59,8 +64,14 @@ vet:
 unit:
 	$(GO) test -short ./...
 
-test: setup vet
+containerd2:
+	scripts/build-containerd2.sh $(CONTAINERD2_VERSION) $(CONTAINERD2_DIR)
+
+test: setup vet containerd2
 	COCOON_REQUIRE_VM=1 COCOON_DATA_DIR=$(DATA_DIR) $(GO) test -count=1 -timeout 25m ./...
+	@echo "containerd tests again, under containerd $(CONTAINERD2_VERSION):"
+	COCOON_REQUIRE_VM=1 COCOON_DATA_DIR=$(DATA_DIR) COCOON_CONTAINERD=$(CONTAINERD2_DIR)/bin/containerd \
+		$(GO) test -count=1 -timeout 10m ./integration/ ./internal/ctrtest/
 
 bench: setup
 	$(GO) run ./bench/vmboot -n 5

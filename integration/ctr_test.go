@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -63,10 +64,7 @@ func TestCtrTaskLifecycle(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cid := id(t)
-	e.removeOnCleanup(t, cid)
-	args := append([]string{"run", "-d"}, e.runtimeFlags()...)
-	e.ctr(t, ctx, append(args, ctrtest.BusyboxImage, cid, "sh", "-c", "echo hi > /tmp/mark; exec sleep 1000")...)
+	cid := e.runDetached(t, ctx, "sh", "-c", "echo hi > /tmp/mark; exec sleep 1000")
 
 	if st := taskStatus(t, e, ctx, cid); st != "RUNNING" {
 		t.Fatalf("task status %q, want RUNNING", st)
@@ -140,6 +138,17 @@ func (e *env) waitExit(t *testing.T, ctx context.Context, cid string) int {
 	var code int
 	fmt.Sscan(m[1], &code)
 	return code
+}
+
+// runDetached runs a busybox container with Cocoon in the background, as
+// `ctr run -d`, and returns its ID; the container goes when the test ends.
+func (e *env) runDetached(t *testing.T, ctx context.Context, cmd ...string) string {
+	t.Helper()
+	cid := id(t)
+	e.removeOnCleanup(t, cid)
+	args := append([]string{"run", "-d"}, e.runtimeFlags()...)
+	e.ctr(t, ctx, append(append(args, ctrtest.BusyboxImage, cid), cmd...)...)
+	return cid
 }
 
 func taskStatus(t *testing.T, e *env, ctx context.Context, cid string) string {
@@ -217,12 +226,14 @@ func TestCtrShimKilled(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cid := id(t)
-	e.removeOnCleanup(t, cid)
-	args := append([]string{"run", "-d"}, e.runtimeFlags()...)
-	e.ctr(t, ctx, append(args, ctrtest.BusyboxImage, cid, "sleep", "1000")...)
+	cid := e.runDetached(t, ctx, "sleep", "1000")
 	qemu := pidOf(t, cid, "qemu-system")
 	shim := pidOf(t, cid, "containerd-shim-cocoon-v2")
+	address, err := os.ReadFile(filepath.Join(e.ctrd.State, "io.containerd.runtime.v2.task", ctrtest.DefaultNamespace, cid, "address"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := strings.TrimPrefix(string(address), "unix://")
 	if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -238,6 +249,14 @@ func TestCtrShimKilled(t *testing.T) {
 	if err := testutil.WaitGone(ctx, qemu); err != nil {
 		t.Errorf("QEMU %d outlived its pod: %v", qemu, err)
 	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(socket); os.IsNotExist(err) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Errorf("the dead shim's socket %s is left (%v)", socket, err)
+			break
+		}
+	}
 	e.assertNoLeaks(t, cid)
 }
 
@@ -247,10 +266,7 @@ func TestCtrVMKilled(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cid := id(t)
-	e.removeOnCleanup(t, cid)
-	args := append([]string{"run", "-d"}, e.runtimeFlags()...)
-	e.ctr(t, ctx, append(args, ctrtest.BusyboxImage, cid, "sleep", "1000")...)
+	cid := e.runDetached(t, ctx, "sleep", "1000")
 	e.ctr(t, ctx, "task", "exec", "-d", "--exec-id", "bg", cid, "sleep", "1000")
 	if err := syscall.Kill(pidOf(t, cid, "qemu-system"), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -286,4 +302,69 @@ func TestCtrAnnotations(t *testing.T) {
 		t.Errorf("guest memory %q MiB, want between 256 and 384 (the annotation's 384)", out)
 	}
 	e.assertNoLeaks(t, cid2)
+}
+
+// The shim publishes the task events containerd and its clients follow,
+// including an OOM kill.
+func TestCtrEvents(t *testing.T) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	events := e.ctrd.CtrCommand(ctx, "events")
+	var out bytes.Buffer
+	events.Stdout = &out
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			events.Process.Kill()
+			events.Wait()
+			stopped = true
+		}
+	}
+	defer stop()
+	time.Sleep(300 * time.Millisecond) // subscribed
+
+	cid := e.runDetached(t, ctx, "sleep", "1000")
+	e.ctr(t, ctx, "task", "exec", "--exec-id", "x1", cid, "true")
+	e.ctr(t, ctx, "task", "pause", cid)
+	e.ctr(t, ctx, "task", "resume", cid)
+	e.ctr(t, ctx, "task", "kill", "-s", "KILL", cid)
+	e.waitExit(t, ctx, cid)
+	e.ctr(t, ctx, "container", "delete", cid)
+
+	// 32 MiB of memory, and a 64 MiB /dev/shm filled: the OOM killer.
+	oom := id(t) + "oom"
+	e.removeOnCleanup(t, oom)
+	args := append([]string{"run", "--rm", "--memory-limit", "33554432"}, e.runtimeFlags()...)
+	_, _, err := e.ctrd.Ctr(ctx, append(args, ctrtest.BusyboxImage, oom, "dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=60")...)
+	if code := exitCode(t, err); code != 137 {
+		t.Errorf("OOM: exit %d (%v), want 137", code, err)
+	}
+	time.Sleep(300 * time.Millisecond) // the last events delivered
+	stop()
+
+	seen := func(topic, id string) bool {
+		for _, line := range strings.Split(out.String(), "\n") {
+			if strings.Contains(line, topic) && strings.Contains(line, id) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, topic := range []string{"/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete"} {
+		if !seen(topic, cid) {
+			t.Errorf("no %s event for %s", topic, cid)
+		}
+	}
+	if !seen("/tasks/oom", oom) {
+		t.Errorf("no /tasks/oom event for %s", oom)
+	}
+	if t.Failed() {
+		t.Logf("events:\n%s", out.String())
+	}
+	e.assertNoLeaks(t, cid)
+	e.assertNoLeaks(t, oom)
 }

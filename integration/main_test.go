@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -61,12 +60,7 @@ func TestMain(m *testing.M) {
 func needContainerd(t *testing.T) *env {
 	t.Helper()
 	vmEnv := testutil.NeedVM(t)
-	if _, err := exec.LookPath("containerd"); err != nil {
-		if os.Getenv("COCOON_REQUIRE_VM") == "1" {
-			t.Fatal("containerd is not installed")
-		}
-		t.Skip("containerd is not installed")
-	}
+	ctrtest.Need(t, ctrtest.Options{Containerd: os.Getenv("COCOON_CONTAINERD")})
 	sharedOnce.Do(func() { shared, sharedErr = startEnv(vmEnv) })
 	if sharedErr != nil {
 		t.Fatal(sharedErr)

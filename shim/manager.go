@@ -113,6 +113,12 @@ func (m manager) Stop(ctx context.Context, id string) (cshim.StopStatus, error) 
 	if err != nil {
 		return cshim.StopStatus{}, err
 	}
+	// A shim that was killed could not remove its socket.
+	if address, err := cshim.ReadAddress(filepath.Join(bundle, "address")); err == nil && !cshim.CanConnect(address) {
+		if err := cshim.RemoveSocket(address); err != nil {
+			log.G(ctx).WithError(err).Warn("remove dead shim's socket")
+		}
+	}
 	if rec, err := readBundleRecord(bundle); err == nil {
 		rt, err := cocoon.New(cocoon.Options{StateDir: rec.StateDir, DataDir: rec.DataDir})
 		if err == nil {

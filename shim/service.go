@@ -41,6 +41,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -102,6 +103,12 @@ type service struct {
 }
 
 func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *service {
+	// fd 3 is the listening socket "start" handed down; containerd's shim
+	// package serves a duplicate of it and leaves fd 3 open without
+	// close-on-exec. The daemons the shim starts (QEMU, virtiofsd) outlive
+	// it and must not hold the socket: containerd would keep seeing a
+	// live shim after this one died.
+	unix.CloseOnExec(3)
 	s := &service{ctx: ctx, publisher: pub, shutdown: sd, containers: map[string]*container{}}
 	sd.RegisterCallback(func(context.Context) error {
 		s.mu.Lock()

@@ -95,7 +95,19 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 			}
 		}
 	}()
+	// An emulating nested KVM can fail QEMU itself (it aborts setting
+	// MSRs) or the guest: either way, name the likely culprit.
+	kvmHint := func() string {
+		if hv.Capabilities(ctx).AcceleratorUsed != hypervisor.AccelKVM {
+			return ""
+		}
+		return "the VM ran under KVM; where KVM is nested or emulated guests may not boot: " +
+			"use accelerator \"auto\" (probes KVM) or \"tcg\""
+	}
 	if err := hv.StartVM(ctx); err != nil {
+		if hint := kvmHint(); hint != "" {
+			return nil, &BootError{VM: id, Err: err, Hint: hint}
+		}
 		return nil, err
 	}
 	timeout := opts.BootTimeout
@@ -114,12 +126,7 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 		if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = fmt.Errorf("%w: %w", cause, err)
 		}
-		be := &BootError{VM: id, Err: err, Console: hv.ConsoleTail(2048)}
-		if hv.Capabilities(ctx).AcceleratorUsed == hypervisor.AccelKVM {
-			be.Hint = "the VM ran under KVM; where KVM is nested or emulated guests may not boot: " +
-				"use accelerator \"auto\" (probes KVM) or \"tcg\""
-		}
-		return nil, be
+		return nil, &BootError{VM: id, Err: err, Console: hv.ConsoleTail(2048), Hint: kvmHint()}
 	}
 	if _, err := c.Version(ctx); err != nil {
 		c.Close()

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
 
 // testOptions run the tests with containerd from PATH, or the one
@@ -289,8 +291,8 @@ func TestStopAfterContainerdDied(t *testing.T) {
 	}
 	syscall.Kill(c.Pid(), syscall.SIGKILL)
 	<-c.exited
-	if len(c.leftovers()) == 0 || len(mountsUnder(c.Dir)) == 0 {
-		t.Fatalf("want a shim and a rootfs mount left by the dead containerd; got %v, %v", pidsOf(c.leftovers()), mountsUnder(c.Dir))
+	if len(c.leftovers()) == 0 || len(testutil.MountsUnder(c.Dir)) == 0 {
+		t.Fatalf("want a shim and a rootfs mount left by the dead containerd; got %v, %v", pidsOf(c.leftovers()), testutil.MountsUnder(c.Dir))
 	}
 	assertStopLeavesNothing(t, c)
 	assertDead(t, pids)
@@ -363,7 +365,7 @@ func assertStopLeavesNothing(t *testing.T, c *Containerd) {
 			t.Errorf("process %d naming the socket after Stop: %q", p.pid, p.args)
 		}
 	}
-	if m := mountsUnder(c.Dir); len(m) > 0 {
+	if m := testutil.MountsUnder(c.Dir); len(m) > 0 {
 		t.Errorf("mounts under %s after Stop: %v", c.Dir, m)
 	}
 	if _, err := os.Stat(c.Dir); !os.IsNotExist(err) {
@@ -389,18 +391,6 @@ func isZombie(pid int) bool {
 		}
 	}
 	return true
-}
-
-func mountsUnder(dir string) []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			out = append(out, f[4])
-		}
-	}
-	return out
 }
 
 func TestMentions(t *testing.T) {

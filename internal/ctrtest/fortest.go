@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
 
 // Need skips t unless it runs as root with containerd and ctr installed
@@ -14,10 +16,7 @@ func Need(t testing.TB, opts Options) {
 	t.Helper()
 	skip := func(format string, args ...any) {
 		t.Helper()
-		if os.Getenv("COCOON_REQUIRE_VM") == "1" {
-			t.Fatalf("containerd test cannot run: "+format, args...)
-		}
-		t.Skipf("containerd test skipped: "+format, args...)
+		testutil.Unavailable(t, "containerd", format, args...)
 	}
 	if os.Geteuid() != 0 {
 		skip("not root")
