@@ -230,12 +230,15 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err := writeBundleRecord(r.Bundle, s.record()); err != nil {
 			return nil, grpcError(err)
 		}
+		done := logDuration(ctx, "create container in the VM", r.ID)
 		if err := s.sb.CreateContainer(ctx, cc); err != nil {
 			os.Remove(filepath.Join(r.Bundle, bundleRecordFile))
 			return nil, grpcError(err)
 		}
+		done()
 	}
 	c.init = newProcess(r.ID, "", stdio{r.Stdin, r.Stdout, r.Stderr, r.Terminal}, nil)
+	defer logDuration(ctx, "attach stdio", r.ID)()
 	if err := s.attach(ctx, c.init); err != nil {
 		s.removeContainer(ctx, c)
 		return nil, grpcError(err)

@@ -73,6 +73,7 @@ func main() {
 	for _, h := range strings.Split(*handlers, ",") {
 		var times []time.Duration
 		var last string
+		b.phases = [3][]time.Duration{}
 		for i := 0; i < *runs; i++ {
 			if last != "" {
 				fail(b.remove(ctx, last))
@@ -86,6 +87,8 @@ func main() {
 		pss, parts := podPSS(last)
 		fail(b.remove(ctx, last))
 		fmt.Printf("%s: pod to running container, median of %d: %v (all: %v)\n", h, *runs, measure.Median(times), round(times))
+		fmt.Printf("%s:   RunPodSandbox %v, CreateContainer %v, StartContainer %v (medians)\n", h,
+			measure.Median(b.phases[0]), measure.Median(b.phases[1]), measure.Median(b.phases[2]))
 		fmt.Printf("%s: idle pod PSS after %v: %.1f MiB (%s)\n", h, *idle, float64(pss)/1024, parts)
 
 		if *parallel > 0 {
@@ -119,6 +122,11 @@ func main() {
 type bench struct {
 	rs     runtimeapi.RuntimeServiceClient
 	logDir string
+
+	mu sync.Mutex
+	// phases of the sequential pods: RunPodSandbox, CreateContainer,
+	// StartContainer.
+	phases [3][]time.Duration
 }
 
 // pod runs a pod with one busybox container and returns the time until
@@ -141,6 +149,7 @@ func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, s
 	if err != nil {
 		return 0, "", fmt.Errorf("%s: RunPodSandbox: %w", name, err)
 	}
+	podReady := time.Now()
 	c, err := b.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: p.PodSandboxId, SandboxConfig: cfg,
 		Config: &runtimeapi.ContainerConfig{
@@ -153,10 +162,17 @@ func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, s
 	if err != nil {
 		return 0, p.PodSandboxId, fmt.Errorf("%s: CreateContainer: %w", name, err)
 	}
+	created := time.Now()
 	if _, err := b.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
 		return 0, p.PodSandboxId, fmt.Errorf("%s: StartContainer: %w", name, err)
 	}
-	return time.Since(start), p.PodSandboxId, nil
+	end := time.Now()
+	b.mu.Lock()
+	b.phases[0] = append(b.phases[0], podReady.Sub(start))
+	b.phases[1] = append(b.phases[1], created.Sub(podReady))
+	b.phases[2] = append(b.phases[2], end.Sub(created))
+	b.mu.Unlock()
+	return end.Sub(start), p.PodSandboxId, nil
 }
 
 func (b *bench) remove(ctx context.Context, id string) error {
