@@ -100,6 +100,7 @@ type service struct {
 	vmPid      uint32
 	deleting   bool // the sandbox is being deleted on purpose
 	containers map[string]*container
+	creating   map[string]bool // task IDs whose Create is under way
 }
 
 func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *service {
@@ -109,7 +110,7 @@ func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *
 	// it and must not hold the socket: containerd would keep seeing a
 	// live shim after this one died.
 	unix.CloseOnExec(3)
-	s := &service{ctx: ctx, publisher: pub, shutdown: sd, containers: map[string]*container{}}
+	s := &service{ctx: ctx, publisher: pub, shutdown: sd, containers: map[string]*container{}, creating: map[string]bool{}}
 	sd.RegisterCallback(func(context.Context) error {
 		s.mu.Lock()
 		sb := s.sb
@@ -166,12 +167,12 @@ func loadConfig(opts *anypb.Any) (*config.Config, error) {
 	return config.Load(path)
 }
 
-func (s *service) logger() *slog.Logger {
+// logger is the library's logger: text to the shim's log, which
+// containerd collects.
+func logger(ctx context.Context, level string) *slog.Logger {
 	lvl := slog.LevelInfo
-	if s.cfg != nil {
-		lvl.UnmarshalText([]byte(s.cfg.Runtime.LogLevel))
-	}
-	return slog.New(slog.NewTextHandler(log.G(s.ctx).Logger.Out, &slog.HandlerOptions{Level: lvl}))
+	lvl.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(log.G(ctx).Logger.Out, &slog.HandlerOptions{Level: lvl}))
 }
 
 func (s *service) publish(topic string, ev interface{}) {
@@ -197,18 +198,38 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	// The lock is held only to check and reserve: booting the VM or
+	// creating the container takes long, and the pod's other tasks keep
+	// being served meanwhile.
+	pd := podOf(r.ID, spec.Annotations)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.containers[r.ID]; ok {
+	if _, ok := s.containers[r.ID]; ok || s.creating[r.ID] {
+		s.mu.Unlock()
 		return nil, grpcError(fmt.Errorf("task %s: %w", r.ID, errdefs.ErrAlreadyExists))
 	}
-	pd := podOf(r.ID, spec.Annotations)
-	if pd.createsVM && s.sb != nil {
+	if pd.createsVM && s.sandboxID != "" {
+		s.mu.Unlock()
 		return nil, grpcError(fmt.Errorf("task %s: %w: this shim already serves sandbox %s", r.ID, errdefs.ErrFailedPrecondition, s.sandboxID))
 	}
 	if !pd.createsVM && (s.sb == nil || pd.sandboxID != s.sandboxID) {
+		s.mu.Unlock()
 		return nil, grpcError(fmt.Errorf("task %s: %w: its sandbox %s is not served by this shim", r.ID, errdefs.ErrFailedPrecondition, pd.sandboxID))
 	}
+	if pd.createsVM {
+		s.sandboxID = r.ID // reserved until the VM is up, or released
+	}
+	s.creating[r.ID] = true
+	sb, rec := s.sb, s.record()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.creating, r.ID)
+		if retErr != nil && pd.createsVM {
+			s.sandboxID = ""
+		}
+		s.mu.Unlock()
+	}()
+
 	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}}
 	if len(r.Rootfs) > 0 {
 		if err := mountRootfs(r.Bundle, r.Rootfs); err != nil {
@@ -227,11 +248,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			return nil, grpcError(err)
 		}
 	} else {
-		if err := writeBundleRecord(r.Bundle, s.record()); err != nil {
+		if err := writeBundleRecord(r.Bundle, rec); err != nil {
 			return nil, grpcError(err)
 		}
 		done := logDuration(ctx, "create container in the VM", r.ID)
-		if err := s.sb.CreateContainer(ctx, cc); err != nil {
+		if err := sb.CreateContainer(ctx, cc); err != nil {
 			os.Remove(filepath.Join(r.Bundle, bundleRecordFile))
 			return nil, grpcError(err)
 		}
@@ -243,7 +264,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.removeContainer(ctx, c)
 		return nil, grpcError(err)
 	}
+	s.mu.Lock()
 	s.containers[r.ID] = c
+	s.mu.Unlock()
 	go s.waitExit(c.init)
 
 	s.publish(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
@@ -263,20 +286,19 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return fmt.Errorf("task %s: %w", r.ID, err)
 	}
-	s.cfg = cfg
 	rt, err := cocoon.New(cocoon.Options{
 		StateDir:  cfg.Runtime.StateDir,
 		DataDir:   cfg.Runtime.DataDir,
 		Virtiofsd: cfg.Hypervisor.Virtiofsd,
-		Log:       s.logger(),
+		Log:       logger(s.ctx, cfg.Runtime.LogLevel),
 	})
 	if err != nil {
 		return err
 	}
-	s.rt, s.sandboxID = rt, r.ID
 	// Written first: if the shim dies while the VM boots, containerd's
 	// "delete" still finds the sandbox.
-	if err := writeBundleRecord(r.Bundle, s.record()); err != nil {
+	rec := bundleRecord{SandboxID: r.ID, StateDir: cfg.Runtime.StateDir, DataDir: cfg.Runtime.DataDir}
+	if err := writeBundleRecord(r.Bundle, rec); err != nil {
 		return err
 	}
 	sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{
@@ -288,18 +310,25 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	})
 	if err != nil {
 		os.Remove(filepath.Join(r.Bundle, bundleRecordFile))
-		s.rt, s.sandboxID = nil, ""
 		return err
 	}
-	s.sb = sb
+	var vmPid uint32
 	if st := sb.Status(ctx); len(st.HypervisorPids) > 0 {
-		s.vmPid = uint32(st.HypervisorPids[0])
+		vmPid = uint32(st.HypervisorPids[0])
 	}
+	s.mu.Lock()
+	s.cfg, s.rt, s.sb, s.vmPid = cfg, rt, sb, vmPid
+	s.mu.Unlock()
 	go s.monitor(sb)
 	return nil
 }
 
+// record is the bundle record of the pod's later tasks; call with s.mu
+// held.
 func (s *service) record() bundleRecord {
+	if s.cfg == nil {
+		return bundleRecord{SandboxID: s.sandboxID}
+	}
 	return bundleRecord{SandboxID: s.sandboxID, StateDir: s.cfg.Runtime.StateDir, DataDir: s.cfg.Runtime.DataDir}
 }
 
