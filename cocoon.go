@@ -40,6 +40,11 @@ type Options struct {
 	DataDir string
 	// Virtiofsd is the virtiofsd binary; empty finds QEMU's.
 	Virtiofsd string
+	// VMTemplates makes sandbox VMs from templates (package factory)
+	// instead of booting each: the first sandbox of a configuration boots
+	// and saves a template under StateDir/factory, later ones restore a
+	// copy of it in a fraction of a boot.
+	VMTemplates bool
 	// Log receives the runtime's messages; nil discards them.
 	Log *slog.Logger
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent"
+	"github.com/cocoon-runtime/cocoon/factory"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/persist"
@@ -148,7 +149,12 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	hv.StateDir = r.vmStateDir()
 	hv.SharedFSSocket = s.vfsSocket()
 	s.state.Hypervisor = hv
-	s.vm, err = vm.Start(ctx, cfg.ID, hv, vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: cfg.BootTimeout})
+	vopts := vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: cfg.BootTimeout}
+	if r.opts.VMTemplates {
+		s.vm, err = factory.New(filepath.Join(r.opts.StateDir, "factory"), vopts).VM(ctx, cfg.ID, hv)
+	} else {
+		s.vm, err = vm.Start(ctx, cfg.ID, hv, vopts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}

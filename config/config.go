@@ -90,8 +90,10 @@ type Agent struct {
 	Debug bool `toml:"debug"`
 }
 
-// Factory configures the VM factory ([factory]), which is not available
-// yet: Validate refuses a configuration that enables it.
+// Factory configures the VM factory ([factory]): with enable_template,
+// pods start from a saved template VM instead of booting (package
+// factory). The cache of booted VMs (vm_cache_number) is not available
+// yet: Validate refuses a configuration that asks for it.
 type Factory struct {
 	EnableTemplate bool   `toml:"enable_template"`
 	TemplatePath   string `toml:"template_path"`
@@ -308,11 +310,11 @@ func (c *Config) Validate() error {
 		bad("agent.boot_timeout", "%s is not a positive duration", c.Agent.BootTimeout.Duration)
 	}
 
-	if c.Factory.EnableTemplate {
-		bad("factory.enable_template", "the VM factory is not available yet; set it to false")
-	}
 	if c.Factory.VMCacheNumber != 0 {
-		bad("factory.vm_cache_number", "the VM factory is not available yet; set it to 0")
+		bad("factory.vm_cache_number", "the VM factory's cache of booted VMs is not available yet; set it to 0 (enable_template works)")
+	}
+	if c.Factory.TemplatePath != "" {
+		bad("factory.template_path", "templates live under runtime.state_dir (a tmpfs: template RAM is a file there); leave it empty")
 	}
 
 	absolute("runtime.state_dir", c.Runtime.StateDir, true)

@@ -244,9 +244,9 @@ func TestValidate(t *testing.T) {
 		{"relative initrd", func(c *Config) { c.Hypervisor.Initrd = "initrd" }, "hypervisor.initrd"},
 		{"empty state dir", func(c *Config) { c.Runtime.StateDir = "" }, "runtime.state_dir"},
 		{"relative data dir", func(c *Config) { c.Runtime.DataDir = "data" }, "runtime.data_dir"},
-		{"factory template refused", func(c *Config) { c.Factory.EnableTemplate = true }, "VM factory is not available yet"},
-		{"factory cache refused", func(c *Config) { c.Factory.VMCacheNumber = 2 }, "VM factory is not available yet"},
-		{"factory template path alone", func(c *Config) { c.Factory.TemplatePath = "/var/lib/cocoon/template" }, ""},
+		{"factory template allowed", func(c *Config) { c.Factory.EnableTemplate = true }, ""},
+		{"factory cache refused", func(c *Config) { c.Factory.VMCacheNumber = 2 }, "cache of booted VMs is not available yet"},
+		{"factory template path refused", func(c *Config) { c.Factory.TemplatePath = "/var/lib/cocoon/template" }, "leave it empty"},
 		{"enable every overridable key", func(c *Config) {
 			c.Runtime.EnableAnnotations = []string{"hypervisor.machine_type", "hypervisor.accelerator",
 				"hypervisor.kernel_params", "hypervisor.vcpus", "hypervisor.memory_mib",
@@ -303,11 +303,10 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 
 func TestFactoryRefusedInFile(t *testing.T) {
 	for _, doc := range []string{
-		"[factory]\nenable_template = true\ntemplate_path = \"/var/lib/cocoon/t\"\n",
 		"[factory]\nvm_cache_number = 3\n",
 	} {
 		_, err := Parse([]byte(doc))
-		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "VM factory is not available yet") {
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "not available yet") {
 			t.Errorf("Parse(%q) error = %v, want the VM factory refused", doc, err)
 		}
 	}

@@ -86,6 +86,15 @@ type Config struct {
 	SharedFSSocket string
 	// StateDir is the parent of the per-VM runtime directory.
 	StateDir string
+	// MemoryFile, when set, backs guest RAM with this file (mapped
+	// shared, on a tmpfs) instead of anonymous memory: a VM saved with
+	// SaveVM keeps its RAM there, and one restored with RestoreVM starts
+	// from a copy of it.
+	MemoryFile string
+	// GenerationID adds a VM generation ID device: a VM restored from a
+	// saved state gets a new ID, and the guest reseeds its random number
+	// generator (clones of one template must not share its state).
+	GenerationID bool
 	// HotplugSlots is the number of PCIe root ports to pre-create for
 	// device hotplug (q35 only).
 	HotplugSlots int
@@ -146,6 +155,9 @@ const (
 	DeviceBlock DeviceKind = "block"
 	DeviceNet   DeviceKind = "net"
 	DeviceVFIO  DeviceKind = "vfio"
+	// DeviceSharedFS is a virtio-fs device served by the vhost-user
+	// socket Path, with the guest tag "cocoon".
+	DeviceSharedFS DeviceKind = "shared-fs"
 )
 
 // Device is a device to hot-plug.

@@ -287,10 +287,11 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		return fmt.Errorf("task %s: %w", r.ID, err)
 	}
 	rt, err := cocoon.New(cocoon.Options{
-		StateDir:  cfg.Runtime.StateDir,
-		DataDir:   cfg.Runtime.DataDir,
-		Virtiofsd: cfg.Hypervisor.Virtiofsd,
-		Log:       logger(s.ctx, cfg.Runtime.LogLevel),
+		StateDir:    cfg.Runtime.StateDir,
+		DataDir:     cfg.Runtime.DataDir,
+		Virtiofsd:   cfg.Hypervisor.Virtiofsd,
+		VMTemplates: cfg.Factory.EnableTemplate,
+		Log:         logger(s.ctx, cfg.Runtime.LogLevel),
 	})
 	if err != nil {
 		return err

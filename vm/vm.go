@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultBootTimeout bounds the wait for a new VM's agent to answer.
@@ -110,6 +112,42 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 		}
 		return nil, err
 	}
+	return awaitAgent(ctx, id, hv, opts, kvmHint)
+}
+
+// Restore creates VM id from a saved state (a template's) instead of
+// booting it: cfg must be the saved VM's configuration, with its own
+// StateDir; memory is the saved VM's memory file, of which the VM gets a
+// copy. On any error every resource of the VM is removed again.
+func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options, state, memory string) (_ *VM, err error) {
+	log := opts.logger()
+	if cfg.StateDir == "" {
+		return nil, &hypervisor.ConfigError{Field: "state dir", Err: errors.New("a restored VM needs a state directory")}
+	}
+	cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
+	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
+	if err := hv.CreateVM(ctx, id, cfg); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if cerr := hv.Cleanup(context.Background()); cerr != nil {
+				log.Warn("cleanup after failed restore", "vm", id, "err", cerr)
+			}
+		}
+	}()
+	if err := copySparse(memory, cfg.MemoryFile); err != nil {
+		return nil, fmt.Errorf("restore vm %s: %w", id, err)
+	}
+	if err := hv.RestoreVM(ctx, state); err != nil {
+		return nil, err
+	}
+	return awaitAgent(ctx, id, hv, opts, func() string { return "" })
+}
+
+// awaitAgent waits for the agent of a launched VM and connects to it.
+func awaitAgent(ctx context.Context, id string, hv *qemu.QEMU, opts Options, hint func() string) (*VM, error) {
+	log := opts.logger()
 	timeout := opts.BootTimeout
 	if timeout == 0 {
 		timeout = DefaultBootTimeout
@@ -126,7 +164,7 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 		if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = fmt.Errorf("%w: %w", cause, err)
 		}
-		return nil, &BootError{VM: id, Err: err, Console: hv.ConsoleTail(2048), Hint: kvmHint()}
+		return nil, &BootError{VM: id, Err: err, Console: hv.ConsoleTail(2048), Hint: hint()}
 	}
 	if _, err := c.Version(ctx); err != nil {
 		c.Close()
@@ -136,6 +174,55 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 		log.Debug("reclaim boot memory", "vm", id, "err", err)
 	}
 	return &VM{ID: id, HV: hv, Agent: c, log: log}, nil
+}
+
+// copySparse copies file src to dst, only the ranges that hold data: a
+// VM's memory file is mostly holes, and a full copy would cost its whole
+// size in tmpfs pages.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := out.Truncate(st.Size()); err != nil {
+		return err
+	}
+	for off := int64(0); off < st.Size(); {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) {
+				break // only a hole is left
+			}
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		for pos := data; pos < hole; {
+			roff, woff := pos, pos
+			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-pos), 0)
+			if err != nil {
+				return fmt.Errorf("copy %s: %w", src, err)
+			}
+			if n == 0 {
+				return fmt.Errorf("copy %s: short copy at %d", src, pos)
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return nil
 }
 
 // statusReader is implemented by drivers that can report the VMM's run

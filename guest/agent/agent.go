@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/guest/boot"
 	"github.com/cocoon-runtime/cocoon/guest/container"
 	"github.com/cocoon-runtime/cocoon/internal/version"
 	"github.com/containerd/ttrpc"
@@ -59,13 +60,22 @@ func New(cfg Config) *Agent {
 
 // Register registers the agent's services on srv.
 func (a *Agent) Register(srv *ttrpc.Server) {
-	protocol.RegisterHealthService(srv, healthService{})
+	protocol.RegisterHealthService(srv, healthService{log: a.log})
 	protocol.RegisterAgentService(srv, a)
 }
 
-type healthService struct{}
+type healthService struct{ log *slog.Logger }
 
-func (healthService) Check(context.Context, *protocol.CheckRequest) (*protocol.CheckResponse, error) {
+// Check answers the health check every host connection starts with. It
+// also brings the clock back in line with the hardware clock: a VM
+// restored from a template resumes with the template's time, and the
+// host's first call after the restore is this one.
+func (h healthService) Check(context.Context, *protocol.CheckRequest) (*protocol.CheckResponse, error) {
+	if step, err := boot.SyncClockFromRTC(2 * time.Second); err != nil {
+		h.log.Debug("clock sync", "err", err)
+	} else if step != 0 {
+		h.log.Info("clock stepped to the hardware clock", "step", step)
+	}
 	return &protocol.CheckResponse{Status: protocol.CheckResponse_SERVING}, nil
 }
 

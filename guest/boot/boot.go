@@ -204,3 +204,29 @@ func SinceBoot() time.Duration {
 	}
 	return time.Duration(ts.Nano())
 }
+
+// SyncClockFromRTC sets the system clock from the hardware clock when they
+// are more than maxDrift apart, and reports the step. A VM restored from a
+// saved template resumes with the template's time, while the hardware
+// clock QEMU emulates follows the host's.
+func SyncClockFromRTC(maxDrift time.Duration) (time.Duration, error) {
+	f, err := os.Open("/dev/rtc0")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	rt, err := unix.IoctlGetRTCTime(int(f.Fd()))
+	if err != nil {
+		return 0, fmt.Errorf("read rtc: %w", err)
+	}
+	hw := time.Date(int(rt.Year)+1900, time.Month(rt.Mon+1), int(rt.Mday), int(rt.Hour), int(rt.Min), int(rt.Sec), 0, time.UTC)
+	step := hw.Sub(time.Now())
+	if step > -maxDrift && step < maxDrift {
+		return 0, nil
+	}
+	tv := unix.NsecToTimeval(hw.UnixNano())
+	if err := unix.Settimeofday(&tv); err != nil {
+		return 0, fmt.Errorf("set clock: %w", err)
+	}
+	return step, nil
+}

@@ -55,6 +55,10 @@ type launch struct {
 	vsockCID uint32
 	// tscKHz is the host TSC frequency, needed by microvm under TCG.
 	tscKHz uint64
+	// incoming launches QEMU waiting for a saved state (RestoreVM); the
+	// shared file system is then hot-plugged, since QEMU cannot migrate
+	// a vhost-user-fs device.
+	incoming bool
 }
 
 // AgentPorts is the number of virtio-serial ports for the agent: how many
@@ -124,7 +128,8 @@ func (l launch) kernelParams() string {
 // acpiHotplug reports whether the VM needs ACPI: for device, CPU or memory
 // hotplug.
 func (l launch) acpiHotplug() bool {
-	return l.cfg.HotplugSlots > 0 || l.cfg.MaxVCPUs > l.cfg.VCPUs || l.cfg.MaxMemoryMiB > l.cfg.MemoryMiB
+	// The generation ID device is announced through ACPI too.
+	return l.cfg.HotplugSlots > 0 || l.cfg.MaxVCPUs > l.cfg.VCPUs || l.cfg.MaxMemoryMiB > l.cfg.MemoryMiB || l.cfg.GenerationID
 }
 
 // args builds QEMU's command line (without the binary).
@@ -142,7 +147,7 @@ func (l launch) args() []string {
 	if l.machine == MachineMicrovm {
 		machine = "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=off,pic=off,acpi=on,pcie=off"
 	}
-	if c.SharedFSSocket != "" {
+	if c.SharedFSSocket != "" || c.MemoryFile != "" {
 		// vhost-user devices need guest RAM the daemon can map.
 		machine += ",memory-backend=mem"
 	}
@@ -180,7 +185,10 @@ func (l launch) args() []string {
 	if l.machine == MachineMicrovm {
 		a = append(a, "-global", "virtio-mmio.force-legacy=false")
 	}
-	if c.SharedFSSocket != "" {
+	switch {
+	case c.MemoryFile != "":
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,share=on,mem-path=%s", c.MemoryMiB, c.MemoryFile))
+	case c.SharedFSSocket != "":
 		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", c.MemoryMiB))
 	}
 
@@ -196,7 +204,7 @@ func (l launch) args() []string {
 			)
 		}
 	}
-	if c.SharedFSSocket != "" {
+	if c.SharedFSSocket != "" && !l.incoming {
 		a = append(a,
 			"-chardev", "socket,id=vfs,path="+c.SharedFSSocket,
 			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=vfs,tag=cocoon,queue-size=1024",
@@ -212,6 +220,12 @@ func (l launch) args() []string {
 		for i := 0; i < c.HotplugSlots; i++ {
 			a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d", rootPort(i), i+1))
 		}
+	}
+	if c.GenerationID {
+		a = append(a, "-device", "vmgenid,guid=auto")
+	}
+	if l.incoming {
+		a = append(a, "-incoming", "defer")
 	}
 	a = append(a, "-no-reboot", "-daemonize", "-pidfile", l.files.pid)
 	return a

@@ -59,6 +59,21 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 			c.Execute(ctx, "netdev_del", map[string]any{"id": netdev}, nil)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
+	case hypervisor.DeviceSharedFS:
+		chardev := "chr-" + dev.ID
+		err = c.Execute(ctx, "chardev-add", map[string]any{"id": chardev, "backend": map[string]any{
+			"type": "socket", "data": map[string]any{"server": false,
+				"addr": map[string]any{"type": "unix", "data": map[string]any{"path": dev.Path}}},
+		}}, nil)
+		if err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
+		err = c.DeviceAdd(ctx, map[string]any{"driver": "vhost-user-fs-pci", "id": dev.ID, "chardev": chardev,
+			"tag": "cocoon", "queue-size": 1024, "bus": rootPort(port)})
+		if err != nil {
+			c.Execute(ctx, "chardev-remove", map[string]any{"id": chardev}, nil)
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
 	default:
 		return fmt.Errorf("add device %s: kind %q: %w", dev.ID, dev.Kind, hypervisor.ErrNotSupported)
 	}

@@ -246,9 +246,13 @@ func hostTSCKHz() uint64 {
 }
 
 // StartVM launches QEMU and connects to its QMP socket.
-func (q *QEMU) StartVM(ctx context.Context) (err error) {
+func (q *QEMU) StartVM(ctx context.Context) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.launchLocked(ctx)
+}
+
+func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	if q.id == "" {
 		return errors.New("start vm: CreateVM was not called")
 	}
@@ -467,14 +471,110 @@ func (q *QEMU) client() (*qmp.Client, error) {
 	return q.qmp, nil
 }
 
-// SaveVM is not implemented yet.
-func (q *QEMU) SaveVM(context.Context, string) error {
-	return fmt.Errorf("save vm: %w", hypervisor.ErrNotSupported)
+// validStatePath is what a saved state's path may contain: it is passed
+// to QEMU's exec: migration, which a shell runs.
+var validStatePath = regexp.MustCompile(`^/[A-Za-z0-9/._-]+$`)
+
+// SaveVM stops the guest and writes its device state to path. Guest RAM
+// is not written: it stays in the VM's MemoryFile, which must be set
+// (QEMU's x-ignore-shared migration). The VM stays paused; quit it with
+// StopVM.
+func (q *QEMU) SaveVM(ctx context.Context, path string) error {
+	if q.cfg.MemoryFile == "" {
+		return fmt.Errorf("save vm %s: %w: it has no memory file", q.id, hypervisor.ErrNotSupported)
+	}
+	if !validStatePath.MatchString(path) {
+		return fmt.Errorf("save vm %s: invalid state path %q", q.id, path)
+	}
+	c, err := q.client()
+	if err != nil {
+		return fmt.Errorf("save vm: %w", err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		return fmt.Errorf("save vm %s: %w", q.id, err)
+	}
+	if err := migrate(ctx, c, "migrate", map[string]any{"uri": "exec:cat > " + path}); err != nil {
+		return fmt.Errorf("save vm %s: %w", q.id, err)
+	}
+	return nil
 }
 
-// RestoreVM is not implemented yet.
-func (q *QEMU) RestoreVM(context.Context, string) error {
-	return fmt.Errorf("restore vm: %w", hypervisor.ErrNotSupported)
+// RestoreVM launches QEMU from a state written by SaveVM instead of
+// booting: the VM must have been created with the saved VM's
+// configuration, and its MemoryFile must hold a copy of the saved VM's.
+// The VM runs when RestoreVM returns. A shared file system in the config
+// is not part of the state (QEMU cannot migrate vhost-user-fs): it is
+// hot-plugged.
+func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
+	if !validStatePath.MatchString(path) {
+		return fmt.Errorf("restore vm %s: invalid state path %q", q.id, path)
+	}
+	q.mu.Lock()
+	if q.cfg.MemoryFile == "" {
+		q.mu.Unlock()
+		return fmt.Errorf("restore vm %s: %w: it has no memory file", q.id, hypervisor.ErrNotSupported)
+	}
+	q.launch.incoming = true
+	err = q.launchLocked(ctx)
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			q.mu.Lock()
+			q.teardownLocked(context.Background())
+			q.mu.Unlock()
+		}
+	}()
+	c, err := q.client()
+	if err != nil {
+		return fmt.Errorf("restore vm: %w", err)
+	}
+	if err := migrate(ctx, c, "migrate-incoming", map[string]any{"uri": "exec:cat " + path}); err != nil {
+		return fmt.Errorf("restore vm %s: %w", q.id, err)
+	}
+	if st, err := c.QueryStatus(ctx); err == nil && !st.Running {
+		if err := c.Cont(ctx); err != nil {
+			return fmt.Errorf("restore vm %s: %w", q.id, err)
+		}
+	}
+	if q.cfg.SharedFSSocket != "" {
+		return q.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceSharedFS, ID: "sharedfs", Path: q.cfg.SharedFSSocket})
+	}
+	return nil
+}
+
+// migrate runs a migration command with RAM left out (it lives in the
+// shared memory file) and waits for it to complete.
+func migrate(ctx context.Context, c *qmp.Client, command string, args map[string]any) error {
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+	if err := c.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, command, args, nil); err != nil {
+		return err
+	}
+	for {
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := c.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // ResizeVCPUs is not implemented yet.

@@ -37,6 +37,8 @@ type CocoonConfig struct {
 	StateDir, DataDir string
 	// EnableAnnotations are the per-pod overrides allowed.
 	EnableAnnotations []string
+	// Templates starts pods from VM templates (factory.enable_template).
+	Templates bool
 }
 
 // Write writes the configuration file.
@@ -57,11 +59,14 @@ memory_mib = 256
 [agent]
 boot_timeout = "60s"
 
+[factory]
+enable_template = %t
+
 [runtime]
 state_dir = %q
 data_dir = %q
 log_level = "debug"
 enable_annotations = [%s]
-`, c.Kernel, c.Initrd, c.Accelerator, c.StateDir, c.DataDir, strings.Join(ann, ", "))
+`, c.Kernel, c.Initrd, c.Accelerator, c.Templates, c.StateDir, c.DataDir, strings.Join(ann, ", "))
 	return os.WriteFile(path, []byte(conf), 0o600)
 }

@@ -82,3 +82,36 @@ func Children(pid int) []int {
 	}
 	return out
 }
+
+// FileMappingsPss returns the PSS in KiB of pid's mappings of files whose
+// path contains substr, and the paths of those files.
+func FileMappingsPss(pid int, substr string) (uint64, []string) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return 0, nil
+	}
+	defer f.Close()
+	var total uint64
+	var paths []string
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		if strings.Contains(fields[0], "-") && len(fields) >= 5 {
+			// A mapping's header: address perms offset dev inode [path].
+			in = len(fields) >= 6 && strings.Contains(fields[5], substr)
+			if in && !slices.Contains(paths, fields[5]) {
+				paths = append(paths, fields[5])
+			}
+			continue
+		}
+		if in && fields[0] == "Pss:" {
+			v, _ := strconv.ParseUint(fields[1], 10, 64)
+			total += v
+		}
+	}
+	return total, paths
+}
