@@ -342,7 +342,34 @@ func (c *Containerd) importImages(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return c.waitCRIImages(ctx)
+}
+
+// waitCRIImages waits until the CRI sees the imported images: containerd
+// 2.x's CRI learns of an import from an event, after ctr returned.
+func (c *Containerd) waitCRIImages(ctx context.Context) error {
+	_, is, closeConn, err := c.CRI(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	deadline := time.Now().Add(15 * time.Second)
+	for _, img := range []string{PauseImage, BusyboxImage} {
+		for {
+			st, err := is.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: img}})
+			if err == nil && st.Image != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the CRI does not see image %s after its import (%v)", img, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // CtrCommand returns the command ctr --address Address -n Namespace args.
