@@ -68,6 +68,11 @@ func templated(cfg hypervisor.Config) hypervisor.Config {
 	return cfg
 }
 
+// templateFormat changes whenever what a template holds changes for the
+// same configuration (the driver's own kernel parameters, devices), so
+// that an older template is not restored.
+const templateFormat = 2
+
 // Key identifies the template of a configuration: everything that shapes
 // the saved VM, with the guest image's files identified by size and
 // modification time as well as path.
@@ -96,6 +101,7 @@ func Key(cfg hypervisor.Config) (string, error) {
 		return "", err
 	}
 	b, err := json.Marshal(struct {
+		Format                                   int
 		Kernel, Initrd                           fileID
 		Path, MachineType                        string
 		KernelParams                             []string
@@ -104,7 +110,7 @@ func Key(cfg hypervisor.Config) (string, error) {
 		Transport                                hypervisor.Transport
 		HotplugSlots                             int
 		Debug, GenerationID                      bool
-	}{kernel, initrd, cfg.Path, cfg.MachineType, cfg.KernelParams, cfg.VCPUs, cfg.MaxVCPUs, cfg.MemoryMiB, cfg.MaxMemoryMiB,
+	}{templateFormat, kernel, initrd, cfg.Path, cfg.MachineType, cfg.KernelParams, cfg.VCPUs, cfg.MaxVCPUs, cfg.MemoryMiB, cfg.MaxMemoryMiB,
 		cfg.Accelerator, cfg.AgentTransport, cfg.HotplugSlots, cfg.Debug, cfg.GenerationID})
 	if err != nil {
 		return "", err

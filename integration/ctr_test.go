@@ -368,3 +368,45 @@ func TestCtrEvents(t *testing.T) {
 	e.assertNoLeaks(t, cid)
 	e.assertNoLeaks(t, oom)
 }
+
+// With factory.enable_template, the shim starts pods from a VM template:
+// the first run makes it, the next are restored from it, and each runs
+// its own container in its own VM.
+func TestCtrVMTemplates(t *testing.T) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	conf := filepath.Join(e.dir, "cocoon-templates.toml")
+	vmEnv := testutil.NeedVM(t)
+	err := ctrtest.CocoonConfig{
+		Kernel: vmEnv.Kernel, Initrd: vmEnv.Initrd, Accelerator: os.Getenv("COCOON_ACCEL"),
+		StateDir: e.stateDir, DataDir: filepath.Dir(vmEnv.CacheDir), Templates: true,
+	}.Write(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Join(e.stateDir, "factory")) })
+	boots := map[string]bool{}
+	for i := range 2 {
+		cid := fmt.Sprintf("%s-%d", id(t), i)
+		e.removeOnCleanup(t, cid)
+		args := []string{"run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", conf,
+			ctrtest.BusyboxImage, cid, "sh", "-c", "uname -r; cat /proc/sys/kernel/random/uuid; exit 3"}
+		stdout, stderr, err := e.ctrd.Ctr(ctx, args...)
+		if code := exitCode(t, err); code != 3 {
+			t.Fatalf("run %d: exit %d (%v), stderr %q\n%s", i, code, err, stderr, e.ctrd.LogTail(30))
+		}
+		lines := strings.Split(strings.TrimSpace(stdout), "\n")
+		if len(lines) != 2 || lines[0] == hostKernel(t) {
+			t.Fatalf("run %d printed %q: want the guest kernel and a uuid", i, stdout)
+		}
+		if boots[lines[1]] {
+			t.Errorf("run %d drew the uuid of an earlier clone: clones share randomness", i)
+		}
+		boots[lines[1]] = true
+		e.assertNoLeaks(t, cid)
+	}
+	if procs := pidsMentioning(filepath.Join(e.stateDir, "factory")); len(procs) > 0 {
+		t.Errorf("template VM left running: %v", procs)
+	}
+}

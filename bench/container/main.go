@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +33,7 @@ func main() {
 	sizeMB := flag.Int("size", 100, "MB written to stdout in the throughput run")
 	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
 	dataDir := flag.String("data-dir", "/var/lib/cocoon", "Cocoon data directory (guest image)")
+	params := flag.String("kernel-params", "", "extra guest kernel parameters, space-separated")
 	slots := flag.Int("hotplug-slots", 0, "PCIe root ports for hotplug (q35); any turns the guest's ACPI on")
 	templates := flag.Bool("templates", false, "make sandbox VMs from a VM template (the first run makes it and is not counted)")
 	flag.Parse()
@@ -73,7 +75,7 @@ func main() {
 		check(specutil.WriteBundle(dir, spec))
 		return dir
 	}
-	hv := hypervisor.Config{Accelerator: hypervisor.Accelerator(*accel), VCPUs: 1, MemoryMiB: 256, HotplugSlots: *slots}
+	hv := hypervisor.Config{Accelerator: hypervisor.Accelerator(*accel), VCPUs: 1, MemoryMiB: 256, HotplugSlots: *slots, KernelParams: strings.Fields(*params)}
 
 	// run creates a one-container sandbox, runs it to completion with its
 	// output copied to w, and deletes it.

@@ -67,14 +67,19 @@ func (a *Agent) Register(srv *ttrpc.Server) {
 type healthService struct{ log *slog.Logger }
 
 // Check answers the health check every host connection starts with. It
-// also brings the clock back in line with the hardware clock: a VM
-// restored from a template resumes with the template's time, and the
-// host's first call after the restore is this one.
+// also makes a VM restored from a template its own, since the host's
+// first call after the restore is this one: the clock is brought back in
+// line with the hardware clock (the VM resumed with the template's time)
+// and the kernel's random number generator is reseeded from the host's
+// (it resumed with the template's state).
 func (h healthService) Check(context.Context, *protocol.CheckRequest) (*protocol.CheckResponse, error) {
 	if step, err := boot.SyncClockFromRTC(2 * time.Second); err != nil {
 		h.log.Debug("clock sync", "err", err)
 	} else if step != 0 {
 		h.log.Info("clock stepped to the hardware clock", "step", step)
+	}
+	if err := boot.ReseedRandom(time.Second); err != nil {
+		h.log.Warn("reseed random", "err", err)
 	}
 	return &protocol.CheckResponse{Status: protocol.CheckResponse_SERVING}, nil
 }

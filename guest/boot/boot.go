@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -229,4 +230,47 @@ func SyncClockFromRTC(maxDrift time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("set clock: %w", err)
 	}
 	return step, nil
+}
+
+// rndReseedCRNG is the RNDRESEEDCRNG ioctl of /dev/random (_IO('R', 7)).
+const rndReseedCRNG = 0x5207
+
+// ReseedRandom mixes fresh bytes from the hardware random number generator
+// (virtio-rng, fed by the host) into the kernel's pool and reseeds the
+// kernel's CRNG at once. A VM restored from a template would otherwise
+// hand its containers the template's random numbers until the kernel's
+// next scheduled reseed.
+func ReseedRandom(timeout time.Duration) error {
+	buf := make([]byte, 64)
+	read := make(chan error, 1)
+	go func() {
+		hw, err := os.Open("/dev/hwrng")
+		if err != nil {
+			read <- err
+			return
+		}
+		defer hw.Close()
+		_, err = io.ReadFull(hw, buf)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if err != nil {
+			return fmt.Errorf("read hwrng: %w", err)
+		}
+	case <-time.After(timeout):
+		return errors.New("read hwrng: timed out")
+	}
+	u, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	if _, err := u.Write(buf); err != nil {
+		return fmt.Errorf("mix into the pool: %w", err)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, u.Fd(), rndReseedCRNG, 0); errno != 0 {
+		return fmt.Errorf("reseed crng: %w", errno)
+	}
+	return nil
 }

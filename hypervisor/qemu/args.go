@@ -112,6 +112,14 @@ func (l launch) kernelParams() string {
 			p = append(p, "acpi=off")
 		}
 	}
+	if l.accel == hypervisor.AccelTCG && l.acpiHotplug() {
+		// With ACPI the guest picks the TSC as its clocksource, and reading
+		// it is slow under TCG: measured with a root port (ACPI on), exec
+		// 388 ms and stdout 9.5 MB/s with the TSC, 318 ms and 21.4 MB/s
+		// with jiffies, as without ACPI (where the guest has no APIC and
+		// uses refined-jiffies anyway).
+		p = append(p, "clocksource=refined-jiffies")
+	}
 	if l.machine == MachineMicrovm && l.accel == hypervisor.AccelTCG && l.tscKHz > 0 {
 		// microvm has no PIT to calibrate the TSC against under TCG.
 		p = append(p, fmt.Sprintf("tsc_early_khz=%d", l.tscKHz))
