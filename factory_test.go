@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,6 +76,11 @@ func TestVMTemplates(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("templates: %v, want one", entries)
 	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(env.StateDir, "factory", entries[0].Name(), "guest.mem"), &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template RAM file: %d MiB allocated of %d MiB", st.Blocks*512>>20, st.Size>>20)
 	if procs := testutil.ProcessesMentioning(filepath.Join(env.StateDir, "factory")); len(procs) > 0 {
 		t.Errorf("template processes left: %v", procs)
 	}
