@@ -84,7 +84,50 @@ type consoleReader interface{ ConsoleTail(n int64) string }
 
 // Start creates and boots a VM and waits for its agent. On any error every
 // resource of the VM is removed again.
-func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) (_ *VM, err error) {
+func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) (*VM, error) {
+	return launch(ctx, id, cfg, opts, func(hv *qemu.QEMU) (*VM, error) {
+		// An emulating nested KVM can fail QEMU itself (it aborts setting
+		// MSRs) or the guest: either way, name the likely culprit.
+		kvmHint := func() string {
+			if hv.Capabilities(ctx).AcceleratorUsed != hypervisor.AccelKVM {
+				return ""
+			}
+			return "the VM ran under KVM; where KVM is nested or emulated guests may not boot: " +
+				"use accelerator \"auto\" (probes KVM) or \"tcg\""
+		}
+		if err := hv.StartVM(ctx); err != nil {
+			if hint := kvmHint(); hint != "" {
+				return nil, &BootError{VM: id, Err: err, Hint: hint}
+			}
+			return nil, err
+		}
+		return awaitAgent(ctx, id, hv, opts, kvmHint)
+	})
+}
+
+// Restore creates VM id from a saved state (a template's) instead of
+// booting it: cfg must be the saved VM's configuration, with its own
+// StateDir; memory is the saved VM's memory file, of which the VM gets a
+// copy. On any error every resource of the VM is removed again.
+func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options, state, memory string) (*VM, error) {
+	if cfg.StateDir == "" {
+		return nil, &hypervisor.ConfigError{Field: "state dir", Err: errors.New("a restored VM needs a state directory")}
+	}
+	cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
+	return launch(ctx, id, cfg, opts, func(hv *qemu.QEMU) (*VM, error) {
+		if err := copySparse(memory, cfg.MemoryFile); err != nil {
+			return nil, fmt.Errorf("restore vm %s: %w", id, err)
+		}
+		if err := hv.RestoreVM(ctx, state); err != nil {
+			return nil, err
+		}
+		return awaitAgent(ctx, id, hv, opts, func() string { return "" })
+	})
+}
+
+// launch creates VM id and runs start on its driver; if start fails,
+// every resource of the VM is removed again.
+func launch(ctx context.Context, id string, cfg hypervisor.Config, opts Options, start func(*qemu.QEMU) (*VM, error)) (_ *VM, err error) {
 	log := opts.logger()
 	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
 	if err := hv.CreateVM(ctx, id, cfg); err != nil {
@@ -97,52 +140,7 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 			}
 		}
 	}()
-	// An emulating nested KVM can fail QEMU itself (it aborts setting
-	// MSRs) or the guest: either way, name the likely culprit.
-	kvmHint := func() string {
-		if hv.Capabilities(ctx).AcceleratorUsed != hypervisor.AccelKVM {
-			return ""
-		}
-		return "the VM ran under KVM; where KVM is nested or emulated guests may not boot: " +
-			"use accelerator \"auto\" (probes KVM) or \"tcg\""
-	}
-	if err := hv.StartVM(ctx); err != nil {
-		if hint := kvmHint(); hint != "" {
-			return nil, &BootError{VM: id, Err: err, Hint: hint}
-		}
-		return nil, err
-	}
-	return awaitAgent(ctx, id, hv, opts, kvmHint)
-}
-
-// Restore creates VM id from a saved state (a template's) instead of
-// booting it: cfg must be the saved VM's configuration, with its own
-// StateDir; memory is the saved VM's memory file, of which the VM gets a
-// copy. On any error every resource of the VM is removed again.
-func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options, state, memory string) (_ *VM, err error) {
-	log := opts.logger()
-	if cfg.StateDir == "" {
-		return nil, &hypervisor.ConfigError{Field: "state dir", Err: errors.New("a restored VM needs a state directory")}
-	}
-	cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
-	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
-	if err := hv.CreateVM(ctx, id, cfg); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			if cerr := hv.Cleanup(context.Background()); cerr != nil {
-				log.Warn("cleanup after failed restore", "vm", id, "err", cerr)
-			}
-		}
-	}()
-	if err := copySparse(memory, cfg.MemoryFile); err != nil {
-		return nil, fmt.Errorf("restore vm %s: %w", id, err)
-	}
-	if err := hv.RestoreVM(ctx, state); err != nil {
-		return nil, err
-	}
-	return awaitAgent(ctx, id, hv, opts, func() string { return "" })
+	return start(hv)
 }
 
 // awaitAgent waits for the agent of a launched VM and connects to it.
