@@ -711,7 +711,7 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 		pp := p.pipes
 		p.mu.Unlock()
 		if pp != nil {
-			pp.closeStdin()
+			pp.closeStdinSoon()
 		}
 	}
 	return &emptypb.Empty{}, nil

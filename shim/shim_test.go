@@ -295,3 +295,77 @@ func TestBundleRecord(t *testing.T) {
 		t.Error("a corrupt record was accepted")
 	}
 }
+
+// CloseIO right after the client's last write, before it closes the FIFO
+// (what ctr does), still delivers what was written.
+func TestStdioCloseIOKeepsWrittenInput(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	path := filepath.Join(dir, "in")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY|syscall.O_NONBLOCK|syscall.O_CREAT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStreams(t)
+	got := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(s.guestIn); got <- string(b) }()
+	p, err := connect(ctx, "ns", "c1", stdio{stdin: path}, s.in, s.out, s.errs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	p.closeStdinSoon() // CloseIO
+	time.Sleep(50 * time.Millisecond)
+	w.Close()
+	select {
+	case b := <-got:
+		if b != "last words" {
+			t.Errorf("the process read %q, want the bytes written before CloseIO", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stdin was never closed")
+	}
+	s.guestOut.Close()
+	s.gEr.Close()
+	p.close()
+}
+
+// A client that keeps its FIFO open still gets stdin closed by CloseIO.
+func TestStdioCloseIOWithFIFOOpen(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	path := filepath.Join(dir, "in")
+	syscall.Mkfifo(path, 0o600)
+	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY|syscall.O_NONBLOCK|syscall.O_CREAT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	s := newStreams(t)
+	got := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(s.guestIn); got <- string(b) }()
+	p, err := connect(ctx, "ns", "c1", stdio{stdin: path}, s.in, s.out, s.errs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("x"))
+	p.closeStdinSoon()
+	select {
+	case b := <-got:
+		if b != "x" {
+			t.Errorf("the process read %q, want x", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("CloseIO did not close stdin while the client kept the FIFO open")
+	}
+	s.guestOut.Close()
+	s.gEr.Close()
+	p.close()
+}

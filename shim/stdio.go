@@ -32,12 +32,14 @@ const copyBufferSize = 128 << 10
 
 // pipes joins a process's streams in the guest to containerd's stdio.
 type pipes struct {
-	stdin   io.WriteCloser // guest side; nil once closed
-	stdinMu sync.Mutex
-	inFifo  io.Closer
+	stdin     io.WriteCloser // guest side; nil once closed
+	stdinMu   sync.Mutex
+	inFifo    io.Closer
+	stdinDone chan struct{} // closed when the stdin copy has ended
 
 	output  sync.WaitGroup // stdout and stderr copies
-	closers []io.Closer    // sinks and sources, closed by close
+	closers []io.Closer    // the guest's streams, closed by close
+	sinks   []io.Closer    // shared sinks (a log file), closed after the copies
 	logger  *exec.Cmd      // binary:// log driver, if any
 }
 
@@ -45,7 +47,7 @@ type pipes struct {
 // Opening containerd's FIFOs happens in the background, so a reader that
 // comes late does not block the caller.
 func connect(ctx context.Context, ns, id string, sio stdio, in io.WriteCloser, out, errs io.ReadCloser) (*pipes, error) {
-	p := &pipes{stdin: in}
+	p := &pipes{stdin: in, stdinDone: make(chan struct{})}
 	outSink, errSink, err := p.openSinks(ctx, ns, id, sio)
 	if err != nil {
 		in.Close()
@@ -63,6 +65,7 @@ func connect(ctx context.Context, ns, id string, sio stdio, in io.WriteCloser, o
 	}
 	if sio.stdin == "" {
 		p.closeStdin()
+		close(p.stdinDone)
 	} else {
 		go p.copyIn(ctx, sio.stdin)
 	}
@@ -83,7 +86,7 @@ func (p *pipes) openSinks(ctx context.Context, ns, id string, sio stdio) (out, e
 		if err != nil {
 			return nil, nil, fmt.Errorf("open log file: %w", err)
 		}
-		p.closers = append(p.closers, f)
+		p.sinks = append(p.sinks, f)
 		shared := func() (io.WriteCloser, error) { return nopCloser{f}, nil }
 		return shared, shared, nil
 	case "binary":
@@ -184,6 +187,7 @@ func (p *pipes) copyOut(src io.Reader, open sink) {
 // copyIn copies containerd's stdin FIFO to the process until EOF, then
 // closes the process's stdin.
 func (p *pipes) copyIn(ctx context.Context, path string) {
+	defer close(p.stdinDone)
 	f, err := fifo.OpenFifo(ctx, path, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("open stdin fifo")
@@ -199,6 +203,26 @@ func (p *pipes) copyIn(ctx context.Context, path string) {
 	}
 	f.Close()
 	p.closeStdin()
+}
+
+// stdinCloseGrace bounds how long a close of stdin (CloseIO) waits for the
+// stdin copy to reach the end of what the client wrote.
+const stdinCloseGrace = 500 * time.Millisecond
+
+// closeStdinSoon closes the process's stdin for CloseIO, without losing
+// what the client already wrote: ctr asks for the close as soon as its
+// last write returned, before it closes the FIFO, so the bytes may still
+// be in the FIFO. The copy delivers them and closes stdin itself at the
+// FIFO's end; a client that keeps the FIFO open gets the close after
+// stdinCloseGrace.
+func (p *pipes) closeStdinSoon() {
+	go func() {
+		select {
+		case <-p.stdinDone:
+		case <-time.After(stdinCloseGrace):
+		}
+		p.closeStdin()
+	}()
 }
 
 // closeStdin closes the process's stdin (CloseIO, or stdin's EOF).
@@ -231,7 +255,11 @@ func (p *pipes) close() {
 	for _, c := range p.closers {
 		c.Close()
 	}
+	// A copy may still hold a chunk it read: sinks close after it wrote.
 	p.drain(outputDrain)
+	for _, c := range p.sinks {
+		c.Close()
+	}
 	if p.logger != nil {
 		done := make(chan struct{})
 		go func() { p.logger.Wait(); close(done) }()
