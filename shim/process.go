@@ -3,6 +3,7 @@ package shim
 import (
 	"fmt"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon"
@@ -108,6 +109,11 @@ func (p *process) setExited(st cocoon.ExitStatus) bool {
 	p.exit = st
 	close(p.done)
 	return true
+}
+
+// signalled is the exit status of a process that sig ended.
+func signalled(sig syscall.Signal) cocoon.ExitStatus {
+	return cocoon.ExitStatus{Code: 128 + int(sig), Signal: int(sig)}
 }
 
 func (p *process) exitStatus() cocoon.ExitStatus {

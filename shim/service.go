@@ -457,7 +457,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !canMove(p.state, stateRunning) || p.state != stateCreated {
+	if p.state != stateCreated {
 		return nil, grpcError(fmt.Errorf("start %s: %w: it is %s", p.name(), errdefs.ErrFailedPrecondition, p.state))
 	}
 	if r.ExecID == "" {
@@ -523,7 +523,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if r.ExecID == "" {
 			s.sb.SignalProcess(ctx, r.ID, "", syscall.SIGKILL, true)
 		}
-		p.setExited(cocoon.ExitStatus{Code: 128 + int(syscall.SIGKILL), Signal: int(syscall.SIGKILL)})
+		p.setExited(signalled(syscall.SIGKILL))
 	}
 	if err := p.move(stateDeleted); err != nil {
 		return nil, grpcError(err)
@@ -568,7 +568,7 @@ func (s *service) removeContainer(ctx context.Context, c *container) error {
 		}
 		s.mu.Unlock()
 		for _, o := range rest {
-			s.exited(o.init, cocoon.ExitStatus{Code: 128 + int(syscall.SIGKILL), Signal: int(syscall.SIGKILL)})
+			s.exited(o.init, signalled(syscall.SIGKILL))
 		}
 		err = s.sb.Delete(ctx)
 	} else {
@@ -671,18 +671,21 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	finished := func() error {
+		return grpcError(fmt.Errorf("kill %s: %w: process already finished", p.name(), errdefs.ErrNotFound))
+	}
 	switch p.current() {
 	case stateStopped, stateDeleted:
-		return nil, grpcError(fmt.Errorf("kill %s: %w: process already finished", p.name(), errdefs.ErrNotFound))
+		return nil, finished()
 	case stateCreated:
 		if r.ExecID != "" { // not started: there is nothing in the guest
-			p.setExited(cocoon.ExitStatus{Code: 128 + int(r.Signal), Signal: int(r.Signal)})
+			p.setExited(signalled(syscall.Signal(r.Signal)))
 			return &emptypb.Empty{}, nil
 		}
 	}
 	if err := s.sb.SignalProcess(ctx, r.ID, r.ExecID, syscall.Signal(r.Signal), r.All && r.ExecID == ""); err != nil {
 		if p.current() == stateStopped {
-			return nil, grpcError(fmt.Errorf("kill %s: %w: process already finished", p.name(), errdefs.ErrNotFound))
+			return nil, finished()
 		}
 		return nil, grpcError(err)
 	}

@@ -296,13 +296,12 @@ func TestBundleRecord(t *testing.T) {
 	}
 }
 
-// CloseIO right after the client's last write, before it closes the FIFO
-// (what ctr does), still delivers what was written.
-func TestStdioCloseIOKeepsWrittenInput(t *testing.T) {
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	path := filepath.Join(dir, "in")
+// stdinFIFO connects a process's stdin to a FIFO that the test writes as
+// the client: it returns the client's writer, the pipes, and what the
+// process will have read once its stdin closed.
+func stdinFIFO(t *testing.T, ctx context.Context) (io.WriteCloser, *pipes, <-chan string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "in")
 	if err := syscall.Mkfifo(path, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -317,6 +316,21 @@ func TestStdioCloseIOKeepsWrittenInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		w.Close()
+		s.guestOut.Close()
+		s.gEr.Close()
+		p.close()
+	})
+	return w, p, got
+}
+
+// CloseIO right after the client's last write, before it closes the FIFO
+// (what ctr does), still delivers what was written.
+func TestStdioCloseIOKeepsWrittenInput(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, p, got := stdinFIFO(t, ctx)
 	if _, err := w.Write([]byte("last words")); err != nil {
 		t.Fatal(err)
 	}
@@ -331,31 +345,16 @@ func TestStdioCloseIOKeepsWrittenInput(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("stdin was never closed")
 	}
-	s.guestOut.Close()
-	s.gEr.Close()
-	p.close()
 }
 
 // A client that keeps its FIFO open still gets stdin closed by CloseIO.
 func TestStdioCloseIOWithFIFOOpen(t *testing.T) {
-	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	path := filepath.Join(dir, "in")
-	syscall.Mkfifo(path, 0o600)
-	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY|syscall.O_NONBLOCK|syscall.O_CREAT, 0)
-	if err != nil {
+	w, p, got := stdinFIFO(t, ctx)
+	if _, err := w.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	s := newStreams(t)
-	got := make(chan string, 1)
-	go func() { b, _ := io.ReadAll(s.guestIn); got <- string(b) }()
-	p, err := connect(ctx, "ns", "c1", stdio{stdin: path}, s.in, s.out, s.errs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte("x"))
 	p.closeStdinSoon()
 	select {
 	case b := <-got:
@@ -365,7 +364,4 @@ func TestStdioCloseIOWithFIFOOpen(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("CloseIO did not close stdin while the client kept the FIFO open")
 	}
-	s.guestOut.Close()
-	s.gEr.Close()
-	p.close()
 }
