@@ -436,3 +436,18 @@ func (c *Client) DestroySandbox(ctx context.Context) error {
 	}
 	return err
 }
+
+// ReclaimMemory asks the agent to drop its caches and zero its free
+// memory, and returns how much it says it zeroed: a figure to log, not to
+// trust.
+func (c *Client) ReclaimMemory(ctx context.Context) (zeroed uint64, err error) {
+	err = c.call(ctx, "reclaim memory", func(ctx context.Context) error {
+		r, err := c.agent.ReclaimMemory(ctx, &protocol.ReclaimMemoryRequest{})
+		if err != nil {
+			return err
+		}
+		zeroed = r.ZeroedBytes
+		return nil
+	})
+	return zeroed, err
+}

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/sparse"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"golang.org/x/sys/unix"
 )
@@ -173,6 +174,12 @@ func (f *Factory) make(ctx context.Context, dir, id string, cfg hypervisor.Confi
 			err = serr
 		}
 	}()
+	// What the idle guest freed still holds data in its RAM: have it
+	// zeroed, so that those pages are left out of the saved RAM file.
+	zeroed, err := v.Agent.ReclaimMemory(ctx)
+	if err != nil {
+		f.opts.Logger().Warn("vm template: guest memory not reclaimed", "template", id, "err", err)
+	}
 	// The guest must see the host leave before the save, so that a clone's
 	// agent waits for a new host instead of talking to a stale session.
 	v.Agent.Close()
@@ -182,12 +189,15 @@ func (f *Factory) make(ctx context.Context, dir, id string, cfg hypervisor.Confi
 	if err := v.HV.SaveVM(ctx, tmp); err != nil {
 		return err
 	}
+	punched, err := sparse.PunchZeros(cfg.MemoryFile)
+	if err != nil {
+		return err
+	}
 	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {
 		return err
 	}
-	if f.opts.Log != nil {
-		f.opts.Log.Info("vm template ready", "template", id, "took", time.Since(start))
-	}
+	f.opts.Logger().Info("vm template ready", "template", id, "took", time.Since(start),
+		"guest_zeroed_mib", zeroed>>20, "zero_pages_dropped_mib", punched>>20)
 	return nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -19,7 +18,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
-	"golang.org/x/sys/unix"
+	"github.com/cocoon-runtime/cocoon/internal/sparse"
 )
 
 // DefaultBootTimeout bounds the wait for a new VM's agent to answer.
@@ -34,7 +33,8 @@ type Options struct {
 	BootTimeout time.Duration
 }
 
-func (o Options) logger() *slog.Logger {
+// Logger is Log, or a logger that discards when Log is nil.
+func (o Options) Logger() *slog.Logger {
 	if o.Log == nil {
 		return slog.New(slog.DiscardHandler)
 	}
@@ -115,7 +115,7 @@ func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options
 	}
 	cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
 	return launch(ctx, id, cfg, opts, func(hv *qemu.QEMU) (*VM, error) {
-		if err := copySparse(memory, cfg.MemoryFile); err != nil {
+		if err := sparse.Copy(memory, cfg.MemoryFile); err != nil {
 			return nil, fmt.Errorf("restore vm %s: %w", id, err)
 		}
 		if err := hv.RestoreVM(ctx, state); err != nil {
@@ -128,7 +128,7 @@ func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options
 // launch creates VM id and runs start on its driver; if start fails,
 // every resource of the VM is removed again.
 func launch(ctx context.Context, id string, cfg hypervisor.Config, opts Options, start func(*qemu.QEMU) (*VM, error)) (_ *VM, err error) {
-	log := opts.logger()
+	log := opts.Logger()
 	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
 	if err := hv.CreateVM(ctx, id, cfg); err != nil {
 		return nil, err
@@ -145,7 +145,7 @@ func launch(ctx context.Context, id string, cfg hypervisor.Config, opts Options,
 
 // awaitAgent waits for the agent of a launched VM and connects to it.
 func awaitAgent(ctx context.Context, id string, hv *qemu.QEMU, opts Options, hint func() string) (*VM, error) {
-	log := opts.logger()
+	log := opts.Logger()
 	timeout := opts.BootTimeout
 	if timeout == 0 {
 		timeout = DefaultBootTimeout
@@ -172,55 +172,6 @@ func awaitAgent(ctx context.Context, id string, hv *qemu.QEMU, opts Options, hin
 		log.Debug("reclaim boot memory", "vm", id, "err", err)
 	}
 	return &VM{ID: id, HV: hv, Agent: c, log: log}, nil
-}
-
-// copySparse copies file src to dst, only the ranges that hold data: a
-// VM's memory file is mostly holes, and a full copy would cost its whole
-// size in tmpfs pages.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	if err := out.Truncate(st.Size()); err != nil {
-		return err
-	}
-	for off := int64(0); off < st.Size(); {
-		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
-		if err != nil {
-			if errors.Is(err, unix.ENXIO) {
-				break // only a hole is left
-			}
-			return fmt.Errorf("copy %s: %w", src, err)
-		}
-		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("copy %s: %w", src, err)
-		}
-		for pos := data; pos < hole; {
-			roff, woff := pos, pos
-			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-pos), 0)
-			if err != nil {
-				return fmt.Errorf("copy %s: %w", src, err)
-			}
-			if n == 0 {
-				return fmt.Errorf("copy %s: short copy at %d", src, pos)
-			}
-			pos += int64(n)
-		}
-		off = hole
-	}
-	return nil
 }
 
 // statusReader is implemented by drivers that can report the VMM's run
@@ -265,7 +216,7 @@ func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
 	if err := qemu.ValidateID(id); err != nil {
 		return nil, err
 	}
-	log := opts.logger()
+	log := opts.Logger()
 	hv, err := qemu.Open(ctx, filepath.Join(stateDir, id), qemu.Options{Log: log, CacheDir: opts.CacheDir})
 	if err != nil {
 		return nil, err

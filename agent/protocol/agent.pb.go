@@ -1390,6 +1390,96 @@ func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
+type ReclaimMemoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReclaimMemoryRequest) Reset() {
+	*x = ReclaimMemoryRequest{}
+	mi := &file_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReclaimMemoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReclaimMemoryRequest) ProtoMessage() {}
+
+func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReclaimMemoryRequest.ProtoReflect.Descriptor instead.
+func (*ReclaimMemoryRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{21}
+}
+
+type ReclaimMemoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of free memory the guest zeroed.
+	ZeroedBytes uint64 `protobuf:"varint,1,opt,name=zeroed_bytes,json=zeroedBytes,proto3" json:"zeroed_bytes,omitempty"`
+	// Free memory left, after the zeroed memory was freed again.
+	MemFreeBytes  uint64 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReclaimMemoryResponse) Reset() {
+	*x = ReclaimMemoryResponse{}
+	mi := &file_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReclaimMemoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReclaimMemoryResponse) ProtoMessage() {}
+
+func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReclaimMemoryResponse.ProtoReflect.Descriptor instead.
+func (*ReclaimMemoryResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReclaimMemoryResponse) GetZeroedBytes() uint64 {
+	if x != nil {
+		return x.ZeroedBytes
+	}
+	return 0
+}
+
+func (x *ReclaimMemoryResponse) GetMemFreeBytes() uint64 {
+	if x != nil {
+		return x.MemFreeBytes
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -1495,11 +1585,14 @@ const file_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\v \x01(\tR\fagentVersion\x12/\n" +
 	"\x14mem_block_size_bytes\x18\f \x01(\x04R\x11memBlockSizeBytes\x12#\n" +
 	"\rblock_devices\x18\r \x03(\tR\fblockDevices\"\x17\n" +
-	"\x15DestroySandboxRequest2\x9e\x01\n" +
+	"\x15DestroySandboxRequest\"\x16\n" +
+	"\x14ReclaimMemoryRequest\"`\n" +
+	"\x15ReclaimMemoryResponse\x12!\n" +
+	"\fzeroed_bytes\x18\x01 \x01(\x04R\vzeroedBytes\x12$\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes2\x9e\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12L\n" +
-	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xd8\n" +
-	"\n" +
+	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xb8\v\n" +
 	"\x05Agent\x12Y\n" +
 	"\x0fGetGuestDetails\x12'.cocoon.agent.v1.GetGuestDetailsRequest\x1a\x1d.cocoon.agent.v1.GuestDetails\x12P\n" +
 	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a\x16.cocoon.agent.v1.Empty\x12R\n" +
@@ -1518,7 +1611,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fResumeContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12R\n" +
 	"\x0fUpdateContainer\x12'.cocoon.agent.v1.UpdateContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12R\n" +
 	"\x0fRemoveContainer\x12'.cocoon.agent.v1.RemoveContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12H\n" +
-	"\rDeleteProcess\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a\x16.cocoon.agent.v1.EmptyB:Z8github.com/cocoon-runtime/cocoon/agent/protocol;protocolb\x06proto3"
+	"\rDeleteProcess\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a\x16.cocoon.agent.v1.Empty\x12^\n" +
+	"\rReclaimMemory\x12%.cocoon.agent.v1.ReclaimMemoryRequest\x1a&.cocoon.agent.v1.ReclaimMemoryResponseB:Z8github.com/cocoon-runtime/cocoon/agent/protocol;protocolb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1533,7 +1627,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_agent_proto_goTypes = []any{
 	(CheckResponse_ServingStatus)(0), // 0: cocoon.agent.v1.CheckResponse.ServingStatus
 	(*ContainerRequest)(nil),         // 1: cocoon.agent.v1.ContainerRequest
@@ -1557,6 +1651,8 @@ var file_agent_proto_goTypes = []any{
 	(*GetGuestDetailsRequest)(nil),   // 19: cocoon.agent.v1.GetGuestDetailsRequest
 	(*GuestDetails)(nil),             // 20: cocoon.agent.v1.GuestDetails
 	(*DestroySandboxRequest)(nil),    // 21: cocoon.agent.v1.DestroySandboxRequest
+	(*ReclaimMemoryRequest)(nil),     // 22: cocoon.agent.v1.ReclaimMemoryRequest
+	(*ReclaimMemoryResponse)(nil),    // 23: cocoon.agent.v1.ReclaimMemoryResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	8,  // 0: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
@@ -1580,27 +1676,29 @@ var file_agent_proto_depIdxs = []int32{
 	12, // 18: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
 	13, // 19: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
 	2,  // 20: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	16, // 21: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	18, // 22: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	20, // 23: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	14, // 24: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.Empty
-	14, // 25: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	14, // 26: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	14, // 27: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	14, // 28: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	6,  // 29: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	14, // 30: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	14, // 31: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	9,  // 32: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	11, // 33: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	10, // 34: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	14, // 35: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	14, // 36: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	14, // 37: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	14, // 38: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	14, // 39: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	21, // [21:40] is the sub-list for method output_type
-	2,  // [2:21] is the sub-list for method input_type
+	22, // 21: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	16, // 22: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	18, // 23: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	20, // 24: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	14, // 25: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.Empty
+	14, // 26: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	14, // 27: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	14, // 28: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	14, // 29: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	6,  // 30: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	14, // 31: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	14, // 32: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	9,  // 33: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	11, // 34: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	10, // 35: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	14, // 36: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	14, // 37: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	14, // 38: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	14, // 39: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	14, // 40: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	23, // 41: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	22, // [22:42] is the sub-list for method output_type
+	2,  // [2:22] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -1617,7 +1715,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

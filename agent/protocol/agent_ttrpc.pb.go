@@ -77,6 +77,7 @@ type AgentService interface {
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*Empty, error)
 	DeleteProcess(context.Context, *ProcessRequest) (*Empty, error)
+	ReclaimMemory(context.Context, *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -200,6 +201,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.DeleteProcess(ctx, &req)
+			},
+			"ReclaimMemory": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ReclaimMemoryRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ReclaimMemory(ctx, &req)
 			},
 		},
 	})
@@ -346,6 +354,14 @@ func (c *agentClient) RemoveContainer(ctx context.Context, req *RemoveContainerR
 func (c *agentClient) DeleteProcess(ctx context.Context, req *ProcessRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "DeleteProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ReclaimMemory(ctx context.Context, req *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error) {
+	var resp ReclaimMemoryResponse
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ReclaimMemory", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
