@@ -127,7 +127,7 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 			lock.Close()
 			return nil, err
 		}
-		sess, err := yamux.Client(conn, protocol.YamuxConfig(io.Discard))
+		sess, err := yamux.Client(protocol.BufferedReads(conn), protocol.YamuxConfig(io.Discard))
 		if err != nil {
 			conn.Close()
 			lock.Close()

@@ -53,6 +53,7 @@ func run(log *slog.Logger) error {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		// libcontainer and ttrpc log through logrus.
 		logrus.SetLevel(logrus.DebugLevel)
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "15:04:05.000"})
 	}
 	r := reaper.New()
 	go r.Run(ctx)

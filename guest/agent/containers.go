@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/guest/container"
@@ -392,6 +393,11 @@ func copyOut(conn net.Conn, r io.Reader) {
 	if r == nil {
 		return
 	}
+	if f, ok := r.(*os.File); ok {
+		if cr, err := newCoalescingReader(f); err == nil {
+			r = cr
+		}
+	}
 	buf := make([]byte, 256<<10)
 	_, err := io.CopyBuffer(conn, r, buf)
 	if err != nil && !errors.Is(err, syscall.EIO) {
@@ -400,4 +406,49 @@ func copyOut(conn net.Conn, r io.Reader) {
 	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
+}
+
+// Output coalescing: a read of at least bulkRead bytes from a process's
+// output pipe means the process is streaming, and the agent, which tends
+// to run as soon as the process wrote one chunk, waits bulkWait for more
+// before sending. Every frame to the host costs a round of the channel
+// (virtqueue buffers, a QEMU wakeup), whatever its size.
+const (
+	bulkRead = 16 << 10
+	bulkWait = 500 * time.Microsecond
+)
+
+// coalescingReader reads a pipe, joining streamed output into large reads.
+type coalescingReader struct {
+	f  *os.File
+	rc syscall.RawConn
+	// wait lets the process write more; nil sleeps bulkWait.
+	wait func()
+}
+
+func newCoalescingReader(f *os.File) (*coalescingReader, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &coalescingReader{f: f, rc: rc}, nil
+}
+
+func (c *coalescingReader) Read(p []byte) (int, error) {
+	n, err := c.f.Read(p)
+	if err != nil || n < bulkRead || n == len(p) {
+		return n, err
+	}
+	if c.wait != nil {
+		c.wait()
+	} else {
+		time.Sleep(bulkWait)
+	}
+	c.rc.Read(func(fd uintptr) bool {
+		if m, err := unix.Read(int(fd), p[n:]); err == nil && m > 0 {
+			n += m
+		}
+		return true // one non-blocking try
+	})
+	return n, nil
 }

@@ -298,6 +298,9 @@ func (p *Process) closeIO() {
 	}
 }
 
+// outputPipeSize is the capacity of a process's stdout and stderr pipes.
+const outputPipeSize = 1 << 20
+
 // pendingIO holds what prepareIO set up until the process has started.
 type pendingIO struct {
 	child   []*os.File // the process's ends, closed once it started
@@ -331,6 +334,13 @@ func (p *Process) prepareIO(pio ProcessIO, lp *libcontainer.Process) (_ *pending
 	for i := range r {
 		if r[i], w[i], err = os.Pipe(); err != nil {
 			return nil, fmt.Errorf("create pipe: %w", err)
+		}
+		if i > 0 {
+			// A roomy output pipe lets the process write ahead while the
+			// agent sends, and the agent send it in large frames: the
+			// channel to the host pays per frame, not per byte. Best
+			// effort: the default 64 KiB works too.
+			unix.FcntlInt(w[i].Fd(), unix.F_SETPIPE_SZ, outputPipeSize)
 		}
 		if i == 0 { // the process reads stdin and writes the others
 			pend.child = append(pend.child, r[i])

@@ -1,0 +1,91 @@
+package cocoon_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon"
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
+	"github.com/cocoon-runtime/cocoon/specutil"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Host directories bind-mounted into a container are shared through the
+// sandbox's virtio-fs both ways: the container reads what the host wrote
+// before and while it runs (the guest caches file data, but revalidates
+// within a second and drops data whose file changed), the host reads what
+// the container wrote, and a read-only mount refuses writes.
+func TestBindMountVolumes(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	rw, ro := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(rw, "f"), []byte("before"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ro, "f"), []byte("read-only"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := bundle(t, "sleep", "1000")
+	spec := specutil.Default("sleep", "1000")
+	spec.Mounts = append(spec.Mounts,
+		specs.Mount{Destination: "/rw", Type: "bind", Source: rw, Options: []string{"rbind", "rw"}},
+		specs.Mount{Destination: "/ro", Type: "bind", Source: ro, Options: []string{"rbind", "ro"}})
+	if err := specutil.WriteBundle(b, spec); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := rt.RunSandbox(ctx, sandboxConfig(env, id, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	run := func(args ...string) (string, cocoon.ExitStatus) {
+		t.Helper()
+		execID, err := sb.EnterContainer(ctx, id, "", specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := attach(t, sb, id, execID, nil)
+		o.wg.Wait()
+		st, err := sb.WaitProcess(ctx, id, execID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.stdout.String() + o.stderr.String(), st
+	}
+	if out, _ := run("cat", "/rw/f", "/ro/f"); out != "beforeread-only" {
+		t.Fatalf("container read %q, want the host's files", out)
+	}
+	// The host changes the file, same size and a new one: the container
+	// must see both within a few seconds.
+	if err := os.WriteFile(filepath.Join(rw, "f"), []byte("after!"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rw, "new"), []byte("new file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if out, _ = run("cat", "/rw/f", "/rw/new"); out == "after!new file" {
+			break
+		}
+	}
+	if out != "after!new file" {
+		t.Errorf("container still reads %q after the host changed its volume", out)
+	}
+	if out, st := run("sh", "-c", "echo from-guest > /rw/g"); st.Code != 0 {
+		t.Fatalf("write to the rw volume: %v %q", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(rw, "g")); err != nil || string(b) != "from-guest\n" {
+		t.Errorf("host reads %q, %v from the container's write", b, err)
+	}
+	if out, st := run("sh", "-c", "echo x > /ro/g"); st.Code == 0 {
+		t.Errorf("write to the read-only volume succeeded: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(ro, "g")); err == nil {
+		t.Error("the container wrote into a read-only volume")
+	}
+}
