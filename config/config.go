@@ -145,6 +145,9 @@ func Default() *Config {
 			Transport:   string(hypervisor.TransportAuto),
 			BootTimeout: Duration{30 * time.Second},
 		},
+		// Templates are on: pods start in ~2 s instead of ~5 s under TCG,
+		// and each costs ~40 MiB less (measured by bench/pod).
+		Factory: Factory{EnableTemplate: true},
 		Runtime: Runtime{
 			StateDir: "/run/cocoon",
 			DataDir:  "/var/lib/cocoon",

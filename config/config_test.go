@@ -21,6 +21,7 @@ func TestDefault(t *testing.T) {
 	want := &Config{
 		Hypervisor: Hypervisor{Accelerator: "auto", VCPUs: 1, MemoryMiB: 256},
 		Agent:      Agent{Transport: "auto", BootTimeout: Duration{30 * time.Second}},
+		Factory:    Factory{EnableTemplate: true},
 		Runtime:    Runtime{StateDir: "/run/cocoon", DataDir: "/var/lib/cocoon", LogLevel: "info"},
 	}
 	if !reflect.DeepEqual(c, want) {

@@ -57,7 +57,33 @@ func (f *Factory) VM(ctx context.Context, id string, cfg hypervisor.Config) (*vm
 	if err != nil {
 		return nil, fmt.Errorf("vm template: %w", err)
 	}
+	// A shared lock keeps the template from being pruned while it is read.
+	lock, err := lockTemplate(dir, unix.LOCK_SH)
+	if err != nil {
+		return nil, fmt.Errorf("vm template: %w", err)
+	}
+	defer lock.Close()
+	if !ready(dir) {
+		return nil, fmt.Errorf("vm template %s: removed while in use", filepath.Base(dir))
+	}
 	return vm.Restore(ctx, id, cfg, f.opts, filepath.Join(dir, stateFile), filepath.Join(dir, memoryFile))
+}
+
+// lockTemplate opens the lock of template dir and takes it (how: a
+// flock(2) operation), creating dir if needed.
+func lockTemplate(dir string, how int) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), how); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return lock, nil
 }
 
 // templated is cfg as a template and its clones run it: restoring needs
@@ -78,26 +104,11 @@ const templateFormat = 2
 // the saved VM, with the guest image's files identified by size and
 // modification time as well as path.
 func Key(cfg hypervisor.Config) (string, error) {
-	type fileID struct {
-		Path    string
-		Size    int64
-		ModTime time.Time
-	}
-	id := func(p string) (fileID, error) {
-		if p == "" {
-			return fileID{}, nil
-		}
-		st, err := os.Stat(p)
-		if err != nil {
-			return fileID{}, err
-		}
-		return fileID{p, st.Size(), st.ModTime().UTC()}, nil
-	}
-	kernel, err := id(cfg.Kernel)
+	kernel, err := identify(cfg.Kernel)
 	if err != nil {
 		return "", err
 	}
-	initrd, err := id(cfg.Initrd)
+	initrd, err := identify(cfg.Initrd)
 	if err != nil {
 		return "", err
 	}
@@ -131,17 +142,11 @@ func (f *Factory) ensure(ctx context.Context, cfg hypervisor.Config) (string, er
 	if ready(dir) {
 		return dir, nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := lockTemplate(dir, unix.LOCK_EX)
 	if err != nil {
 		return "", err
 	}
 	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return "", err
-	}
 	if ready(dir) { // made while we waited
 		return dir, nil
 	}
@@ -149,7 +154,100 @@ func (f *Factory) ensure(ctx context.Context, cfg hypervisor.Config) (string, er
 		os.Remove(filepath.Join(dir, memoryFile))
 		return "", err
 	}
+	f.prune(key)
 	return dir, nil
+}
+
+// sources records what a template was made from, in its directory, so
+// that prune can tell a template no configuration can use any more.
+type sources struct {
+	Format int
+	Files  []fileID
+}
+
+type fileID struct {
+	Path    string
+	Size    int64
+	ModTime time.Time
+}
+
+func identify(p string) (fileID, error) {
+	if p == "" {
+		return fileID{}, nil
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return fileID{}, err
+	}
+	return fileID{p, st.Size(), st.ModTime().UTC()}, nil
+}
+
+// sourcesFile holds a template's sources.
+const sourcesFile = "sources.json"
+
+func writeSources(dir string, cfg hypervisor.Config) error {
+	src := sources{Format: templateFormat}
+	for _, p := range []string{cfg.Kernel, cfg.Initrd} {
+		if p == "" {
+			continue
+		}
+		id, err := identify(p)
+		if err != nil {
+			return err
+		}
+		src.Files = append(src.Files, id)
+	}
+	b, err := json.Marshal(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, sourcesFile), b, 0o600)
+}
+
+// stale reports whether the template in dir is of an older format, or
+// was made from a guest kernel or initramfs that changed or is gone since
+// (a guest image was rebuilt or deleted): no configuration restores it.
+func stale(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, sourcesFile))
+	if err != nil {
+		return true // made by an older version, or never finished
+	}
+	var src sources
+	if json.Unmarshal(b, &src) != nil || src.Format != templateFormat {
+		return true
+	}
+	for _, want := range src.Files {
+		if got, err := identify(want.Path); err != nil || got != want {
+			return true
+		}
+	}
+	return false
+}
+
+// prune removes the stale templates other than key's, each only if no
+// other process holds its lock (making it, or restoring from it). It is
+// best effort: a template it leaves is pruned after the next one is made.
+func (f *Factory) prune(key string) {
+	entries, err := os.ReadDir(f.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		dir := filepath.Join(f.dir, e.Name())
+		if e.Name() == key || !e.IsDir() || !stale(dir) {
+			continue
+		}
+		lock, err := lockTemplate(dir, unix.LOCK_EX|unix.LOCK_NB)
+		if err != nil {
+			continue // in use
+		}
+		if stale(dir) {
+			if err := os.RemoveAll(dir); err == nil {
+				f.opts.Logger().Info("vm template pruned", "template", e.Name())
+			}
+		}
+		lock.Close()
+	}
 }
 
 func ready(dir string) bool {
@@ -191,6 +289,9 @@ func (f *Factory) make(ctx context.Context, dir, id string, cfg hypervisor.Confi
 	}
 	punched, err := sparse.PunchZeros(cfg.MemoryFile)
 	if err != nil {
+		return err
+	}
+	if err := writeSources(dir, cfg); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/vm"
+	"golang.org/x/sys/unix"
 )
 
 func TestKey(t *testing.T) {
@@ -54,5 +56,59 @@ func TestTemplated(t *testing.T) {
 	}
 	if c := templated(hypervisor.Config{HotplugSlots: 3}); c.HotplugSlots != 3 {
 		t.Errorf("templated lowered the hotplug slots to %d", c.HotplugSlots)
+	}
+}
+
+// prune removes the templates whose guest image changed or that an older
+// version made, and keeps the current one, the ones still valid, and any
+// a process holds (making it or restoring from it).
+func TestPrune(t *testing.T) {
+	dir := t.TempDir()
+	img := t.TempDir()
+	kernel, initrd := filepath.Join(img, "vmlinux"), filepath.Join(img, "initrd")
+	os.WriteFile(kernel, []byte("kernel"), 0o600)
+	os.WriteFile(initrd, []byte("initrd"), 0o600)
+	cfg := hypervisor.Config{Kernel: kernel, Initrd: initrd}
+	mk := func(name string, withSources bool) string {
+		d := filepath.Join(dir, name)
+		os.MkdirAll(d, 0o700)
+		os.WriteFile(filepath.Join(d, stateFile), nil, 0o600)
+		if withSources {
+			if err := writeSources(d, cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return d
+	}
+	current := mk("current", true)
+	valid := mk("valid", true) // another configuration of the same image
+	old := mk("old", false)    // made before templates recorded their sources
+	busy := mk("busy", false)
+	lock, err := lockTemplate(busy, unix.LOCK_SH)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	// The image is rebuilt: a template of it made before is stale.
+	rebuilt := mk("rebuilt", true)
+	later := time.Now().Add(time.Hour)
+	os.Chtimes(initrd, later, later)
+	os.Remove(filepath.Join(current, sourcesFile))
+	writeSources(current, cfg)
+	os.Remove(filepath.Join(valid, sourcesFile))
+	writeSources(valid, cfg)
+
+	New(dir, vm.Options{}).prune("current")
+	for d, want := range map[string]bool{current: true, valid: true, old: false, busy: true, rebuilt: false} {
+		_, err := os.Stat(d)
+		if got := err == nil; got != want {
+			t.Errorf("%s: kept %v, want %v", filepath.Base(d), got, want)
+		}
+	}
+	// The current template is kept even when stale: it was just made.
+	os.Remove(filepath.Join(current, sourcesFile))
+	New(dir, vm.Options{}).prune("current")
+	if _, err := os.Stat(current); err != nil {
+		t.Error("prune removed the current template")
 	}
 }
