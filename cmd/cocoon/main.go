@@ -17,6 +17,8 @@ type globalOptions struct {
 	dataDir  string // persistent data: images, caches
 	logLevel string
 	json     bool
+	// templates makes new sandbox VMs from VM templates (package factory).
+	templates bool
 }
 
 func (g *globalOptions) logger() *slog.Logger {
@@ -46,6 +48,7 @@ func newRootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "/var/lib/cocoon", "directory for persistent data (guest images, caches)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print data as JSON")
+	root.PersistentFlags().BoolVar(&g.templates, "vm-templates", false, "make new sandbox VMs from a saved VM template (made by the first, under --root) instead of booting each")
 	root.AddCommand(
 		newCheckCommand(g),
 		newImageCommand(g),
