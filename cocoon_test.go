@@ -85,6 +85,24 @@ func attach(t *testing.T, sb *cocoon.Sandbox, id, execID string, stdin io.Reader
 	return o
 }
 
+// execIn runs args in container cid and returns its output (stdout then
+// stderr) and exit status.
+func execIn(t *testing.T, sb *cocoon.Sandbox, cid string, args ...string) (string, cocoon.ExitStatus) {
+	t.Helper()
+	ctx := context.Background()
+	execID, err := sb.EnterContainer(ctx, cid, "", specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := attach(t, sb, cid, execID, nil)
+	o.wg.Wait()
+	st, err := sb.WaitProcess(ctx, cid, execID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o.stdout.String() + o.stderr.String(), st
+}
+
 func cleanup(t *testing.T, rt *cocoon.Runtime, id string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -166,17 +184,7 @@ func TestSandboxWithTwoContainers(t *testing.T) {
 
 	run := func(cid string, args ...string) (string, cocoon.ExitStatus) {
 		t.Helper()
-		execID, err := sb.EnterContainer(ctx, cid, "", specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		o := attach(t, sb, cid, execID, nil)
-		o.wg.Wait()
-		st, err := sb.WaitProcess(ctx, cid, execID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return o.stdout.String() + o.stderr.String(), st
+		return execIn(t, sb, cid, args...)
 	}
 	// The init wrote /tmp/mark before exec'ing sleep; wait for it.
 	var out string

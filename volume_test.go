@@ -44,17 +44,7 @@ func TestBindMountVolumes(t *testing.T) {
 	cleanup(t, rt, id)
 	run := func(args ...string) (string, cocoon.ExitStatus) {
 		t.Helper()
-		execID, err := sb.EnterContainer(ctx, id, "", specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		o := attach(t, sb, id, execID, nil)
-		o.wg.Wait()
-		st, err := sb.WaitProcess(ctx, id, execID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return o.stdout.String() + o.stderr.String(), st
+		return execIn(t, sb, id, args...)
 	}
 	if out, _ := run("cat", "/rw/f", "/ro/f"); out != "beforeread-only" {
 		t.Fatalf("container read %q, want the host's files", out)
