@@ -217,7 +217,7 @@ func stale(dir string) bool {
 		return true
 	}
 	for _, want := range src.Files {
-		if got, err := identify(want.Path); err != nil || got != want {
+		if got, err := identify(want.Path); err != nil || got.Size != want.Size || !got.ModTime.Equal(want.ModTime) {
 			return true
 		}
 	}
