@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
@@ -32,6 +33,10 @@ type Agent struct {
 
 	containers *container.Manager
 	shared     *sharedFS
+	// outBufs recycles the buffers that copy process output: allocating
+	// and zeroing 256 KiB per stream, and collecting them, costs every
+	// exec under TCG.
+	outBufs sync.Pool
 }
 
 // Config configures an Agent.

@@ -379,17 +379,20 @@ func (a *Agent) AttachStream(h protocol.StreamHeader, conn net.Conn) {
 				p.CloseStdin()
 			}
 		case protocol.StreamStdout:
-			copyOut(conn, p.Stdout())
+			a.copyOut(conn, p.Stdout())
 		case protocol.StreamStderr:
-			copyOut(conn, p.Stderr())
+			a.copyOut(conn, p.Stderr())
 		}
 	}()
 }
 
+// outFrame is the most output sent to the host in one frame.
+const outFrame = 256 << 10
+
 // copyOut copies a process's output to the host until the process closed
 // it. A PTY master reports EIO once the last slave closed: that is its end
 // of file.
-func copyOut(conn net.Conn, r io.Reader) {
+func (a *Agent) copyOut(conn net.Conn, r io.Reader) {
 	if r == nil {
 		return
 	}
@@ -398,8 +401,13 @@ func copyOut(conn net.Conn, r io.Reader) {
 			r = cr
 		}
 	}
-	buf := make([]byte, 256<<10)
-	_, err := io.CopyBuffer(conn, r, buf)
+	buf, _ := a.outBufs.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, outFrame)
+		buf = &b
+	}
+	defer a.outBufs.Put(buf)
+	_, err := io.CopyBuffer(conn, r, *buf)
 	if err != nil && !errors.Is(err, syscall.EIO) {
 		return
 	}
