@@ -162,11 +162,11 @@ func main() {
 		*sizeMB, rates[len(rates)/2], rates[0], rates[len(rates)-1], len(rates))
 	check(sb.Delete(ctx))
 
-	runcBench(work, trueBundle, rootfs, *runs, *sizeMB, check)
+	runcBench(work, trueBundle, rootfs, *runs, *execs, *sizeMB, check)
 }
 
 // runcBench runs the same workloads with runc, when it is installed.
-func runcBench(work, trueBundle, rootfs string, runs, sizeMB int, check func(error)) {
+func runcBench(work, trueBundle, rootfs string, runs, execs, sizeMB int, check func(error)) {
 	runc, err := exec.LookPath("runc")
 	if err != nil {
 		fmt.Println("runc    not installed: no comparison")
@@ -184,6 +184,7 @@ func runcBench(work, trueBundle, rootfs string, runs, sizeMB int, check func(err
 		cold = append(cold, time.Since(start))
 	}
 	fmt.Printf("runc    cold run of true: median %v (n=%d)\n", measure.Median(cold), len(cold))
+	runcExec(runc, root, work, rootfs, execs, check)
 	catBundle := filepath.Join(work, "cat")
 	os.MkdirAll(catBundle, 0o755)
 	spec := specutil.Default("cat", "/data")
@@ -197,6 +198,33 @@ func runcBench(work, trueBundle, rootfs string, runs, sizeMB int, check func(err
 		d := time.Since(start)
 		fmt.Printf("runc    stdout throughput (cat of a %d MB file): %.1f MB/s\n", sizeMB, float64(n.n)/1e6/d.Seconds())
 	}
+}
+
+// runcExec measures runc exec of true into a running runc container.
+func runcExec(runc, root, work, rootfs string, n int, check func(error)) {
+	dir := filepath.Join(work, "runc-sleep")
+	check(os.MkdirAll(dir, 0o755))
+	spec := specutil.Default("sleep", "1000")
+	spec.Root.Path = rootfs
+	check(specutil.WriteBundle(dir, spec))
+	id := "bench-runc-exec"
+	// Detached, the container keeps its stdio: /dev/null, not a pipe that
+	// would never reach end of file.
+	if err := exec.Command(runc, "--root", root, "run", "-d", "--bundle", dir, id).Run(); err != nil {
+		fmt.Printf("runc    run -d failed: %v\n", err)
+		return
+	}
+	defer exec.Command(runc, "--root", root, "delete", "-f", id).Run()
+	var lat []time.Duration
+	for range n {
+		start := time.Now()
+		if out, err := exec.Command(runc, "--root", root, "exec", id, "true").CombinedOutput(); err != nil {
+			fmt.Printf("runc    exec failed: %v: %s\n", err, out)
+			return
+		}
+		lat = append(lat, time.Since(start))
+	}
+	fmt.Printf("runc    exec of true into a running container: median %v (n=%d)\n", measure.Median(lat), len(lat))
 }
 
 // attach copies a process's stdout and stderr to w and returns a function
