@@ -27,8 +27,9 @@ func TestStreamHeaderRejectsBadInput(t *testing.T) {
 		"zero length":    {0, 0},
 		"too long":       {0xff, 0xff},
 		"truncated":      {0, 10, '{'},
-		"not json":       append([]byte{0, 3}, "abc"...),
-		"unknown stream": append([]byte{0, 17}, `{"stream":"tty0"}`...),
+		"field too long": append([]byte{0, 3}, "abc"...),
+		"unknown stream": append([]byte{0, 7}, "\x04tty0\x00\x00"...),
+		"trailing bytes": append([]byte{0, 10}, "\x05stdin\x00\x00xyz"...),
 	} {
 		if _, err := ReadStreamHeader(bytes.NewReader(in)); err == nil {
 			t.Errorf("%s: accepted", name)

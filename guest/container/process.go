@@ -59,8 +59,8 @@ type Process struct {
 	files  []*os.File // the agent's ends of the streams
 	tty    *os.File   // pseudo-terminal master, when terminal
 
-	oomDir  string // cgroup directory whose oom_kill count is checked
-	oomBase uint64 // oom_kill count when the process started
+	oom     *memoryEvents // the cgroup's memory.events, for oom_kill
+	oomBase uint64        // oom_kill count when the process started
 
 	mu     sync.Mutex // guards pidfd and closed
 	pidfd  int        // -1 once the process has exited or when unavailable
@@ -211,14 +211,14 @@ func (p *Process) String() string {
 
 // setStarted records the pid of a started process. Call it while the
 // reaper is locked, so that the process cannot have been reaped yet.
-func (p *Process) setStarted(pid int, oomDir string) {
+func (p *Process) setStarted(pid int, oom *memoryEvents) {
 	p.pid = pid
 	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
 		unix.CloseOnExec(fd)
 		p.pidfd = fd
 	}
-	p.oomDir = oomDir
-	p.oomBase, _ = oomKillCount(oomDir)
+	p.oom = oom
+	p.oomBase, _ = oom.count("oom_kill")
 }
 
 // watch waits for the process's exit on ch, a subscription taken before the
@@ -270,8 +270,8 @@ func (p *Process) finish(status int) {
 	if status > 128 && status <= 128+64 {
 		st.Signal = status - 128
 	}
-	if status != 0 && p.oomDir != "" {
-		if n, err := oomKillCount(p.oomDir); err == nil && n > p.oomBase {
+	if status != 0 {
+		if n, err := p.oom.count("oom_kill"); err == nil && n > p.oomBase {
 			st.OOMKilled = true
 		}
 	}
@@ -481,12 +481,42 @@ func (t ttyOutput) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// oomKillCount returns the oom_kill count of the cgroup directory dir.
-func oomKillCount(dir string) (uint64, error) {
+// memoryEvents is a cgroup's memory.events file, kept open: opening it
+// for every process start and exit costs a path walk through kernfs,
+// ~1 ms under TCG. A nil *memoryEvents has no counters.
+type memoryEvents struct{ f *os.File }
+
+// openMemoryEvents opens the memory.events of cgroup directory dir, or
+// returns nil without one.
+func openMemoryEvents(dir string) *memoryEvents {
 	if dir == "" {
-		return 0, errors.New("no cgroup")
+		return nil
 	}
-	return memoryEvent(dir, "oom_kill")
+	f, err := os.Open(dir + "/memory.events")
+	if err != nil {
+		return nil
+	}
+	return &memoryEvents{f: f}
+}
+
+// count returns one counter.
+func (e *memoryEvents) count(key string) (uint64, error) {
+	if e == nil {
+		return 0, errors.New("no memory.events")
+	}
+	buf := make([]byte, 512)
+	n, err := e.f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	return memoryEventIn(buf[:n], key)
+}
+
+// close closes the file.
+func (e *memoryEvents) close() {
+	if e != nil {
+		e.f.Close()
+	}
 }
 
 // memoryEvent returns one counter of dir's memory.events.
@@ -495,11 +525,16 @@ func memoryEvent(dir, key string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return memoryEventIn(data, key)
+}
+
+// memoryEventIn returns one counter of the memory.events text data.
+func memoryEventIn(data []byte, key string) (uint64, error) {
 	for line := range strings.SplitSeq(string(data), "\n") {
 		k, v, ok := strings.Cut(line, " ")
 		if ok && k == key {
 			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("%s/memory.events has no %s", dir, key)
+	return 0, fmt.Errorf("memory.events has no %s", key)
 }

@@ -11,9 +11,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -82,9 +82,11 @@ type zygote struct {
 
 // zygoteSlot is a container's zygote, being started or ready.
 type zygoteSlot struct {
-	key   string        // the spec it serves, from zygoteKey
-	ready chan struct{} // closed once z is set, or the start failed
-	z     *zygote       // nil if the start failed
+	key     string        // the spec it serves, from zygoteKey
+	cancel  chan struct{} // closed to drop a start not begun
+	started atomic.Bool   // the start has begun
+	ready   chan struct{} // closed once z is set, or the start failed
+	z       *zygote       // nil if the start failed
 }
 
 // wait returns the zygote once started, or nil.
@@ -250,8 +252,8 @@ func (z *zygote) start(args []string, stdio []*os.File) (int, error) {
 	}
 	// The reaper is held: the program is still this process's child, or
 	// a zombie, unless the pid was not the zygote's child at all.
-	if ppid, err := parentPid(child); err != nil || ppid != os.Getpid() {
-		return 0, fmt.Errorf("zygote pid %d: pid %d is not a child of the agent (parent %d, %v)", z.pid, child, ppid, err)
+	if !isChild(child) {
+		return 0, fmt.Errorf("zygote pid %d: pid %d is not a child of the agent", z.pid, child)
 	}
 	return child, nil
 }
@@ -324,27 +326,26 @@ func (z *zygote) close() {
 // reaped while the caller holds the reaper's lock; any other process may
 // be gone and its pid reused.
 func killChild(pid int) {
-	if ppid, err := parentPid(pid); pid > 0 && err == nil && ppid == os.Getpid() {
+	if isChild(pid) {
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
 }
 
-// parentPid returns the parent of pid, from /proc.
-func parentPid(pid int) (int, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+// isChild reports whether pid is a child of this process, running or not
+// yet reaped: waitid(2) on its pidfd fails with ECHILD for any other
+// process. Cheaper than reading /proc/<pid>/stat, which takes ~1.5 ms
+// under TCG.
+func isChild(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return 0, err
+		return false
 	}
-	// The command name is in parentheses and may hold anything.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return 0, errors.New("malformed stat")
-	}
-	return strconv.Atoi(f[1])
+	defer unix.Close(fd)
+	var info unix.Siginfo
+	return unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil) == nil
 }
 
 // execZygote starts pr, exec execID of c, with c's zygote for pr if it has
@@ -379,7 +380,7 @@ func (m *Manager) execZygote(c *ctr, execID string, pr *specs.Process, pio Proce
 		}
 		return nil, false
 	}
-	p.setStarted(pid, c.cgroupDir)
+	p.setStarted(pid, c.oom)
 	m.lock.Unlock()
 	go p.watch(m.reaper, ch, m.log)
 	if err := p.started(pend); err != nil { // cannot fail without a terminal
@@ -392,7 +393,7 @@ func (m *Manager) execZygote(c *ctr, execID string, pr *specs.Process, pio Proce
 // The caller holds c.mu.
 func (c *ctr) zygoteFor(key string) *zygote {
 	s := c.zygote
-	if s == nil || s.key != key {
+	if s == nil || s.key != key || !s.started.Load() {
 		return nil
 	}
 	return s.wait()
@@ -411,6 +412,7 @@ func (c *ctr) dropZygote(z *zygote) {
 func (c *ctr) stopZygote() {
 	if s := c.zygote; s != nil {
 		c.zygote = nil
+		close(s.cancel)
 		if z := s.wait(); z != nil {
 			z.close()
 		}
@@ -432,20 +434,36 @@ func (c *ctr) zygotePid() int {
 	return 0
 }
 
+// zygoteDelay is the longest a zygote's start waits for the exec that
+// asked for it to exit: the start takes the guest's CPU for as long as an
+// exec through libcontainer, and should not slow down that exec.
+const zygoteDelay = time.Second
+
 // prepareZygote starts, in the background, a zygote for the exec'd
-// processes like pr unless c has one. The caller holds c.mu.
-func (m *Manager) prepareZygote(c *ctr, pr *specs.Process) {
+// processes like pr unless c has one. The start waits until p exited, or
+// for zygoteDelay; execs meanwhile start with libcontainer. The caller
+// holds c.mu.
+func (m *Manager) prepareZygote(c *ctr, pr *specs.Process, p *Process) {
 	key, ok := zygoteKey(pr)
 	if !ok || (c.zygote != nil && c.zygote.key == key) || c.zygotes >= maxZygotes || c.noZygote.Load() {
 		return
 	}
 	c.stopZygote()
 	c.zygotes++
-	s := &zygoteSlot{key: key, ready: make(chan struct{})}
+	s := &zygoteSlot{key: key, cancel: make(chan struct{}), ready: make(chan struct{})}
 	c.zygote = s
 	spec := *pr
 	go func() {
 		defer close(s.ready)
+		delay := time.NewTimer(zygoteDelay)
+		defer delay.Stop()
+		select {
+		case <-p.done:
+		case <-delay.C:
+		case <-s.cancel:
+			return
+		}
+		s.started.Store(true)
 		z, err := m.startZygote(c, spec)
 		if err != nil {
 			// What failed once (no /proc in the container, a seccomp
