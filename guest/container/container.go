@@ -474,10 +474,13 @@ func (m *Manager) Exec(ctx context.Context, id, execID string, proc *specs.Proce
 	if err != nil {
 		return nil, fmt.Errorf("exec %s in container %s: %w", execID, id, err)
 	}
-	if p, ok := m.execZygote(c, execID, &pr, pio); ok {
-		c.execs[execID] = p
-		c.forked++
-		return p, nil
+	key, keyed := zygoteKey(&pr)
+	if keyed {
+		if p, ok := m.execZygote(c, execID, key, &pr, pio); ok {
+			c.execs[execID] = p
+			c.forked++
+			return p, nil
+		}
 	}
 	pio = consoleSize(pio, &pr)
 	p := newProcess(id, execID, pio.Terminal)
@@ -491,7 +494,9 @@ func (m *Manager) Exec(ctx context.Context, id, execID string, proc *specs.Proce
 		return nil, fmt.Errorf("exec %s in container %s: %w", execID, id, err)
 	}
 	c.execs[execID] = p
-	m.prepareZygote(c, &pr, p)
+	if keyed {
+		m.prepareZygote(c, key, &pr, p)
+	}
 	return p, nil
 }
 

@@ -348,14 +348,10 @@ func isChild(pid int) bool {
 	return unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil) == nil
 }
 
-// execZygote starts pr, exec execID of c, with c's zygote for pr if it has
-// one. ok is false when libcontainer must start it instead. The caller
-// holds c.mu.
-func (m *Manager) execZygote(c *ctr, execID string, pr *specs.Process, pio ProcessIO) (_ *Process, ok bool) {
-	key, ok := zygoteKey(pr)
-	if !ok {
-		return nil, false
-	}
+// execZygote starts pr, exec execID of c, with c's zygote for key, pr's
+// zygoteKey, if it has one. ok is false when libcontainer must start it
+// instead. The caller holds c.mu.
+func (m *Manager) execZygote(c *ctr, execID, key string, pr *specs.Process, pio ProcessIO) (_ *Process, ok bool) {
 	z := c.zygoteFor(key)
 	if z == nil {
 		return nil, false
@@ -440,12 +436,11 @@ func (c *ctr) zygotePid() int {
 const zygoteDelay = time.Second
 
 // prepareZygote starts, in the background, a zygote for the exec'd
-// processes like pr unless c has one. The start waits until p exited, or
-// for zygoteDelay; execs meanwhile start with libcontainer. The caller
-// holds c.mu.
-func (m *Manager) prepareZygote(c *ctr, pr *specs.Process, p *Process) {
-	key, ok := zygoteKey(pr)
-	if !ok || (c.zygote != nil && c.zygote.key == key) || c.zygotes >= maxZygotes || c.noZygote.Load() {
+// processes like pr, whose zygoteKey is key, unless c has one. The start
+// waits until p exited, or for zygoteDelay; execs meanwhile start with
+// libcontainer. The caller holds c.mu.
+func (m *Manager) prepareZygote(c *ctr, key string, pr *specs.Process, p *Process) {
+	if (c.zygote != nil && c.zygote.key == key) || c.zygotes >= maxZygotes || c.noZygote.Load() {
 		return
 	}
 	c.stopZygote()
