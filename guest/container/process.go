@@ -509,7 +509,13 @@ func (e *memoryEvents) count(key string) (uint64, error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return 0, err
 	}
-	return memoryEventIn(buf[:n], key)
+	for line := range strings.SplitSeq(string(buf[:n]), "\n") {
+		k, v, ok := strings.Cut(line, " ")
+		if ok && k == key {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("memory.events has no %s", key)
 }
 
 // close closes the file.
@@ -517,24 +523,4 @@ func (e *memoryEvents) close() {
 	if e != nil {
 		e.f.Close()
 	}
-}
-
-// memoryEvent returns one counter of dir's memory.events.
-func memoryEvent(dir, key string) (uint64, error) {
-	data, err := os.ReadFile(dir + "/memory.events")
-	if err != nil {
-		return 0, err
-	}
-	return memoryEventIn(data, key)
-}
-
-// memoryEventIn returns one counter of the memory.events text data.
-func memoryEventIn(data []byte, key string) (uint64, error) {
-	for line := range strings.SplitSeq(string(data), "\n") {
-		k, v, ok := strings.Cut(line, " ")
-		if ok && k == key {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("memory.events has no %s", key)
 }

@@ -69,10 +69,8 @@ func (m *Manager) Stats(ctx context.Context, id string) (*Stats, error) {
 		return nil, fmt.Errorf("stats of container %s: %w", id, err)
 	}
 	st := convertStats(ls.CgroupStats)
-	if c.cgroupDir != "" {
-		st.Memory.OOM, _ = memoryEvent(c.cgroupDir, "oom")
-		st.Memory.OOMKill, _ = memoryEvent(c.cgroupDir, "oom_kill")
-	}
+	st.Memory.OOM, _ = c.oom.count("oom")
+	st.Memory.OOMKill, _ = c.oom.count("oom_kill")
 	return st, nil
 }
 
