@@ -259,9 +259,15 @@ func (p *Process) reapedUnseen() bool {
 	if p.pidfd < 0 {
 		return false
 	}
+	return errors.Is(peekChild(p.pidfd), unix.ECHILD)
+}
+
+// peekChild checks, without waiting or reaping, on the process behind
+// pidfd: it fails with ECHILD if that is not a child of this process, or
+// one already reaped.
+func peekChild(pidfd int) error {
 	var info unix.Siginfo
-	err := unix.Waitid(unix.P_PIDFD, p.pidfd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
-	return errors.Is(err, unix.ECHILD)
+	return unix.Waitid(unix.P_PIDFD, pidfd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
 }
 
 // finish records the exit status and wakes up waiters.

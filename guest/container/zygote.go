@@ -344,8 +344,7 @@ func isChild(pid int) bool {
 		return false
 	}
 	defer unix.Close(fd)
-	var info unix.Siginfo
-	return unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil) == nil
+	return peekChild(fd) == nil
 }
 
 // execZygote starts pr, exec execID of c, with c's zygote for key, pr's
