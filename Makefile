@@ -70,7 +70,7 @@ containerd2:
 test: setup vet containerd2
 	COCOON_REQUIRE_VM=1 COCOON_DATA_DIR=$(DATA_DIR) $(GO) test -count=1 -timeout 25m ./...
 	@echo "containerd tests again, under containerd $(CONTAINERD2_VERSION):"
-	COCOON_REQUIRE_VM=1 COCOON_DATA_DIR=$(DATA_DIR) COCOON_CONTAINERD=$(CONTAINERD2_DIR)/bin/containerd \
+	COCOON_REQUIRE_VM=1 COCOON_DATA_DIR=$(DATA_DIR) COCOON_CONTAINERD=$(CONTAINERD2_DIR)/bin/containerd COCOON_LOAD_CYCLES=20 \
 		$(GO) test -count=1 -timeout 10m ./integration/ ./internal/ctrtest/
 
 bench: setup

@@ -94,6 +94,9 @@ const (
 	StateRunning State = "running"
 	StatePaused  State = "paused"
 	StateStopped State = "stopped"
+	// StateCreating is a sandbox whose creation has not finished: its
+	// creator holds its lock, or died (then Delete or GC removes it).
+	StateCreating State = "creating"
 	// StateUnknown is reported for a sandbox whose guest does not answer.
 	StateUnknown State = "unknown"
 )

@@ -16,6 +16,8 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/internal/failpoint"
+	"github.com/cocoon-runtime/cocoon/storage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -140,6 +142,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs"); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
+	failpoint.Hit(failpoint.ContainerCreate)
 	err = s.updateLocked(func(st *sandboxState) error {
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
@@ -162,7 +165,11 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 			s.shared.Release(id)
 		}
 	}()
-	if err := s.shared.Bind(rootfs, id+"/rootfs", false); err != nil {
+	rootAccess := storage.ReadWrite
+	if spec.Root.Readonly {
+		rootAccess = storage.ReadOnly
+	}
+	if err := s.shared.Bind(rootfs, id+"/rootfs", rootAccess); err != nil {
 		return nil, err
 	}
 	g := *spec
@@ -177,7 +184,7 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 			return nil, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
 		}
 		rel := fmt.Sprintf("%s/mounts/%d", id, i)
-		if err := s.shared.Bind(m.Source, rel, slices.Contains(m.Options, "ro")); err != nil {
+		if err := s.shared.Bind(m.Source, rel, mountAccess(m.Options)); err != nil {
 			return nil, err
 		}
 		m.Source = sharedMountPrefix + rel
@@ -194,6 +201,28 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 		g.Linux = &l
 	}
 	return &g, nil
+}
+
+// mountAccess is the host-side access of a bind mount with options opts,
+// the guest's ceiling whatever it does: the last of "ro"/"rw" decides, as
+// in runc, and "rro" makes the whole tree read-only.
+func mountAccess(opts []string) storage.Access {
+	a := storage.ReadWrite
+	recursive := false
+	for _, o := range opts {
+		switch o {
+		case "ro":
+			a = storage.ReadOnly
+		case "rw":
+			a = storage.ReadWrite
+		case "rro":
+			recursive = true
+		}
+	}
+	if recursive {
+		return storage.RecursiveReadOnly
+	}
+	return a
 }
 
 // sharedMountPrefix marks a bind mount source the guest finds below its
@@ -321,6 +350,7 @@ func (s *Sandbox) EnterContainer(ctx context.Context, id, execID string, p specs
 	if err := c.ExecProcess(ctx, id, execID, &p); err != nil {
 		return "", fmt.Errorf("enter container %s: %w", id, err)
 	}
+	failpoint.Hit(failpoint.Exec)
 	return execID, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/factory"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/persist"
 	"github.com/cocoon-runtime/cocoon/storage"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -124,14 +125,14 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	s := &Sandbox{rt: r, id: cfg.ID, dir: r.sandboxDir(cfg.ID)}
+	// The record comes first, in state creating, under the lock: whatever
+	// a process killed from here on leaves, the record names it, so that
+	// Delete (or GC, which finds it unlocked and still creating) removes it.
 	s.state = &sandboxState{
-		ID: cfg.ID, State: StateReady, Created: time.Now().UTC(),
+		ID: cfg.ID, State: StateCreating, Created: time.Now().UTC(),
 		Annotations: cfg.Annotations, Containers: map[string]*containerState{},
 	}
-	if err := os.MkdirAll(filepath.Dir(s.dir), 0o700); err != nil {
-		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
-	}
-	if err := os.Mkdir(s.dir, 0o700); err != nil {
+	if err := r.store.Save(cfg.ID, s.state); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	defer func() {
@@ -140,10 +141,17 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 			r.store.Delete(cfg.ID)
 		}
 	}()
+	if err := os.MkdirAll(filepath.Dir(s.dir), 0o700); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	if err := os.Mkdir(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
 	if s.shared, err = storage.NewShared(s.sharedDir()); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
-	if _, err := storage.StartVirtiofsd(ctx, r.opts.Virtiofsd, s.sharedDir(), s.vfsSocket(), s.vfsPidFile(), filepath.Join(s.dir, "virtiofsd.log")); err != nil {
+	failpoint.Hit(failpoint.CreateBeforeBoot)
+	if _, err := storage.StartVirtiofsd(ctx, r.opts.Virtiofsd, s.shared.ExportDir(), s.vfsSocket(), s.vfsPidFile(), filepath.Join(s.dir, "virtiofsd.log")); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	hv.StateDir = r.vmStateDir()
@@ -158,6 +166,8 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
+	failpoint.Hit(failpoint.CreateAfterBoot)
+	s.state.State = StateReady
 	if err := r.store.Save(cfg.ID, s.state); err != nil {
 		return nil, err
 	}
@@ -214,7 +224,10 @@ func (r *Runtime) FetchSandbox(ctx context.Context, id string) (*Sandbox, error)
 	}
 	s := &Sandbox{rt: r, id: id, dir: r.sandboxDir(id), state: &st}
 	s.shared = &storage.Shared{Dir: s.sharedDir()}
-	if st.State == StateStopped {
+	if st.State == StateStopped || st.State == StateCreating {
+		// Nothing to connect to: a stopped sandbox has no VM, and one
+		// being created is its creator's until it is ready (or, if its
+		// creator died, only fit for Delete).
 		return s, nil
 	}
 	v, err := vm.Open(ctx, r.vmStateDir(), id, vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache")})
@@ -330,7 +343,7 @@ func (s *Sandbox) Status(ctx context.Context) SandboxStatus {
 				st.State = StateUnknown
 			}
 		}
-	} else if st.State != StateStopped {
+	} else if st.State != StateStopped && st.State != StateCreating {
 		st.State = StateStopped
 	}
 	for _, id := range ids {
@@ -452,24 +465,51 @@ func (s *Sandbox) Resume(ctx context.Context) error {
 // keeps its record, in state stopped, until Delete. Without force, an
 // error stopping a container aborts the stop.
 func (s *Sandbox) Stop(ctx context.Context, force bool) error {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.stopLocked(ctx, force)
+}
+
+func (s *Sandbox) stopLocked(ctx context.Context, force bool) error {
 	s.mu.Lock()
 	ids := slices.Sorted(maps.Keys(s.state.Containers))
 	s.mu.Unlock()
-	if c, err := s.agentClient(); err == nil {
+	// With its file server gone, the guest cannot finish any file
+	// operation on a container's rootfs, so removing containers would hang:
+	// they go with the VM instead.
+	fsAlive := storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()) != nil
+	if c, err := s.agentClient(); err == nil && fsAlive {
 		for _, id := range ids {
-			if err := c.RemoveContainer(ctx, id, true); err != nil && !force {
+			rctx, cancel := context.WithTimeout(ctx, removeTimeout)
+			err := c.RemoveContainer(rctx, id, true)
+			cancel()
+			if err != nil && !force {
 				return fmt.Errorf("stop sandbox %s: %w", s.id, err)
 			}
 		}
+	} else if !fsAlive {
+		s.rt.log.Warn("sandbox file server is gone; stopping its VM", "sandbox", s.id)
 	}
 	if err := s.teardown(ctx); err != nil && !force {
 		return fmt.Errorf("stop sandbox %s: %w", s.id, err)
 	}
-	return s.setState(ctx, StateStopped)
+	return s.updateLocked(func(st *sandboxState) error {
+		st.State = StateStopped
+		return nil
+	})
 }
 
+// removeTimeout bounds the guest's removal of one container when a
+// sandbox stops; a guest that takes longer has its VM stopped anyway.
+const removeTimeout = 10 * time.Second
+
 // teardown stops the VM and the file server and releases every host
-// resource except the state record. It is idempotent.
+// resource except the state record. It is idempotent, and works from what
+// is on disk, however little of it a killed process left. The caller
+// holds the sandbox's lock.
 func (s *Sandbox) teardown(ctx context.Context) error {
 	var errs []error
 	s.mu.Lock()
@@ -478,14 +518,9 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	s.mu.Unlock()
 	if v != nil {
 		errs = append(errs, v.Stop(ctx))
-	} else if s.state != nil {
-		// The VM was never reached from this handle: clean up what it left.
-		if dead, err := vm.Open(ctx, s.rt.vmStateDir(), s.id, vm.Options{}); dead != nil {
-			errs = append(errs, dead.Stop(ctx))
-		} else if !errors.Is(err, os.ErrNotExist) {
-			s.rt.log.Debug("no vm to clean up", "sandbox", s.id, "err", err)
-		}
 	}
+	// The VM may have been started by another process, or left half made.
+	errs = append(errs, vm.Remove(ctx, s.rt.vmStateDir(), s.id))
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
 	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)
@@ -493,11 +528,19 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Delete stops the sandbox if it still runs and removes its record.
+// Delete stops the sandbox if it still runs and removes it and its record.
+// It holds the sandbox's lock throughout, so no container is created in
+// the sandbox meanwhile.
 func (s *Sandbox) Delete(ctx context.Context) error {
-	if err := s.Stop(ctx, true); err != nil && !errors.Is(err, persist.ErrNotFound) {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := s.stopLocked(ctx, true); err != nil && !errors.Is(err, persist.ErrNotFound) {
 		s.rt.log.Warn("stop before delete", "sandbox", s.id, "err", err)
 	}
+	failpoint.Hit(failpoint.Delete)
 	// A second pass catches what a failed stop left.
 	if err := s.teardown(ctx); err != nil {
 		return fmt.Errorf("delete sandbox %s: %w", s.id, err)

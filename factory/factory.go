@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/sparse"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"golang.org/x/sys/unix"
@@ -272,6 +273,7 @@ func (f *Factory) make(ctx context.Context, dir, id string, cfg hypervisor.Confi
 			err = serr
 		}
 	}()
+	failpoint.Hit(failpoint.TemplateMake)
 	// What the idle guest freed still holds data in its RAM: have it
 	// zeroed, so that those pages are left out of the saved RAM file.
 	zeroed, err := v.Agent.ReclaimMemory(ctx)

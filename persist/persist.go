@@ -95,7 +95,10 @@ func (s *Store) Load(key string, v any) error {
 	return nil
 }
 
-// Delete removes the document under key and its lock file. Deleting a
+// Delete removes the document under key and its lock file. The caller
+// holds the key's lock: a process waiting for that lock notices that the
+// file it waits on is gone and locks the new one instead (see Lock), so
+// removing the lock file never lets two processes hold it. Deleting a
 // missing key is not an error.
 func (s *Store) Delete(key string) error {
 	p, err := s.path(key, ".json")
@@ -127,32 +130,96 @@ func (s *Store) List() ([]string, error) {
 	return keys, nil
 }
 
+// Orphans returns the keys that have a lock file but no document: what a
+// process killed between locking a new key and saving it left, or a key
+// being created right now. Remove their lock files with Delete, holding
+// the lock.
+func (s *Store) Orphans() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list state: %w", err)
+	}
+	var keys []string
+	for _, e := range entries {
+		k, ok := strings.CutSuffix(e.Name(), ".lock")
+		if !ok || !validKey.MatchString(k) {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(s.dir, k+".json")); errors.Is(err, os.ErrNotExist) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// ErrLocked is returned by TryLock when another process holds the lock.
+var ErrLocked = errors.New("locked by another process")
+
 // Lock takes an exclusive lock on key, waiting until ctx is done. The
 // lock is released by calling the returned function, or by the kernel when
 // the process dies.
 func (s *Store) Lock(ctx context.Context, key string) (unlock func(), err error) {
+	return s.lock(ctx, key, true)
+}
+
+// TryLock takes the lock on key if it is free, and fails with ErrLocked
+// if it is not.
+func (s *Store) TryLock(key string) (unlock func(), err error) {
+	return s.lock(context.Background(), key, false)
+}
+
+func (s *Store) lock(ctx context.Context, key string, wait bool) (func(), error) {
 	p, err := s.path(key, ".lock")
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock state %s: %w", key, err)
-	}
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("lock state %s: %w", key, err)
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
+		if err := flock(ctx, f, wait); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("lock state %s: %w", key, err)
 		}
+		// The holder may have deleted the key (and its lock file) while we
+		// waited: then this lock guards nothing, and the file at p, if any,
+		// is the one to lock.
+		if sameFile(f, p) {
+			return func() { f.Close() }, nil
+		}
+		f.Close()
+	}
+}
+
+// flock takes an exclusive flock on f, polling until ctx is done when
+// wait is set.
+func flock(ctx context.Context, f *os.File, wait bool) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return err
+		}
+		if !wait {
+			return ErrLocked
+		}
 		select {
 		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock state %s: %w", key, ctx.Err())
+			return ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// sameFile reports whether the open file f is the file at path p.
+func sameFile(f *os.File, p string) bool {
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Lstat(p, &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -81,4 +83,86 @@ func TestLockExcludes(t *testing.T) {
 		t.Fatalf("Lock after unlock: %v", err)
 	}
 	unlock2()
+}
+
+// Deleting a key removes its lock file while others wait on it: each
+// waiter must then lock the file that is there now, so that no two ever
+// hold the lock at once.
+func TestLockSurvivesDelete(t *testing.T) {
+	s, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var holders, most atomic.Int32
+	hold := func() {
+		n := holders.Add(1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		holders.Add(-1)
+	}
+	unlock, err := s.Lock(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // waits on the file that is about to be deleted
+		defer wg.Done()
+		u, err := s.Lock(ctx, "k")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		hold()
+		u()
+	}()
+	time.Sleep(50 * time.Millisecond)
+	s.Save("k", doc{"k", 1})
+	if err := s.Delete("k"); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	for range 3 { // newcomers find no lock file and create one
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := s.Lock(ctx, "k")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			hold()
+			u()
+		}()
+	}
+	wg.Wait()
+	if m := most.Load(); m != 1 {
+		t.Fatalf("%d processes held the lock at once", m)
+	}
+}
+
+func TestTryLock(t *testing.T) {
+	s, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.TryLock("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TryLock("k"); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second TryLock: %v, want ErrLocked", err)
+	}
+	unlock()
+	u, err := s.TryLock("k")
+	if err != nil {
+		t.Fatalf("TryLock after unlock: %v", err)
+	}
+	u()
 }

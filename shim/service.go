@@ -296,6 +296,15 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return err
 	}
+	// Sweep what killed shims and CLIs left (unfinished sandboxes, orphan
+	// VMs and mounts); sandboxes in use are never touched.
+	go func() {
+		if rep, err := rt.GC(context.WithoutCancel(ctx)); err != nil {
+			log.G(ctx).WithError(err).Warn("cocoon gc")
+		} else if len(rep.Sandboxes)+len(rep.Leftovers) > 0 {
+			log.G(ctx).WithField("sandboxes", rep.Sandboxes).WithField("leftovers", rep.Leftovers).Info("cocoon gc removed leftovers")
+		}
+	}()
 	// Written first: if the shim dies while the VM boots, containerd's
 	// "delete" still finds the sandbox.
 	rec := bundleRecord{SandboxID: r.ID, StateDir: cfg.Runtime.StateDir, DataDir: cfg.Runtime.DataDir}

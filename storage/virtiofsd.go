@@ -4,16 +4,12 @@
 package storage
 
 import (
-	"sort"
-
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"github.com/moby/sys/mountinfo"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -162,112 +158,4 @@ func (v *Virtiofsd) Stop(ctx context.Context) error {
 			return fmt.Errorf("stop virtiofsd %d: %w", v.Pid, ctx.Err())
 		}
 	}
-}
-
-// Shared is a sandbox's shared directory: a mount point whose submounts
-// propagate into virtiofsd's mount namespace, so container root
-// filesystems bind-mounted into it after virtiofsd started are visible to
-// the guest.
-type Shared struct {
-	Dir string
-}
-
-// NewShared creates dir and makes it a shared mount point of its own.
-func NewShared(dir string) (*Shared, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create shared dir: %w", err)
-	}
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		return nil, fmt.Errorf("bind shared dir %s: %w", dir, err)
-	}
-	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
-		unix.Unmount(dir, unix.MNT_DETACH)
-		return nil, fmt.Errorf("make %s a shared mount: %w", dir, err)
-	}
-	return &Shared{Dir: dir}, nil
-}
-
-// Bind bind-mounts the host path src (a directory or a file) to rel below
-// the shared directory and returns rel. readOnly makes the bind read-only.
-func (s *Shared) Bind(src, rel string, readOnly bool) error {
-	dst := filepath.Join(s.Dir, rel)
-	if !strings.HasPrefix(dst, s.Dir+"/") {
-		return fmt.Errorf("bind %s: %q escapes the shared dir", src, rel)
-	}
-	st, err := os.Stat(src)
-	if err != nil {
-		return fmt.Errorf("bind %s: %w", src, err)
-	}
-	if st.IsDir() {
-		err = os.MkdirAll(dst, 0o755)
-	} else {
-		if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
-			var f *os.File
-			if f, err = os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
-				f.Close()
-			}
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("bind %s: %w", src, err)
-	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind %s to %s: %w", src, dst, err)
-	}
-	if readOnly {
-		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, ""); err != nil {
-			unix.Unmount(dst, unix.MNT_DETACH)
-			return fmt.Errorf("make %s read-only: %w", dst, err)
-		}
-	}
-	return nil
-}
-
-// Release unmounts everything below rel and removes it.
-func (s *Shared) Release(rel string) error {
-	dir := filepath.Join(s.Dir, rel)
-	if !strings.HasPrefix(dir, s.Dir+"/") {
-		return fmt.Errorf("release %q: escapes the shared dir", rel)
-	}
-	return RemoveUnmounted(dir)
-}
-
-// Destroy unmounts the shared directory and everything in it, and removes
-// it.
-func (s *Shared) Destroy() error {
-	return RemoveUnmounted(s.Dir)
-}
-
-// RemoveUnmounted unmounts everything at or below dir and then removes
-// dir, but only once no mount is left below it: os.RemoveAll crosses
-// mount points and would otherwise delete the sources of bind mounts, such
-// as a container's rootfs on the host.
-func RemoveUnmounted(dir string) error {
-	if err := UnmountAll(dir); err != nil {
-		return err
-	}
-	left, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return fmt.Errorf("remove %s: %w", dir, err)
-	}
-	if len(left) > 0 {
-		return fmt.Errorf("remove %s: %s is still mounted; not removing", dir, left[0].Mountpoint)
-	}
-	return os.RemoveAll(dir)
-}
-
-// UnmountAll unmounts every mount at or below dir, deepest first.
-func UnmountAll(dir string) error {
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return fmt.Errorf("unmount %s: %w", dir, err)
-	}
-	// Deepest first; a path mounted several times appears several times.
-	sort.Slice(infos, func(i, j int) bool { return len(infos[i].Mountpoint) > len(infos[j].Mountpoint) })
-	for _, m := range infos {
-		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unmount %s: %w", m.Mountpoint, err)
-		}
-	}
-	return nil
 }

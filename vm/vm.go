@@ -231,6 +231,17 @@ func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
 	return v, nil
 }
 
+// Remove stops and removes VM id under stateDir from what is on disk,
+// whoever started it and however far its start got (a process killed while
+// it launched the VM leaves no state to open). A VM that does not exist is
+// not an error.
+func Remove(ctx context.Context, stateDir, id string) error {
+	if err := qemu.ValidateID(id); err != nil {
+		return err
+	}
+	return qemu.Remove(ctx, filepath.Join(stateDir, id), qemu.Options{})
+}
+
 // Stop powers the guest off through its agent, waits for the hypervisor
 // to exit (killing it when the guest does not comply in time) and removes
 // every host resource of the VM.

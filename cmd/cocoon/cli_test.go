@@ -101,6 +101,9 @@ func needVM(t *testing.T) *cli {
 		}
 		t.Skip("VM test skipped: " + why)
 	}
+	if testing.Short() {
+		t.Skip("VM test: skipped in -short mode")
+	}
 	if os.Geteuid() != 0 {
 		skip("not root")
 	}

@@ -66,6 +66,7 @@ func newRootCommand() *cobra.Command {
 		newPauseCommand(g),
 		newResumeCommand(g),
 		newDeleteCommand(g),
+		newGCCommand(g),
 		newStatsCommand(g),
 		newEventsCommand(g),
 		newUpdateCommand(g),

@@ -43,7 +43,7 @@ func (f *vmFlags) config(g *globalOptions) (hypervisor.Config, error) {
 		Path: f.qemu, Kernel: f.kernel, Initrd: f.initrd, MachineType: f.machine,
 		Accelerator: hypervisor.Accelerator(f.accel), AgentTransport: hypervisor.Transport(f.transport),
 		VCPUs: f.vcpus, MemoryMiB: f.memory, HotplugSlots: f.hotplugSlots, Debug: f.debug,
-		StateDir: filepath.Join(g.root, "vm"),
+		StateDir: g.bareVMDir(),
 	}
 	if cfg.Kernel == "" || cfg.Initrd == "" {
 		img, err := image.Current(g.dataDir)
@@ -128,7 +128,7 @@ func newVMStartCommand(g *globalOptions) *cobra.Command {
 }
 
 func openVM(cmd *cobra.Command, g *globalOptions, id string) (*vm.VM, error) {
-	return vm.Open(cmd.Context(), filepath.Join(g.root, "vm"), id, g.vmOptions(0))
+	return vm.Open(cmd.Context(), g.bareVMDir(), id, g.vmOptions(0))
 }
 
 func newVMDetailsCommand(g *globalOptions) *cobra.Command {
@@ -173,7 +173,7 @@ func newVMPauseCommand(g *globalOptions, pause bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := vm.Open(cmd.Context(), filepath.Join(g.root, "vm"), args[0], g.vmOptions(0))
+			v, err := vm.Open(cmd.Context(), g.bareVMDir(), args[0], g.vmOptions(0))
 			if v == nil {
 				return err
 			}
@@ -223,3 +223,7 @@ func printDetails(cmd *cobra.Command, g *globalOptions, v *vm.VM, booted time.Du
 	_, err = io.WriteString(out, "")
 	return err
 }
+
+// bareVMDir holds the VMs of `cocoon vm`: apart from sandboxes' VMs, so
+// that `cocoon gc` never takes one for a leftover of a sandbox.
+func (g *globalOptions) bareVMDir() string { return filepath.Join(g.root, "bare-vm") }

@@ -144,3 +144,26 @@ func readPidFile(path string) (int, error) {
 	}
 	return pid, nil
 }
+
+// findByPidFile returns the pids of running processes whose command line
+// names pidFile as an argument of its own: a QEMU launched for a VM whose
+// start was cut short before its state was saved.
+func findByPidFile(pidFile string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	marker := []byte("\x00" + pidFile + "\x00")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(b, marker) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
+	"github.com/cocoon-runtime/cocoon/internal/safefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -664,11 +665,46 @@ func (q *QEMU) teardownLocked(ctx context.Context) error {
 			// Never remove through a mount.
 			return errors.Join(append(errs, err)...)
 		}
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		if err := safefs.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Remove stops and removes the VM whose runtime directory is dir, whoever
+// started it and however far its start got: with no state saved yet (its
+// starter was killed while QEMU launched), the QEMU named by the directory's
+// pid file is found by its command line and killed. A missing directory is
+// not an error.
+func Remove(ctx context.Context, dir string, opts Options) error {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	q, err := Open(ctx, dir, opts)
+	if err != nil {
+		// No usable state: adopt what the directory holds.
+		q = New(opts)
+		q.launch.files = vmFiles(dir)
+		for _, pid := range findByPidFile(q.launch.files.pid) {
+			p, err := attach(pid, q.launch.files.pid, 0)
+			if err != nil {
+				continue
+			}
+			// Nobody talks to this QEMU any more: no need to ask it to quit.
+			p.signal(unix.SIGKILL)
+			q.proc = p
+			if err := q.teardownLocked(ctx); err != nil {
+				return fmt.Errorf("remove vm %s: %w", dir, err)
+			}
+		}
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if err := q.teardownLocked(ctx); err != nil {
+		return fmt.Errorf("remove vm %s: %w", dir, err)
+	}
+	return nil
 }
 
 // state is what vm.json holds, so another process can re-attach.

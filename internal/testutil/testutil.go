@@ -29,9 +29,13 @@ type Env struct {
 // NeedVM skips the test unless it runs as root with QEMU and a guest image
 // (the current image under COCOON_DATA_DIR, default /var/lib/cocoon, or
 // COCOON_KERNEL and COCOON_INITRD). Setting COCOON_REQUIRE_VM=1 turns the
-// skip into a failure, so CI cannot pass by skipping.
+// skip into a failure, so CI cannot pass by skipping. With -short (the
+// fast unit tier, `make unit`) VM tests are skipped.
 func NeedVM(t testing.TB) *Env {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("VM test: skipped in -short mode")
+	}
 	skip := func(format string, args ...any) {
 		t.Helper()
 		Unavailable(t, "VM", format, args...)
