@@ -127,7 +127,7 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 			lock.Close()
 			return nil, err
 		}
-		sess, err := yamux.Client(protocol.BufferedReads(conn), protocol.YamuxConfig(io.Discard))
+		sess, err := newSession(conn)
 		if err != nil {
 			conn.Close()
 			lock.Close()
@@ -142,14 +142,54 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 		c.Close()
 		return nil, err
 	}
-	c.ttrpc = ttrpc.NewClient(stream)
-	c.health = protocol.NewHealthClient(c.ttrpc)
-	c.agent = protocol.NewAgentClient(c.ttrpc)
+	c.startRPC(stream)
 	if err := c.Check(actx); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// newSession starts the host's end of the yamux session on the serial
+// port conn.
+//
+// Only the host opens streams. yamux would queue every stream the guest
+// opens for an Accept that never comes, each buffering up to its window
+// (a hostile guest grew the host heap by 128 MiB that way), so the session
+// goes away at once: yamux then answers each stream the guest opens with a
+// reset, before it allocates anything for it. The session reads nothing
+// from the guest until then, so no stream can slip in first.
+func newSession(conn net.Conn) (*yamux.Session, error) {
+	gate := &gatedReads{ReadWriteCloser: protocol.BufferedReads(conn), open: make(chan struct{})}
+	sess, err := yamux.Client(gate, protocol.YamuxConfig(io.Discard))
+	if err != nil {
+		return nil, err
+	}
+	err = sess.GoAway()
+	close(gate.open) // before any Close: a session closes only once its reader returned
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("refuse guest streams: %w", err)
+	}
+	return sess, nil
+}
+
+// gatedReads holds back reads until open is closed.
+type gatedReads struct {
+	io.ReadWriteCloser
+	open chan struct{}
+}
+
+func (g *gatedReads) Read(p []byte) (int, error) {
+	<-g.open
+	return g.ReadWriteCloser.Read(p)
+}
+
+// startRPC starts the ttrpc client on stream, the agent's RPC connection.
+func (c *Client) startRPC(stream net.Conn) {
+	c.ttrpc = ttrpc.NewClient(stream)
+	c.health = protocol.NewHealthClient(c.ttrpc)
+	c.agent = protocol.NewAgentClient(c.ttrpc)
 }
 
 // openConn opens a new connection to the agent and sends kind as its
