@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -115,7 +116,7 @@ func (c *Client) ListProcesses(ctx context.Context, id string) ([]ProcessInfo, e
 			return fmt.Errorf("%w: %d processes", ErrProtocol, len(r.Processes))
 		}
 		for _, p := range r.Processes {
-			out = append(out, ProcessInfo{Pid: int(p.Pid), PPid: int(p.Ppid), Command: sanitize(p.Command, 4096), State: sanitize(p.State, 8)})
+			out = append(out, ProcessInfo{Pid: int(p.Pid), PPid: int(p.Ppid), Command: guesttext.Line(p.Command, 4096), State: guesttext.Line(p.State, 8)})
 		}
 		return nil
 	})
@@ -154,7 +155,7 @@ func (c *Client) StateContainer(ctx context.Context, id string) (ContainerState,
 		switch r.Status {
 		case "created", "running", "paused", "stopped":
 		default:
-			return fmt.Errorf("%w: container status %q", ErrProtocol, sanitize(r.Status, 16))
+			return fmt.Errorf("%w: container status %q", ErrProtocol, guesttext.Line(r.Status, 16))
 		}
 		st = ContainerState{Status: r.Status, Pid: int(r.Pid), Created: time.Unix(0, r.CreatedUnixNano)}
 		return nil
