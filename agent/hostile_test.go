@@ -277,7 +277,6 @@ func TestGuestErrorTextSanitized(t *testing.T) {
 	}
 }
 
-
 // Refusing the guest's streams leaves the host's own working.
 func TestSessionOpensHostStreams(t *testing.T) {
 	host, guest := net.Pipe()
