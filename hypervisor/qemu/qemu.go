@@ -27,6 +27,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
+	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	"golang.org/x/sys/unix"
 )
 
@@ -321,7 +322,9 @@ func (e *StartError) Error() string {
 
 func (e *StartError) Unwrap() error { return e.Err }
 
-// tail returns at most n bytes from the end of file path.
+// tail returns at most n bytes from the end of file path, as text safe
+// to log and display: the console is the guest's, and QEMU's own output
+// can quote it.
 func tail(path string, n int64) string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -335,7 +338,7 @@ func tail(path string, n int64) string {
 	off := max(st.Size()-n, 0)
 	b := make([]byte, st.Size()-off)
 	f.ReadAt(b, off)
-	return string(b)
+	return guesttext.Text(string(b), int(n))
 }
 
 // consoleDir holds the console log on a tmpfs of its own, of
