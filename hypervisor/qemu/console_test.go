@@ -28,3 +28,11 @@ func TestConsoleTailSanitized(t *testing.T) {
 		t.Errorf("ConsoleTail(5) = %d bytes", len(got))
 	}
 }
+
+// QEMU's log shares the console's bounded tmpfs.
+func TestQEMULogOnBoundedTmpfs(t *testing.T) {
+	f := vmFiles("/run/cocoon/vm/vm1")
+	if filepath.Dir(f.log) != filepath.Dir(f.console) {
+		t.Errorf("qemu log %s is not in the console tmpfs %s", f.log, filepath.Dir(f.console))
+	}
+}
