@@ -246,6 +246,9 @@ func (g *replyGuard) next() error {
 
 // err returns the violation that ended the connection, if any.
 func (g *replyGuard) err() error {
+	if g == nil {
+		return nil
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.violation
