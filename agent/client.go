@@ -5,7 +5,9 @@
 // multiplexed with yamux, or vsock) and returns a Client whose methods call
 // the agent's ttrpc services. The guest is untrusted: every reply is
 // checked and bounded before it is returned (ttrpc itself caps a message
-// at 4 MiB).
+// at 4 MiB, and replybound.go counts repeated fields before protobuf
+// decodes them), the guest's text is sanitised, and the guest may open no
+// stream of its own.
 package agent
 
 import (
