@@ -5,7 +5,9 @@
 // multiplexed with yamux, or vsock) and returns a Client whose methods call
 // the agent's ttrpc services. The guest is untrusted: every reply is
 // checked and bounded before it is returned (ttrpc itself caps a message
-// at 4 MiB).
+// at 4 MiB, and replybound.go counts repeated fields before protobuf
+// decodes them), the guest's text is sanitised, and the guest may open no
+// stream of its own.
 package agent
 
 import (
@@ -23,10 +25,12 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/status"
 )
 
 // Errors callers branch on.
@@ -62,6 +66,7 @@ type Client struct {
 	sess     *yamux.Session // nil for vsock
 	portLock *os.File       // flock held on the serial port we use
 	ttrpc    *ttrpc.Client
+	guard    *replyGuard // under ttrpc: checks reply envelopes
 	health   protocol.HealthService
 	agent    protocol.AgentService
 	dead     <-chan struct{}
@@ -127,7 +132,7 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 			lock.Close()
 			return nil, err
 		}
-		sess, err := yamux.Client(protocol.BufferedReads(conn), protocol.YamuxConfig(io.Discard))
+		sess, err := newSession(conn)
 		if err != nil {
 			conn.Close()
 			lock.Close()
@@ -142,14 +147,55 @@ func dialOnce(ctx context.Context, ep hypervisor.AgentEndpoint, dead <-chan stru
 		c.Close()
 		return nil, err
 	}
-	c.ttrpc = ttrpc.NewClient(stream)
-	c.health = protocol.NewHealthClient(c.ttrpc)
-	c.agent = protocol.NewAgentClient(c.ttrpc)
+	c.startRPC(stream)
 	if err := c.Check(actx); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// newSession starts the host's end of the yamux session on the serial
+// port conn.
+//
+// Only the host opens streams. yamux would queue every stream the guest
+// opens for an Accept that never comes, each buffering up to its window
+// (a hostile guest grew the host heap by 128 MiB that way), so the session
+// goes away at once: yamux then answers each stream the guest opens with a
+// reset, before it allocates anything for it. The session reads nothing
+// from the guest until then, so no stream can slip in first.
+func newSession(conn net.Conn) (*yamux.Session, error) {
+	gate := &gatedReads{ReadWriteCloser: protocol.BufferedReads(conn), open: make(chan struct{})}
+	sess, err := yamux.Client(gate, protocol.YamuxConfig(io.Discard))
+	if err != nil {
+		return nil, err
+	}
+	err = sess.GoAway()
+	close(gate.open) // before any Close: a session closes only once its reader returned
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("refuse guest streams: %w", err)
+	}
+	return sess, nil
+}
+
+// gatedReads holds back reads until open is closed.
+type gatedReads struct {
+	io.ReadWriteCloser
+	open chan struct{}
+}
+
+func (g *gatedReads) Read(p []byte) (int, error) {
+	<-g.open
+	return g.ReadWriteCloser.Read(p)
+}
+
+// startRPC starts the ttrpc client on stream, the agent's RPC connection.
+func (c *Client) startRPC(stream net.Conn) {
+	c.guard = &replyGuard{Conn: stream}
+	c.ttrpc = ttrpc.NewClient(c.guard, ttrpc.WithUnaryClientInterceptor(boundReplies(replyDescriptors())))
+	c.health = protocol.NewHealthClient(c.ttrpc)
+	c.agent = protocol.NewAgentClient(c.ttrpc)
 }
 
 // openConn opens a new connection to the agent and sends kind as its
@@ -290,15 +336,35 @@ func (c *Client) call(ctx context.Context, name string, fn func(ctx context.Cont
 	if err == nil {
 		return nil
 	}
+	err = sanitizeStatus(err)
 	select {
 	case <-c.dead:
 		return fmt.Errorf("agent %s: %w", name, ErrGuestDied)
 	default:
 	}
+	if v := c.guard.err(); v != nil {
+		// The guard ended the connection; ttrpc may report only that.
+		return fmt.Errorf("agent %s: %w", name, v)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("agent %s: %w: %w", name, ErrTimeout, err)
 	}
 	return fmt.Errorf("agent %s: %w", name, err)
+}
+
+// maxErrorText bounds the message of an error the agent returns.
+const maxErrorText = 1024
+
+// sanitizeStatus makes an error status the agent returned safe to log
+// and display: its message, the guest's text, loses escape sequences and
+// control characters and is bounded. The status code stays.
+func sanitizeStatus(err error) error {
+	se, ok := err.(interface{ GRPCStatus() *status.Status })
+	if !ok {
+		return err
+	}
+	st := se.GRPCStatus()
+	return status.Error(st.Code(), guesttext.Line(st.Message(), maxErrorText))
 }
 
 // Check asks the agent whether it is serving.
@@ -330,7 +396,7 @@ func (c *Client) Version(ctx context.Context) (VersionInfo, error) {
 		if err != nil {
 			return err
 		}
-		v = VersionInfo{Agent: sanitize(r.AgentVersion, 64), Protocol: r.ProtocolVersion}
+		v = VersionInfo{Agent: guesttext.Line(r.AgentVersion, 64), Protocol: r.ProtocolVersion}
 		if v.Protocol != protocol.Version {
 			return fmt.Errorf("%w: agent speaks protocol %d, host %d", ErrProtocol, v.Protocol, protocol.Version)
 		}
@@ -388,38 +454,26 @@ func validateDetails(r *protocol.GuestDetails) (GuestDetails, error) {
 	}
 	mods := sanitizeAll(r.Modules, 64)
 	return GuestDetails{
-		KernelRelease: sanitize(r.KernelRelease, maxFieldSize),
-		KernelVersion: sanitize(r.KernelVersion, maxFieldSize),
-		Machine:       sanitize(r.Machine, 32),
-		Hostname:      sanitize(r.Hostname, 64),
+		KernelRelease: guesttext.Line(r.KernelRelease, maxFieldSize),
+		KernelVersion: guesttext.Line(r.KernelVersion, maxFieldSize),
+		Machine:       guesttext.Line(r.Machine, 32),
+		Hostname:      guesttext.Line(r.Hostname, 64),
 		OnlineCPUs:    r.OnlineCpus,
 		MemTotal:      r.MemTotalBytes,
 		MemFree:       r.MemFreeBytes,
 		Uptime:        time.Duration(min(r.UptimeNs, uint64(1<<62))),
 		Modules:       mods,
 		BootToServe:   time.Duration(min(r.BootToServeNs, uint64(1<<62))),
-		AgentVersion:  sanitize(r.AgentVersion, 64),
+		AgentVersion:  guesttext.Line(r.AgentVersion, 64),
 		MemBlockSize:  r.MemBlockSizeBytes,
 		BlockDevices:  sanitizeAll(r.BlockDevices, 32),
 	}, nil
 }
 
-// sanitize bounds a guest-supplied string and drops anything but printable
-// ASCII, so it is safe to log and display.
-func sanitize(s string, max int) string {
-	b := make([]byte, 0, min(len(s), max))
-	for i := 0; i < len(s) && len(b) < max; i++ {
-		if c := s[i]; c >= 0x20 && c < 0x7f {
-			b = append(b, c)
-		}
-	}
-	return string(b)
-}
-
 func sanitizeAll(in []string, max int) []string {
 	out := make([]string, len(in))
 	for i, s := range in {
-		out[i] = sanitize(s, max)
+		out[i] = guesttext.Line(s, max)
 	}
 	return out
 }

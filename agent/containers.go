@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // maxProcesses bounds the process list a guest may return.
@@ -115,7 +118,7 @@ func (c *Client) ListProcesses(ctx context.Context, id string) ([]ProcessInfo, e
 			return fmt.Errorf("%w: %d processes", ErrProtocol, len(r.Processes))
 		}
 		for _, p := range r.Processes {
-			out = append(out, ProcessInfo{Pid: int(p.Pid), PPid: int(p.Ppid), Command: sanitize(p.Command, 4096), State: sanitize(p.State, 8)})
+			out = append(out, ProcessInfo{Pid: int(p.Pid), PPid: int(p.Ppid), Command: guesttext.Line(p.Command, 4096), State: guesttext.Line(p.State, 8)})
 		}
 		return nil
 	})
@@ -125,15 +128,60 @@ func (c *Client) ListProcesses(ctx context.Context, id string) ([]ProcessInfo, e
 // Stats are a container's cgroup statistics, as the guest reported them.
 type Stats = protocol.ContainerStats
 
-// StatsContainer reports a container's cgroup statistics.
+// StatsContainer reports a container's cgroup statistics. Figures no
+// kernel could report fail the call with ErrProtocol (see checkStats).
 func (c *Client) StatsContainer(ctx context.Context, id string) (*Stats, error) {
 	var s *Stats
 	err := c.call(ctx, "stats of "+id, func(ctx context.Context) error {
 		var err error
 		s, err = c.agent.StatsContainer(ctx, &protocol.ContainerRequest{ContainerId: id})
-		return err
+		if err != nil {
+			return err
+		}
+		return checkStats(s)
 	})
-	return s, err
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// maxPids is the kernel's PID_MAX_LIMIT: no cgroup holds more tasks.
+const maxPids = 4 << 20
+
+// checkStats rejects statistics no kernel reports: they come from a broken
+// or lying guest, and a caller gets an error rather than numbers clamped
+// into plausibility (which would be made up). Only impossible values are
+// refused, never ones a cgroup can show for a moment: usage may exceed
+// memory.max a little (charges the kernel must not fail, or memory.max
+// just lowered below the usage) and pids.current may exceed pids.max
+// (lowering pids.max kills nothing).
+func checkStats(s *Stats) error {
+	// Every figure is a count or a size the consumers (CRI, cgroup
+	// metrics) take as signed: none reaches 2^63 (292 years of CPU time).
+	var bad error
+	s.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() == protoreflect.Uint64Kind && v.Uint() > math.MaxInt64 {
+			bad = fmt.Errorf("%w: stats %s = %d", ErrProtocol, fd.Name(), v.Uint())
+			return false
+		}
+		return true
+	})
+	if bad != nil {
+		return bad
+	}
+	switch {
+	case s.CpuUserNs > s.CpuUsageNs || s.CpuSystemNs > s.CpuUsageNs:
+		return fmt.Errorf("%w: stats cpu user %d / system %d ns above usage %d", ErrProtocol, s.CpuUserNs, s.CpuSystemNs, s.CpuUsageNs)
+	case max(s.MemoryUsageBytes, s.MemoryMaxUsageBytes, s.MemoryAnonBytes, s.MemoryFileBytes) > maxMemory:
+		return fmt.Errorf("%w: stats memory usage %d / peak %d / anon %d / file %d beyond any guest", ErrProtocol,
+			s.MemoryUsageBytes, s.MemoryMaxUsageBytes, s.MemoryAnonBytes, s.MemoryFileBytes)
+	case s.MemoryLimitBytes != 0 && s.MemoryUsageBytes > s.MemoryLimitBytes+max(s.MemoryLimitBytes/4, 64<<20):
+		return fmt.Errorf("%w: stats memory usage %d far above limit %d", ErrProtocol, s.MemoryUsageBytes, s.MemoryLimitBytes)
+	case s.PidsCurrent > maxPids:
+		return fmt.Errorf("%w: stats %d pids", ErrProtocol, s.PidsCurrent)
+	}
+	return nil
 }
 
 // ContainerState is a container's state in the guest.
@@ -154,7 +202,7 @@ func (c *Client) StateContainer(ctx context.Context, id string) (ContainerState,
 		switch r.Status {
 		case "created", "running", "paused", "stopped":
 		default:
-			return fmt.Errorf("%w: container status %q", ErrProtocol, sanitize(r.Status, 16))
+			return fmt.Errorf("%w: container status %q", ErrProtocol, guesttext.Line(r.Status, 16))
 		}
 		st = ContainerState{Status: r.Status, Pid: int(r.Pid), Created: time.Unix(0, r.CreatedUnixNano)}
 		return nil

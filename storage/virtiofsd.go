@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,6 +50,9 @@ type Virtiofsd struct {
 	PidFile string
 }
 
+// virtiofsdLogLimit caps virtiofsd's log.
+const virtiofsdLogLimit = 1 << 20
+
 // StartVirtiofsd exports dir on the vhost-user socket sock and returns
 // once the socket exists.
 func StartVirtiofsd(ctx context.Context, binary, dir, sock, pidFile, logFile string) (*Virtiofsd, error) {
@@ -56,7 +60,9 @@ func StartVirtiofsd(ctx context.Context, binary, dir, sock, pidFile, logFile str
 	if err != nil {
 		return nil, fmt.Errorf("start virtiofsd: %w", err)
 	}
-	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	// A guest can make virtiofsd log without end: the log has a cap (a
+	// tmpfs of its own beside logFile, which links to it).
+	logf, err := boundedfs.OpenLog(logFile, virtiofsdLogLimit)
 	if err != nil {
 		return nil, fmt.Errorf("start virtiofsd: %w", err)
 	}

@@ -31,13 +31,38 @@ const SerialPortPrefix = "agent."
 // VsockPort is the vsock port the agent listens on.
 const VsockPort = 1024
 
-// ListenVsock listens for host connections on VsockPort.
+// ListenVsock listens for host connections on VsockPort. Only the host's
+// connections are accepted: a process in this guest can reach the port
+// too, over the local CID, and must not drive the agent.
 func ListenVsock() (net.Listener, error) {
 	l, err := vsock.Listen(VsockPort, nil)
 	if err != nil {
 		return nil, fmt.Errorf("listen vsock port %d: %w", VsockPort, err)
 	}
-	return l, nil
+	return hostOnly(l), nil
+}
+
+// hostOnly returns l accepting only connections from the host; it closes
+// any other at once.
+func hostOnly(l net.Listener) net.Listener { return hostListener{l} }
+
+type hostListener struct{ net.Listener }
+
+func (l hostListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || fromHost(c.RemoteAddr()) {
+			return c, err
+		}
+		c.Close()
+	}
+}
+
+// fromHost reports whether a is the host's end of a vsock connection
+// (VMADDR_CID_HOST).
+func fromHost(a net.Addr) bool {
+	va, ok := a.(*vsock.Addr)
+	return ok && va != nil && va.ContextID == vsock.Host
 }
 
 // FindSerialPorts returns the /dev paths of the virtio-serial ports whose

@@ -27,6 +27,8 @@ import (
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
+	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
+	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	"github.com/cocoon-runtime/cocoon/internal/safefs"
 	"golang.org/x/sys/unix"
 )
@@ -132,7 +134,7 @@ func vmFiles(dir string) files {
 		qmp:     filepath.Join(dir, "qmp.sock"),
 		console: filepath.Join(dir, consoleDir, "console.log"),
 		pid:     filepath.Join(dir, "qemu.pid"),
-		log:     filepath.Join(dir, "qemu.log"),
+		log:     filepath.Join(dir, consoleDir, "qemu.log"),
 		state:   filepath.Join(dir, "vm.json"),
 	}
 }
@@ -267,14 +269,14 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 		}
 	}()
 
+	if err := boundedfs.Mount(filepath.Dir(l.files.console), consoleLimit, 16); err != nil {
+		return fmt.Errorf("start vm %s: console: %w", q.id, err)
+	}
 	logf, err := os.OpenFile(l.files.log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", q.id, err)
 	}
 	defer logf.Close()
-	if err := mountConsole(filepath.Dir(l.files.console)); err != nil {
-		return fmt.Errorf("start vm %s: %w", q.id, err)
-	}
 	// The console file is created by QEMU; make sure it is root-only.
 	if f, err := os.OpenFile(l.files.console, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
 		f.Close()
@@ -322,7 +324,9 @@ func (e *StartError) Error() string {
 
 func (e *StartError) Unwrap() error { return e.Err }
 
-// tail returns at most n bytes from the end of file path.
+// tail returns at most n bytes from the end of file path, as text safe
+// to log and display: the console is the guest's, and QEMU's own output
+// can quote it.
 func tail(path string, n int64) string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -336,47 +340,24 @@ func tail(path string, n int64) string {
 	off := max(st.Size()-n, 0)
 	b := make([]byte, st.Size()-off)
 	f.ReadAt(b, off)
-	return string(b)
+	return guesttext.Text(string(b), int(n))
 }
 
-// consoleDir holds the console log on a tmpfs of its own, of
-// consoleLimit bytes. The guest owns its kernel and can write to its serial
-// port without end; /run is in RAM, so an unbounded file would let a guest
-// exhaust host memory. When the tmpfs is full QEMU drops console output.
+// consoleDir holds the console log, and QEMU's own log, on a tmpfs of
+// its own of consoleLimit bytes (see internal/boundedfs). The guest owns
+// its kernel and can write to its serial port without end; /run is in
+// RAM, so an unbounded file would let a guest exhaust host memory. When
+// the tmpfs is full QEMU drops console output.
+//
+// QEMU's log gets only what QEMU prints before it daemonizes: once
+// initialised, a daemonized QEMU points its stdout and stderr at
+// /dev/null (QEMU 7.2 does, seen in /proc/PID/fd; only -D would keep
+// stderr). It shares the tmpfs all the same, so nothing a later change
+// makes QEMU print there can grow without bound.
 const (
 	consoleDir   = "console"
 	consoleLimit = 1 << 20
 )
-
-func mountConsole(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("console dir: %w", err)
-	}
-	opts := fmt.Sprintf("size=%d,mode=0700,nr_inodes=16", consoleLimit)
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
-		return fmt.Errorf("mount console tmpfs on %s: %w", dir, err)
-	}
-	return nil
-}
-
-// unmountConsole unmounts the console tmpfs if it is mounted.
-func unmountConsole(dir string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		return fmt.Errorf("console dir: %w", err)
-	}
-	var parent unix.Statfs_t
-	if unix.Statfs(filepath.Dir(dir), &parent) == nil && st.Fsid == parent.Fsid {
-		return nil // not mounted
-	}
-	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount console tmpfs %s: %w", dir, err)
-	}
-	return nil
-}
 
 // ConsoleTail returns the last n bytes the guest printed on its console.
 func (q *QEMU) ConsoleTail(n int64) string {
@@ -661,7 +642,7 @@ func (q *QEMU) teardownLocked(ctx context.Context) error {
 		q.proc = nil
 	}
 	if dir := q.launch.files.dir; dir != "" {
-		if err := unmountConsole(filepath.Dir(q.launch.files.console)); err != nil {
+		if err := boundedfs.Unmount(filepath.Dir(q.launch.files.console)); err != nil {
 			// Never remove through a mount.
 			return errors.Join(append(errs, err)...)
 		}
