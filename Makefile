@@ -67,18 +67,21 @@ unit:
 
 # Every Fuzz function in a *_test.go file, one after another: go test runs
 # one fuzz target of one package at a time. Their seed corpora also run as
-# ordinary tests. Corpus files (the store's records, a bundle's spec) are
-# written to a tmpfs when there is one, not to a disk that fsyncs them.
-FUZZTIME   ?= 60s
-FUZZFLAGS  ?=
-FUZZTMPDIR ?= $(if $(wildcard /dev/shm),/dev/shm,$(or $(TMPDIR),/tmp))
+# ordinary tests. Targets that write files (a store's records, a bundle's
+# spec) write them to a tmpfs when there is one, not to a disk that fsyncs.
+# Each new interesting input is minimized for at most FUZZMINIMIZE (go
+# test's default, 60s, can spend a whole run on one input).
+FUZZTIME     ?= 60s
+FUZZMINIMIZE ?= 2s
+FUZZFLAGS    ?=
+FUZZTMPDIR   ?= $(if $(wildcard /dev/shm),/dev/shm,$(or $(TMPDIR),/tmp))
 
 fuzz:
 	@find . -name '*_test.go' -not -path './bin/*' | sort | xargs grep -H '^func Fuzz' | \
 	sed -E 's|^(.*)/[^/]*:func (Fuzz[A-Za-z0-9_]*).*|\1 \2|' | \
 	while read -r pkg name; do \
 		echo "== $$pkg $$name ($(FUZZTIME))"; \
-		TMPDIR=$(FUZZTMPDIR) $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $(FUZZFLAGS) $$pkg </dev/null || exit 1; \
+		TMPDIR=$(FUZZTMPDIR) $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $(FUZZFLAGS) $$pkg </dev/null || exit 1; \
 	done
 
 containerd2:
