@@ -8,8 +8,8 @@ import "unsafe"
 
 // zygoteParse runs zygote.c's request parser on req, for the tests, which
 // check it against zygoteRequest (cgo cannot be used in a test file). ok
-// is false for a request the zygote refuses. Nothing else calls it, so it
-// is not linked into the agent.
+// is false for a request the zygote refuses. Nothing else calls it: the
+// agent links only cgo's few-byte C stub for it.
 func zygoteParse(req []byte) (args []string, ok bool) {
 	buf := C.CBytes(req)
 	defer C.free(buf)
