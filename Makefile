@@ -3,6 +3,7 @@
 #   make demo   set up this machine (packages, binaries, guest image) and run a container in a VM
 #   make test   set up, then run every test, including the real-VM ones
 #   make bench  print the performance figures
+#   make fuzz   run every fuzz target for FUZZTIME each
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -20,7 +21,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc
 CONTAINERD2_VERSION ?= 2.1.5
 CONTAINERD2_DIR     := $(DATA_DIR)/containerd-$(CONTAINERD2_VERSION)
 
-.PHONY: all build deps image setup demo test unit vet bench clean install containerd2
+.PHONY: all build deps image setup demo test unit vet bench fuzz clean install containerd2
 
 all: build
 
@@ -63,6 +64,25 @@ vet:
 
 unit:
 	$(GO) test -short ./...
+
+# Every Fuzz function in a *_test.go file, one after another: go test runs
+# one fuzz target of one package at a time. Their seed corpora also run as
+# ordinary tests. Targets that write files (a store's records, a bundle's
+# spec) write them to a tmpfs when there is one, not to a disk that fsyncs.
+# Each new interesting input is minimized for at most FUZZMINIMIZE (go
+# test's default, 60s, can spend a whole run on one input).
+FUZZTIME     ?= 60s
+FUZZMINIMIZE ?= 2s
+FUZZFLAGS    ?=
+FUZZTMPDIR   ?= $(if $(wildcard /dev/shm),/dev/shm,$(or $(TMPDIR),/tmp))
+
+fuzz:
+	@find . -name '*_test.go' -not -path './bin/*' | sort | xargs grep -H '^func Fuzz' | \
+	sed -E 's|^(.*)/[^/]*:func (Fuzz[A-Za-z0-9_]*).*|\1 \2|' | \
+	while read -r pkg name; do \
+		echo "== $$pkg $$name ($(FUZZTIME))"; \
+		TMPDIR=$(FUZZTMPDIR) $(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $(FUZZFLAGS) $$pkg </dev/null || exit 1; \
+	done
 
 containerd2:
 	scripts/build-containerd2.sh $(CONTAINERD2_VERSION) $(CONTAINERD2_DIR)

@@ -270,7 +270,7 @@ func awaitHello(ctx context.Context, conn net.Conn) error {
 	var window []byte
 	buf := make([]byte, 1)
 	for skipped := 0; skipped < protocol.MaxHelloSkip; skipped++ {
-		if _, err := conn.Read(buf); err != nil {
+		if _, err := io.ReadFull(conn, buf); err != nil {
 			return fmt.Errorf("wait for agent greeting: %w", err)
 		}
 		window = append(window, buf[0])
@@ -396,13 +396,20 @@ func (c *Client) Version(ctx context.Context) (VersionInfo, error) {
 		if err != nil {
 			return err
 		}
-		v = VersionInfo{Agent: guesttext.Line(r.AgentVersion, 64), Protocol: r.ProtocolVersion}
-		if v.Protocol != protocol.Version {
-			return fmt.Errorf("%w: agent speaks protocol %d, host %d", ErrProtocol, v.Protocol, protocol.Version)
-		}
-		return nil
+		v, err = validateVersion(r)
+		return err
 	})
 	return v, err
+}
+
+// validateVersion checks that the agent speaks our protocol. The version
+// it reports comes back even when it does not, for the error messages.
+func validateVersion(r *protocol.VersionResponse) (VersionInfo, error) {
+	v := VersionInfo{Agent: guesttext.Line(r.AgentVersion, maxVersion), Protocol: r.ProtocolVersion}
+	if v.Protocol != protocol.Version {
+		return v, fmt.Errorf("%w: agent speaks protocol %d, host %d", ErrProtocol, v.Protocol, protocol.Version)
+	}
+	return v, nil
 }
 
 // GuestDetails describes a guest, as reported (and not to be trusted
@@ -443,6 +450,7 @@ const (
 	maxCPUs      = 4096
 	maxMemory    = 16 << 40 // 16 TiB
 	maxFieldSize = 256
+	maxVersion   = 64
 )
 
 func validateDetails(r *protocol.GuestDetails) (GuestDetails, error) {
@@ -464,7 +472,7 @@ func validateDetails(r *protocol.GuestDetails) (GuestDetails, error) {
 		Uptime:        time.Duration(min(r.UptimeNs, uint64(1<<62))),
 		Modules:       mods,
 		BootToServe:   time.Duration(min(r.BootToServeNs, uint64(1<<62))),
-		AgentVersion:  guesttext.Line(r.AgentVersion, 64),
+		AgentVersion:  guesttext.Line(r.AgentVersion, maxVersion),
 		MemBlockSize:  r.MemBlockSizeBytes,
 		BlockDevices:  sanitizeAll(r.BlockDevices, 32),
 	}, nil

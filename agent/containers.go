@@ -13,8 +13,13 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// maxProcesses bounds the process list a guest may return.
-const maxProcesses = 65536
+// Bounds on the process list a guest may return: its length, and the
+// length of a process's command line and state.
+const (
+	maxProcesses    = 65536
+	maxCommand      = 4096
+	maxProcessState = 8
+)
 
 // CreateContainer asks the agent to create a container from spec, whose
 // root filesystem is rootfs relative to the shared directory.
@@ -74,13 +79,19 @@ func (c *Client) WaitProcess(ctx context.Context, id, execID string) (Exit, erro
 		if err != nil {
 			return err
 		}
-		if r.Code < 0 || r.Code > 255 || r.Signal < 0 || r.Signal > 64 {
-			return fmt.Errorf("%w: exit status %d signal %d", ErrProtocol, r.Code, r.Signal)
-		}
-		e = Exit{Code: int(r.Code), Signal: int(r.Signal), OOMKilled: r.OomKilled, ExitedAt: time.Unix(0, r.ExitedAtUnixNano)}
-		return nil
+		e, err = validateExit(r)
+		return err
 	})
 	return e, err
+}
+
+// validateExit checks a guest's exit status: a code of 0 to 255 and a
+// signal of 0 to 64.
+func validateExit(r *protocol.ExitStatus) (Exit, error) {
+	if r.Code < 0 || r.Code > 255 || r.Signal < 0 || r.Signal > 64 {
+		return Exit{}, fmt.Errorf("%w: exit status %d signal %d", ErrProtocol, r.Code, r.Signal)
+	}
+	return Exit{Code: int(r.Code), Signal: int(r.Signal), OOMKilled: r.OomKilled, ExitedAt: time.Unix(0, r.ExitedAtUnixNano)}, nil
 }
 
 // ResizeTTY resizes a process's terminal.
@@ -114,15 +125,23 @@ func (c *Client) ListProcesses(ctx context.Context, id string) ([]ProcessInfo, e
 		if err != nil {
 			return err
 		}
-		if len(r.Processes) > maxProcesses {
-			return fmt.Errorf("%w: %d processes", ErrProtocol, len(r.Processes))
-		}
-		for _, p := range r.Processes {
-			out = append(out, ProcessInfo{Pid: int(p.Pid), PPid: int(p.Ppid), Command: guesttext.Line(p.Command, 4096), State: guesttext.Line(p.State, 8)})
-		}
-		return nil
+		out, err = validateProcesses(r)
+		return err
 	})
 	return out, err
+}
+
+// validateProcesses bounds a guest's process list (maxProcesses) and
+// sanitizes its strings.
+func validateProcesses(r *protocol.ProcessList) ([]ProcessInfo, error) {
+	if len(r.Processes) > maxProcesses {
+		return nil, fmt.Errorf("%w: %d processes", ErrProtocol, len(r.Processes))
+	}
+	var out []ProcessInfo
+	for _, p := range r.Processes {
+		out = append(out, ProcessInfo{Pid: int(p.GetPid()), PPid: int(p.GetPpid()), Command: guesttext.Line(p.GetCommand(), maxCommand), State: guesttext.Line(p.GetState(), maxProcessState)})
+	}
+	return out, nil
 }
 
 // Stats are a container's cgroup statistics, as the guest reported them.
@@ -199,15 +218,21 @@ func (c *Client) StateContainer(ctx context.Context, id string) (ContainerState,
 		if err != nil {
 			return err
 		}
-		switch r.Status {
-		case "created", "running", "paused", "stopped":
-		default:
-			return fmt.Errorf("%w: container status %q", ErrProtocol, guesttext.Line(r.Status, 16))
-		}
-		st = ContainerState{Status: r.Status, Pid: int(r.Pid), Created: time.Unix(0, r.CreatedUnixNano)}
-		return nil
+		st, err = validateState(r)
+		return err
 	})
 	return st, err
+}
+
+// validateState checks a guest's container state: one of the four
+// statuses.
+func validateState(r *protocol.ContainerState) (ContainerState, error) {
+	switch r.Status {
+	case "created", "running", "paused", "stopped":
+	default:
+		return ContainerState{}, fmt.Errorf("%w: container status %q", ErrProtocol, guesttext.Line(r.Status, 16))
+	}
+	return ContainerState{Status: r.Status, Pid: int(r.Pid), Created: time.Unix(0, r.CreatedUnixNano)}, nil
 }
 
 // PauseContainer freezes a container.

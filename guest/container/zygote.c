@@ -83,6 +83,26 @@ fail:
 	_exit(127);
 }
 
+// cocoon_zygote_parse splits a request of n bytes in buf, each argument
+// ending in a NUL byte, into argv, which it ends with NULL; argv has room
+// for ZYGOTE_MAX_ARGS + 1 pointers. It returns the number of arguments, or
+// -1 for a request that is empty, does not end in a NUL byte or has more
+// than ZYGOTE_MAX_ARGS arguments. (Not static: the tests call it, see
+// zygote_parse.go.)
+int cocoon_zygote_parse(char *buf, size_t n, char **argv)
+{
+	if (n == 0 || buf[n - 1] != '\0')
+		return -1;
+	int argc = 0;
+	for (char *p = buf; p < buf + n; p += strlen(p) + 1) {
+		if (argc == ZYGOTE_MAX_ARGS)
+			return -1;
+		argv[argc++] = p;
+	}
+	argv[argc] = NULL;
+	return argc;
+}
+
 // zygote_serve answers requests until the agent closes its socket.
 static void zygote_serve(int sock)
 {
@@ -116,15 +136,9 @@ static void zygote_serve(int sock)
 			nfds = ZYGOTE_STDIO;
 		}
 		// Only the agent writes here; a malformed request is its bug.
-		if (nfds != ZYGOTE_STDIO || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || buf[n - 1] != '\0')
+		if (nfds != ZYGOTE_STDIO || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+		    cocoon_zygote_parse(buf, (size_t)n, argv) < 0)
 			_exit(2);
-		int argc = 0;
-		for (char *p = buf; p < buf + n; p += strlen(p) + 1) {
-			if (argc == ZYGOTE_MAX_ARGS)
-				_exit(2);
-			argv[argc++] = p;
-		}
-		argv[argc] = NULL;
 
 		struct zygote_req req = {.sock = sock, .argv = argv};
 		memcpy(req.fds, fds, sizeof(fds));
