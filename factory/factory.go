@@ -11,6 +11,19 @@
 // the guest reseed its random number generator, and the agent steps its
 // clock to the hardware clock on the first host call, so clones share
 // neither the template's randomness nor its time.
+//
+// Template and clone RAM lives on a tmpfs of its own (Config.MemoryDir,
+// of Config.MemoryMiB), so that guests filling their memory fill it and
+// not /run. A clone's RAM file is removed once QEMU mapped it: its pages
+// go when QEMU exits, however it exits. At most Config.TemplateLimit
+// templates are kept: making one more evicts the least recently used one
+// that is not in use.
+//
+// A template's lock (flock(2) on its lock file, through internal/flock)
+// is held shared while a VM is restored from it and exclusive while it is
+// made or removed; a template appears by the rename of its state file,
+// and a maker that died leaves nothing that is seen as ready: the next
+// maker clears what it left.
 package factory
 
 import (
@@ -182,7 +195,11 @@ func (f *Factory) VM(ctx context.Context, id string, cfg hypervisor.Config) (*vm
 	if err := os.MkdirAll(filepath.Dir(cfg.MemoryFile), 0o700); err != nil {
 		return nil, fmt.Errorf("vm template: %w", err)
 	}
-	return vm.Restore(ctx, id, cfg, f.opts, t.path(stateFile), t.memory)
+	v, err := vm.Restore(ctx, id, cfg, f.opts, t.path(stateFile), t.memory)
+	if errors.Is(err, unix.ENOSPC) {
+		return nil, fmt.Errorf("%w (the tmpfs of guest RAM, %s of %d MiB, is full: raise factory.memory_mib)", err, f.cfg.MemoryDir, f.cfg.MemoryMiB)
+	}
+	return v, err
 }
 
 // use returns a shared lock on t, ready, making it first if there is
