@@ -84,3 +84,42 @@ func waitForLockers(t *testing.T, path string, n int) {
 	}
 	t.Fatalf("fewer than %d open files of %s", n, path)
 }
+
+// prune runs while another process waits for the template's lock (it
+// was held by a third, restoring from it): whichever wins, the waiter
+// ends up holding the lock file at the path.
+func TestPruneWhileWaiting(t *testing.T) {
+	f := testFactory(t, 4)
+	ctx := context.Background()
+	tp := fakeTemplate(t, f, "0000000000000def", nil) // stale: no sources
+	reader, err := f.lock(ctx, tp, unix.LOCK_SH)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *os.File)
+	go func() {
+		l, err := f.lock(ctx, tp, unix.LOCK_EX)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	waitForLockers(t, tp.path(lockFile), 2)
+	reader.Close()
+	f.prune(ctx, "0000000000000001")
+	w := <-got
+	if w == nil {
+		return
+	}
+	defer w.Close()
+	var a, b unix.Stat_t
+	if err := unix.Fstat(int(w.Fd()), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(tp.path(lockFile), &b); err != nil {
+		t.Fatalf("the waiter holds a lock, but there is no lock file: %v", err)
+	}
+	if a.Ino != b.Ino || a.Dev != b.Dev {
+		t.Fatal("the waiter holds the deleted lock file, not the one at the path")
+	}
+}

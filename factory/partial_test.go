@@ -176,3 +176,20 @@ func TestFakeQEMU(t *testing.T) {
 	time.Sleep(time.Minute)
 	os.Exit(0)
 }
+
+// A template is ready only with both its state (renamed into place last)
+// and its memory file: a half-made one, or one whose RAM tmpfs was
+// emptied, is made again rather than restored from.
+func TestReadyNeedsStateAndMemory(t *testing.T) {
+	f := testFactory(t, 4)
+	tp := fakeTemplate(t, f, "0000000000000077", nil)
+	os.Remove(tp.memory)
+	if tp.ready() {
+		t.Error("a template without its memory file is ready")
+	}
+	tp = fakeTemplate(t, f, "0000000000000078", nil)
+	os.Rename(tp.path(stateFile), tp.path(stateFile+".tmp"))
+	if tp.ready() {
+		t.Error("a template whose state was not renamed into place is ready")
+	}
+}
