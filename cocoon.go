@@ -45,6 +45,11 @@ type Options struct {
 	// and saves a template under StateDir/factory, later ones restore a
 	// copy of it in a fraction of a boot.
 	VMTemplates bool
+	// TemplateLimit is the most templates kept (0: factory's default);
+	// TemplateMemoryMiB sizes the tmpfs under StateDir/mem that holds
+	// template and restored VMs' RAM (0: factory's default).
+	TemplateLimit     int
+	TemplateMemoryMiB uint32
 	// Log receives the runtime's messages; nil discards them.
 	Log *slog.Logger
 }

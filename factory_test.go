@@ -25,7 +25,10 @@ func TestVMTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Join(env.StateDir, "factory")) })
+	t.Cleanup(func() {
+		os.RemoveAll(filepath.Join(env.StateDir, "factory"))
+		syscall.Unmount(filepath.Join(env.StateDir, "mem"), 0)
+	})
 	ctx := context.Background()
 	b := bundle(t, "sh", "-c", "cat /proc/sys/kernel/random/uuid; date +%s; cat /marker")
 	outputs := map[string]string{}
@@ -77,7 +80,7 @@ func TestVMTemplates(t *testing.T) {
 		t.Fatalf("templates: %v, want one", entries)
 	}
 	var st syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(env.StateDir, "factory", entries[0].Name(), "guest.mem"), &st); err != nil {
+	if err := syscall.Stat(filepath.Join(env.StateDir, "mem", "templates", entries[0].Name()+".guest.mem"), &st); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("template RAM file: %d MiB allocated of %d MiB", st.Blocks*512>>20, st.Size>>20)

@@ -159,7 +159,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	s.state.Hypervisor = hv
 	vopts := vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: cfg.BootTimeout}
 	if r.opts.VMTemplates {
-		s.vm, err = factory.New(filepath.Join(r.opts.StateDir, "factory"), vopts).VM(ctx, cfg.ID, hv)
+		s.vm, err = factory.New(factory.Config{Dir: filepath.Join(r.opts.StateDir, "factory"), MemoryDir: filepath.Join(r.opts.StateDir, "mem"), MemoryMiB: r.opts.TemplateMemoryMiB, TemplateLimit: r.opts.TemplateLimit}, vopts).VM(ctx, cfg.ID, hv)
 	} else {
 		s.vm, err = vm.Start(ctx, cfg.ID, hv, vopts)
 	}

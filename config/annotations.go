@@ -30,6 +30,11 @@ const AnnotationPrefix = "io.cocoon.config."
 // error wrapping ErrAnnotationNotAllowed; an unknown key or a bad value, one
 // wrapping ErrInvalid. Either error names the annotation. Annotations are
 // applied in the order of their names and the first error is returned.
+//
+// Kernel parameters set by an annotation turn templates off for the pod
+// (factory.enable_template): they take any value, and each would be a
+// template of its own. Keys of few values, such as memory_mib and vcpus,
+// keep templates, within factory.template_limit.
 func (c *Config) WithAnnotations(ann map[string]string) (*Config, error) {
 	n := c.clone()
 	names := make([]string, 0, len(ann))
@@ -52,6 +57,9 @@ func (c *Config) WithAnnotations(ann map[string]string) (*Config, error) {
 		if err := n.set(key, ann[name]); err != nil {
 			return nil, fmt.Errorf("%w: annotation %s=%q: %w", ErrInvalid, name, ann[name], err)
 		}
+	}
+	if !slices.Equal(n.Hypervisor.KernelParams, c.Hypervisor.KernelParams) {
+		n.Factory.EnableTemplate = false
 	}
 	if err := n.Validate(); err != nil {
 		applied := make([]string, len(names))

@@ -21,7 +21,7 @@ func TestDefault(t *testing.T) {
 	want := &Config{
 		Hypervisor: Hypervisor{Accelerator: "auto", VCPUs: 1, MemoryMiB: 256},
 		Agent:      Agent{Transport: "auto", BootTimeout: Duration{30 * time.Second}},
-		Factory:    Factory{EnableTemplate: true},
+		Factory:    Factory{EnableTemplate: true, TemplateLimit: 4, MemoryMiB: 5120},
 		Runtime:    Runtime{StateDir: "/run/cocoon", DataDir: "/var/lib/cocoon", LogLevel: "info"},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -262,7 +262,8 @@ func TestValidate(t *testing.T) {
 	// is refused.
 	for _, k := range []string{"hypervisor.path", "hypervisor.kernel", "hypervisor.initrd", "hypervisor.virtiofsd",
 		"runtime.state_dir", "runtime.data_dir", "runtime.log_level", "runtime.enable_annotations",
-		"factory.enable_template", "factory.template_path", "factory.vm_cache_number", "agent.transport"} {
+		"factory.enable_template", "factory.template_path", "factory.vm_cache_number",
+		"factory.template_limit", "factory.memory_mib", "agent.transport"} {
 		tests = append(tests, struct {
 			name   string
 			modify func(*Config)
@@ -555,8 +556,8 @@ func TestOverridableKeys(t *testing.T) {
 			t.Errorf("overridable key %s is not a file key", k)
 		}
 	}
-	if n := len(fileKeys()); n != 11+3+3+4 {
-		t.Errorf("fileKeys() has %d keys, want 21: %v", n, fileKeys())
+	if n := len(fileKeys()); n != 11+3+5+4 {
+		t.Errorf("fileKeys() has %d keys, want 23: %v", n, fileKeys())
 	}
 }
 

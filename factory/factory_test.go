@@ -1,6 +1,8 @@
 package factory
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -59,56 +61,94 @@ func TestTemplated(t *testing.T) {
 	}
 }
 
+// testFactory is a factory over temporary directories that mounts
+// nothing and boots nothing.
+func testFactory(t *testing.T, limit int) *Factory {
+	t.Helper()
+	root := t.TempDir()
+	f := New(Config{Dir: filepath.Join(root, "factory"), MemoryDir: filepath.Join(root, "mem"), TemplateLimit: limit}, vm.Options{})
+	f.mount = func(context.Context, string, uint32) error { return nil }
+	f.boot = func(context.Context, template, hypervisor.Config) error {
+		t.Error("a template VM was booted")
+		return errors.New("no VMs in unit tests")
+	}
+	f.removeVM = func(context.Context, string) error {
+		t.Error("a template VM was removed")
+		return nil
+	}
+	return f
+}
+
+// fakeTemplate puts on disk what a made template holds, its sources
+// recorded from cfg when cfg is not nil.
+func fakeTemplate(t *testing.T, f *Factory, key string, cfg *hypervisor.Config) template {
+	t.Helper()
+	tp := f.template(key)
+	os.MkdirAll(tp.dir, 0o700)
+	os.MkdirAll(filepath.Dir(tp.memory), 0o700)
+	os.WriteFile(tp.memory, make([]byte, 4096), 0o600)
+	if cfg != nil {
+		if err := writeSources(tp.dir, *cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(tp.path(stateFile), nil, 0o600)
+	if !tp.ready() {
+		t.Fatal("fake template not ready")
+	}
+	return tp
+}
+
+// gone reports whether nothing of template tp is left.
+func gone(tp template) bool {
+	for _, p := range []string{tp.dir, tp.memory} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			return false
+		}
+	}
+	return true
+}
+
 // prune removes the templates whose guest image changed or that an older
 // version made, and keeps the current one, the ones still valid, and any
 // a process holds (making it or restoring from it).
 func TestPrune(t *testing.T) {
-	dir := t.TempDir()
+	f := testFactory(t, 10)
 	img := t.TempDir()
 	kernel, initrd := filepath.Join(img, "vmlinux"), filepath.Join(img, "initrd")
 	os.WriteFile(kernel, []byte("kernel"), 0o600)
 	os.WriteFile(initrd, []byte("initrd"), 0o600)
-	cfg := hypervisor.Config{Kernel: kernel, Initrd: initrd}
-	mk := func(name string, withSources bool) string {
-		d := filepath.Join(dir, name)
-		os.MkdirAll(d, 0o700)
-		os.WriteFile(filepath.Join(d, stateFile), nil, 0o600)
-		if withSources {
-			if err := writeSources(d, cfg); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return d
-	}
-	current := mk("current", true)
-	valid := mk("valid", true) // another configuration of the same image
-	old := mk("old", false)    // made before templates recorded their sources
-	busy := mk("busy", false)
-	lock, err := lockTemplate(busy, unix.LOCK_SH)
+	cfg := &hypervisor.Config{Kernel: kernel, Initrd: initrd}
+	ctx := context.Background()
+	current := fakeTemplate(t, f, "000000000000000c", cfg)
+	valid := fakeTemplate(t, f, "000000000000000a", cfg) // another configuration of the same image
+	old := fakeTemplate(t, f, "0000000000000001", nil)   // made before templates recorded their sources
+	busy := fakeTemplate(t, f, "0000000000000b00", nil)
+	lock, err := f.lock(ctx, busy, unix.LOCK_SH)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lock.Close()
 	// The image is rebuilt: a template of it made before is stale.
-	rebuilt := mk("rebuilt", true)
+	rebuilt := fakeTemplate(t, f, "00000000000000eb", cfg)
 	later := time.Now().Add(time.Hour)
 	os.Chtimes(initrd, later, later)
-	os.Remove(filepath.Join(current, sourcesFile))
-	writeSources(current, cfg)
-	os.Remove(filepath.Join(valid, sourcesFile))
-	writeSources(valid, cfg)
+	for _, tp := range []template{current, valid} {
+		os.Remove(tp.path(sourcesFile))
+		writeSources(tp.dir, *cfg)
+	}
 
-	New(dir, vm.Options{}).prune("current")
-	for d, want := range map[string]bool{current: true, valid: true, old: false, busy: true, rebuilt: false} {
-		_, err := os.Stat(d)
-		if got := err == nil; got != want {
-			t.Errorf("%s: kept %v, want %v", filepath.Base(d), got, want)
+	f.prune(ctx, current.key)
+	for _, tp := range []template{current, valid, old, busy, rebuilt} {
+		want := tp != old && tp != rebuilt
+		if kept := !gone(tp); kept != want {
+			t.Errorf("%s: kept %v, want %v", tp.key, kept, want)
 		}
 	}
 	// The current template is kept even when stale: it was just made.
-	os.Remove(filepath.Join(current, sourcesFile))
-	New(dir, vm.Options{}).prune("current")
-	if _, err := os.Stat(current); err != nil {
+	os.Remove(current.path(sourcesFile))
+	f.prune(ctx, current.key)
+	if gone(current) {
 		t.Error("prune removed the current template")
 	}
 }

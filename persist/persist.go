@@ -17,8 +17,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"time"
 
+	"github.com/cocoon-runtime/cocoon/internal/flock"
 	"golang.org/x/sys/unix"
 )
 
@@ -154,72 +154,30 @@ func (s *Store) Orphans() ([]string, error) {
 }
 
 // ErrLocked is returned by TryLock when another process holds the lock.
-var ErrLocked = errors.New("locked by another process")
+var ErrLocked = flock.ErrLocked
 
 // Lock takes an exclusive lock on key, waiting until ctx is done. The
 // lock is released by calling the returned function, or by the kernel when
-// the process dies.
+// the process dies. A holder may Delete the key (and so its lock file):
+// waiters then lock the file that is there now (see internal/flock).
 func (s *Store) Lock(ctx context.Context, key string) (unlock func(), err error) {
-	return s.lock(ctx, key, true)
+	return s.lock(ctx, key, unix.LOCK_EX)
 }
 
 // TryLock takes the lock on key if it is free, and fails with ErrLocked
 // if it is not.
 func (s *Store) TryLock(key string) (unlock func(), err error) {
-	return s.lock(context.Background(), key, false)
+	return s.lock(context.Background(), key, unix.LOCK_EX|unix.LOCK_NB)
 }
 
-func (s *Store) lock(ctx context.Context, key string, wait bool) (func(), error) {
+func (s *Store) lock(ctx context.Context, key string, how int) (func(), error) {
 	p, err := s.path(key, ".lock")
 	if err != nil {
 		return nil, err
 	}
-	for {
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("lock state %s: %w", key, err)
-		}
-		if err := flock(ctx, f, wait); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock state %s: %w", key, err)
-		}
-		// The holder may have deleted the key (and its lock file) while we
-		// waited: then this lock guards nothing, and the file at p, if any,
-		// is the one to lock.
-		if sameFile(f, p) {
-			return func() { f.Close() }, nil
-		}
-		f.Close()
+	f, err := flock.Lock(ctx, p, how)
+	if err != nil {
+		return nil, fmt.Errorf("lock state %s: %w", key, err)
 	}
-}
-
-// flock takes an exclusive flock on f, polling until ctx is done when
-// wait is set.
-func flock(ctx context.Context, f *os.File, wait bool) error {
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			return err
-		}
-		if !wait {
-			return ErrLocked
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
-
-// sameFile reports whether the open file f is the file at path p.
-func sameFile(f *os.File, p string) bool {
-	var a, b unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Lstat(p, &b) != nil {
-		return false
-	}
-	return a.Dev == b.Dev && a.Ino == b.Ino
+	return func() { f.Close() }, nil
 }

@@ -292,6 +292,9 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		Virtiofsd:   cfg.Hypervisor.Virtiofsd,
 		VMTemplates: cfg.Factory.EnableTemplate,
 		Log:         logger(s.ctx, cfg.Runtime.LogLevel),
+
+		TemplateLimit:     cfg.Factory.TemplateLimit,
+		TemplateMemoryMiB: cfg.Factory.MemoryMiB,
 	})
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -108,13 +109,20 @@ func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) 
 // Restore creates VM id from a saved state (a template's) instead of
 // booting it: cfg must be the saved VM's configuration, with its own
 // StateDir; memory is the saved VM's memory file, of which the VM gets a
-// copy. On any error every resource of the VM is removed again.
+// copy at cfg.MemoryFile (by default in the VM's runtime directory;
+// callers put it on a tmpfs of its own). The copy is removed once QEMU
+// mapped it, so its pages are freed when QEMU exits, however it exits.
+// On any error every resource of the VM is removed again.
 func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options, state, memory string) (*VM, error) {
 	if cfg.StateDir == "" {
 		return nil, &hypervisor.ConfigError{Field: "state dir", Err: errors.New("a restored VM needs a state directory")}
 	}
-	cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
+	if cfg.MemoryFile == "" {
+		cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
+	}
 	return launch(ctx, id, cfg, opts, func(hv *qemu.QEMU) (*VM, error) {
+		// Removed in every case: on success QEMU holds it mapped.
+		defer os.Remove(cfg.MemoryFile)
 		if err := sparse.Copy(memory, cfg.MemoryFile); err != nil {
 			return nil, fmt.Errorf("restore vm %s: %w", id, err)
 		}

@@ -36,24 +36,43 @@ func (c *cli) runKilled(t *testing.T, at failpoint.Point, args ...string) {
 
 // assertClean fails if anything of any sandbox is left: processes naming
 // the state directory, mounts, and any file below it except complete VM
-// templates (a cache, reused by the next sandbox); lock files and tmpfs
-// files (VM memory, consoles) count.
+// templates (a cache, reused by the next sandbox: their directory and
+// their RAM on the memory tmpfs); lock files and tmpfs files (VM memory,
+// consoles, logs) count.
 func (c *cli) assertClean(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(testutil.ProcessesMentioning(c.root+"/")) > 0 && time.Now().Before(deadline) {
+	for len(c.sandboxProcesses()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	c.assertEmptyRoot(t)
+	if p := c.sandboxProcesses(); len(p) > 0 {
+		t.Errorf("processes left behind: %s", describeProcesses(p))
+	}
+	for _, d := range []string{"sandboxes", "vm", "state", "mem/vms"} {
+		entries, _ := os.ReadDir(filepath.Join(c.root, d))
+		for _, e := range entries {
+			t.Errorf("left behind: %s/%s", d, e.Name())
+		}
+	}
+	mem := filepath.Join(c.root, "mem")
+	for _, m := range mountsUnder(c.root) {
+		if m != mem {
+			t.Errorf("mount left behind: %s", m)
+		}
+	}
 	filepath.WalkDir(c.root, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return nil
 		}
 		rel, _ := filepath.Rel(c.root, p)
-		if strings.HasPrefix(rel, "factory/") && completeTemplate(filepath.Dir(p)) {
-			return nil
+		parts := strings.Split(rel, "/")
+		switch {
+		case len(parts) >= 2 && parts[0] == "factory" && c.completeTemplate(parts[1]):
+		case len(parts) == 3 && parts[0] == "mem" && parts[1] == "templates" && c.completeTemplate(strings.TrimSuffix(parts[2], ".guest.mem")):
+		case rel == "mem/.lock" || rel == ".mem.lock":
+		default:
+			t.Errorf("left behind: %s", p)
 		}
-		t.Errorf("left behind: %s", p)
 		return nil
 	})
 	// Cocoon makes no host cgroup of its own; QEMU must not be in one.
@@ -62,18 +81,17 @@ func (c *cli) assertClean(t *testing.T) {
 	}
 }
 
-// completeTemplate reports whether dir (or its parent) is a template
-// that was finished: it has its saved state.
-func completeTemplate(dir string) bool {
-	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "state")); err == nil {
-			return true
-		}
-		if filepath.Base(filepath.Dir(d)) == "factory" {
-			break
-		}
-	}
-	return false
+// sandboxProcesses are the processes naming the state directory, other
+// than complete templates' (none runs: a template is saved and stopped).
+func (c *cli) sandboxProcesses() []int {
+	return testutil.ProcessesMentioning(c.root + "/")
+}
+
+// completeTemplate reports whether template key was finished: its
+// directory has the saved state.
+func (c *cli) completeTemplate(key string) bool {
+	_, err := os.Stat(filepath.Join(c.root, "factory", key, "state"))
+	return err == nil
 }
 
 // reuse checks that id works again after the cleanup.
