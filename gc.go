@@ -14,6 +14,8 @@ import (
 type GCReport struct {
 	// Sandboxes whose creation never finished: their creator was killed.
 	Sandboxes []string
+	// Templates that were never finished: their maker was killed.
+	Templates []string
 	// Leftovers are sandbox and VM directories and lock files that no
 	// sandbox record names, each as "sandbox ID", "vm ID" or "lock ID".
 	Leftovers []string
@@ -22,7 +24,8 @@ type GCReport struct {
 // GC removes what processes killed in the middle of their work left
 // behind: sandboxes whose creation never finished (their record says
 // creating and nobody holds their lock), and VMs, file servers, mounts,
-// directories and lock files that no sandbox record names. A sandbox that
+// directories and lock files that no sandbox record names, and VM
+// templates whose making never finished. A sandbox that
 // some process holds (being created or changed) is left alone, and so is
 // every sandbox that finished being created, running or not: Delete
 // removes those. GC is safe to run at any time, also concurrently.
@@ -57,6 +60,9 @@ func (r *Runtime) GC(ctx context.Context) (GCReport, error) {
 			errs = append(errs, err)
 		}
 	}
+	tmpl, err := r.factory(r.vmOptions(0)).GC(ctx, r.vmStateDir())
+	rep.Templates = tmpl
+	errs = append(errs, err)
 	locks, err := r.store.Orphans()
 	errs = append(errs, err)
 	for _, id := range locks {

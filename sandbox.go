@@ -157,9 +157,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	hv.StateDir = r.vmStateDir()
 	hv.SharedFSSocket = s.vfsSocket()
 	s.state.Hypervisor = hv
-	vopts := vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: cfg.BootTimeout}
+	vopts := r.vmOptions(cfg.BootTimeout)
 	if r.opts.VMTemplates {
-		s.vm, err = factory.New(factory.Config{Dir: filepath.Join(r.opts.StateDir, "factory"), MemoryDir: filepath.Join(r.opts.StateDir, "mem"), MemoryMiB: r.opts.TemplateMemoryMiB, TemplateLimit: r.opts.TemplateLimit}, vopts).VM(ctx, cfg.ID, hv)
+		s.vm, err = r.factory(vopts).VM(ctx, cfg.ID, hv)
 	} else {
 		s.vm, err = vm.Start(ctx, cfg.ID, hv, vopts)
 	}
@@ -177,6 +177,19 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	return s, nil
+}
+
+// vmOptions are the options of the runtime's VMs.
+func (r *Runtime) vmOptions(bootTimeout time.Duration) vm.Options {
+	return vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: bootTimeout}
+}
+
+// factory is the runtime's VM template factory.
+func (r *Runtime) factory(o vm.Options) *factory.Factory {
+	return factory.New(factory.Config{
+		Dir: filepath.Join(r.opts.StateDir, "factory"), MemoryDir: filepath.Join(r.opts.StateDir, "mem"),
+		MemoryMiB: r.opts.TemplateMemoryMiB, TemplateLimit: r.opts.TemplateLimit,
+	}, o)
 }
 
 // maxSocketPath is the longest path a unix socket can be bound to.
@@ -230,7 +243,7 @@ func (r *Runtime) FetchSandbox(ctx context.Context, id string) (*Sandbox, error)
 		// creator died, only fit for Delete).
 		return s, nil
 	}
-	v, err := vm.Open(ctx, r.vmStateDir(), id, vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache")})
+	v, err := vm.Open(ctx, r.vmStateDir(), id, r.vmOptions(0))
 	if err != nil && ctx.Err() != nil {
 		if v != nil {
 			v.Close()

@@ -406,6 +406,36 @@ func (f *Factory) removeTemplate(ctx context.Context, t template, lock *os.File)
 	return nil
 }
 
+// GC removes what makers and restores killed midway left: unfinished
+// templates that nobody is making (their lock is free), with a template VM
+// still running if there is one, and the RAM files of restored VMs that no
+// longer exist under vmStateDir. It returns the keys of the templates it
+// removed. Finished templates stay: they are a cache.
+func (f *Factory) GC(ctx context.Context, vmStateDir string) ([]string, error) {
+	var removed []string
+	var errs []error
+	for _, t := range f.templates("") {
+		if t.ready() {
+			continue
+		}
+		lock, err := flock.Lock(ctx, t.path(lockFile), unix.LOCK_EX|unix.LOCK_NB)
+		if err != nil {
+			continue // being made, or gone meanwhile
+		}
+		if t.ready() {
+			lock.Close()
+			continue
+		}
+		if err := f.removeTemplate(ctx, t, lock); err != nil {
+			errs = append(errs, fmt.Errorf("template %s: %w", t.key, err))
+			continue
+		}
+		removed = append(removed, t.key)
+	}
+	f.sweepClones(vmStateDir)
+	return removed, errors.Join(errs...)
+}
+
 // validKey is what a template directory's name looks like (Key).
 var validKey = regexp.MustCompile(`^[0-9a-f]{16}$`)
 

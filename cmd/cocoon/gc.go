@@ -25,6 +25,9 @@ left alone: delete removes those. Safe to run at any time.`,
 			for _, id := range rep.Sandboxes {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed unfinished sandbox %s\n", id)
 			}
+			for _, k := range rep.Templates {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed unfinished vm template %s\n", k)
+			}
 			for _, l := range rep.Leftovers {
 				fmt.Fprintf(cmd.OutOrStdout(), "removed leftover %s\n", l)
 			}
