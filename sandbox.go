@@ -573,9 +573,21 @@ func (s *Sandbox) Monitor() <-chan error {
 		close(ch)
 		return ch
 	}
+	// Without its file server the guest's file operations on container
+	// root filesystems never finish: the sandbox is as good as dead, so
+	// its VM is stopped rather than left hanging.
+	fsGone := storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Exited()
 	go func() {
-		<-v.HV.Wait()
-		ch <- fmt.Errorf("sandbox %s: vm exited: %w", s.id, agent.ErrGuestDied)
+		err := fmt.Errorf("sandbox %s: vm exited: %w", s.id, agent.ErrGuestDied)
+		select {
+		case <-v.HV.Wait():
+		case <-fsGone:
+			err = fmt.Errorf("sandbox %s: its file server (virtiofsd) exited: %w", s.id, agent.ErrGuestDied)
+			s.rt.log.Error("sandbox file server exited; stopping its VM", "sandbox", s.id)
+			v.HV.StopVM(context.Background())
+			<-v.HV.Wait()
+		}
+		ch <- err
 		close(ch)
 	}()
 	return ch

@@ -278,6 +278,24 @@ func TestCtrVMKilled(t *testing.T) {
 	e.assertNoLeaks(t, cid)
 }
 
+// SIGKILL of virtiofsd: the pod's file operations could never finish, so
+// the shim notices, stops the VM, and the task exits (instead of hanging);
+// containerd can delete it, and nothing is left.
+func TestCtrVirtiofsdKilled(t *testing.T) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cid := e.runDetached(t, ctx, "sleep", "1000")
+	if err := syscall.Kill(pidOf(t, cid, "virtiofsd"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := e.waitExit(t, ctx, cid); code != 255 {
+		t.Errorf("exit status %d after the file server died, want 255", code)
+	}
+	e.ctr(t, ctx, "container", "delete", cid)
+	e.assertNoLeaks(t, cid)
+}
+
 // Per-pod overrides by annotation: allowed keys apply, others are refused
 // before any VM boots.
 func TestCtrAnnotations(t *testing.T) {

@@ -133,6 +133,36 @@ func isVirtiofsd(pid int, sock string) bool {
 	return err == nil && bytes.Contains(b, []byte("--socket-path="+sock))
 }
 
+// Exited returns a channel closed when virtiofsd exits (at once when v is
+// nil: none runs). It is watched through a pidfd, so a recycled pid is
+// never mistaken for it.
+func (v *Virtiofsd) Exited() <-chan struct{} {
+	ch := make(chan struct{})
+	if v == nil {
+		close(ch)
+		return ch
+	}
+	fd, err := unix.PidfdOpen(v.Pid, 0)
+	if err != nil || !isVirtiofsd(v.Pid, v.Socket) {
+		if err == nil {
+			unix.Close(fd)
+		}
+		close(ch)
+		return ch
+	}
+	go func() {
+		defer close(ch)
+		defer unix.Close(fd)
+		for {
+			_, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, -1)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
 // Stop kills virtiofsd (it holds no state worth a graceful exit) and waits
 // for it to be gone.
 func (v *Virtiofsd) Stop(ctx context.Context) error {

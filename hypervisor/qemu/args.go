@@ -59,6 +59,9 @@ type launch struct {
 	// shared file system is then hot-plugged, since QEMU cannot migrate
 	// a vhost-user-fs device.
 	incoming bool
+	// confined runs QEMU under its seccomp sandbox, as an unprivileged
+	// uid of its own in an empty chroot (see confinement.go).
+	confined bool
 }
 
 // AgentPorts is the number of virtio-serial ports for the agent: how many
@@ -68,6 +71,8 @@ const AgentPorts = 6
 // files are the per-VM files in the VM's runtime directory.
 type files struct {
 	dir, qmp, console, pid, log, state string
+	// root is the empty directory a confined QEMU is chrooted into.
+	root string
 }
 
 // agentSockets are the unix sockets of the agent's serial ports.
@@ -235,7 +240,15 @@ func (l launch) args() []string {
 	if l.incoming {
 		a = append(a, "-incoming", "defer")
 	}
-	a = append(a, "-no-reboot", "-daemonize", "-pidfile", l.files.pid)
+	if !l.incoming {
+		// The guest starts only once QEMU dropped its privileges: StartVM
+		// continues it over QMP.
+		a = append(a, "-S")
+	}
+	if l.confined {
+		a = append(a, l.confinementArgs()...)
+	}
+	a = append(a, "-no-reboot", "-pidfile", l.files.pid)
 	return a
 }
 

@@ -34,7 +34,7 @@ func argValues(args []string, flag string) []string {
 func TestArgsQ35(t *testing.T) {
 	l := testLaunch(MachineQ35)
 	args := l.args()
-	for _, want := range []string{"-daemonize", "-no-reboot", "-nodefaults", "-no-user-config"} {
+	for _, want := range []string{"-S", "-no-reboot", "-nodefaults", "-no-user-config"} {
 		if !slices.Contains(args, want) {
 			t.Errorf("missing %s in %v", want, args)
 		}
@@ -150,5 +150,40 @@ func TestCIDForIsStableAndValid(t *testing.T) {
 	a, b := cidFor("pod-a"), cidFor("pod-b")
 	if a < 3 || b < 3 || a == b || cidFor("pod-a") != a {
 		t.Errorf("cids %d %d", a, b)
+	}
+}
+
+// A confined QEMU runs under its seccomp sandbox with fork and exec
+// denied, as a uid of its own per VM, chrooted into an empty directory.
+func TestArgsConfined(t *testing.T) {
+	l := testLaunch(MachineQ35)
+	if slices.Contains(l.args(), "-sandbox") {
+		t.Fatal("an unconfined launch has a sandbox")
+	}
+	l.confined = true
+	args := l.args()
+	sb := argValues(args, "-sandbox")
+	if len(sb) != 1 {
+		t.Fatalf("-sandbox = %v", sb)
+	}
+	for _, want := range []string{"on", "obsolete=deny", "spawn=deny", "resourcecontrol=deny"} {
+		if !slices.Contains(strings.Split(sb[0], ","), want) {
+			t.Errorf("-sandbox %s lacks %s", sb[0], want)
+		}
+	}
+	uid := confinedUID(l.id)
+	if r := argValues(args, "-runas"); len(r) != 1 || r[0] != fmt.Sprintf("%d:%d", uid, uid) {
+		t.Errorf("-runas = %v, want %d:%d", r, uid, uid)
+	}
+	if uid < uidBase || confinedUID(l.id+"x") == uid {
+		t.Errorf("uid %d: want one per VM at or above %d", uid, uidBase)
+	}
+	if c := argValues(args, "-chroot"); len(c) != 1 || c[0] != l.files.root {
+		t.Errorf("-chroot = %v, want %s", c, l.files.root)
+	}
+	for _, a := range args {
+		if strings.Contains(a, "exec:") || a == "-daemonize" {
+			t.Errorf("argument %q needs a fork or exec the sandbox denies", a)
+		}
 	}
 }

@@ -3,9 +3,12 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"net"
+	"os"
 	"regexp"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"golang.org/x/sys/unix"
 )
 
 var validDeviceID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{0,31}$`)
@@ -29,12 +32,25 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		return fmt.Errorf("add device %s: %w", dev.ID, err)
 	}
 	switch dev.Kind {
+	// QEMU opens no file by name (a confined QEMU cannot): the host opens
+	// each device's backing and hands QEMU the descriptor.
 	case hypervisor.DeviceBlock:
 		node := "drv-" + dev.ID
+		f, err := openBacking(dev.Path, dev.ReadOnly)
+		if err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
+		defer f.Close()
+		set, err := c.AddFD(ctx, f)
+		if err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
 		err = c.BlockdevAdd(ctx, map[string]any{
 			"node-name": node, "driver": "raw", "read-only": dev.ReadOnly,
-			"file": map[string]any{"driver": "file", "filename": dev.Path},
+			"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set)},
 		})
+		// The block driver holds its own copy now; the set goes with it.
+		c.RemoveFDSet(context.WithoutCancel(ctx), set)
 		if err != nil {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
@@ -45,10 +61,17 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		}
 	case hypervisor.DeviceNet:
 		netdev := "net-" + dev.ID
-		err = c.Execute(ctx, "netdev_add", map[string]any{
-			"type": "tap", "id": netdev, "ifname": dev.Path, "script": "no", "downscript": "no", "vhost": false,
-		}, nil)
+		tap, err := openTap(dev.Path)
 		if err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
+		defer tap.Close()
+		if err := c.GetFD(ctx, netdev, tap); err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
+		err = c.Execute(ctx, "netdev_add", map[string]any{"type": "tap", "id": netdev, "fd": netdev, "vhost": false}, nil)
+		if err != nil {
+			c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": netdev}, nil)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
 		args := map[string]any{"driver": "virtio-net-pci", "id": dev.ID, "netdev": netdev, "bus": rootPort(port)}
@@ -61,11 +84,20 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		}
 	case hypervisor.DeviceSharedFS:
 		chardev := "chr-" + dev.ID
+		sock, err := dialUnix(ctx, dev.Path)
+		if err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
+		defer sock.Close()
+		if err := c.GetFD(ctx, chardev, sock); err != nil {
+			return fmt.Errorf("add device %s: %w", dev.ID, err)
+		}
 		err = c.Execute(ctx, "chardev-add", map[string]any{"id": chardev, "backend": map[string]any{
 			"type": "socket", "data": map[string]any{"server": false,
-				"addr": map[string]any{"type": "unix", "data": map[string]any{"path": dev.Path}}},
+				"addr": map[string]any{"type": "fd", "data": map[string]any{"str": chardev}}},
 		}}, nil)
 		if err != nil {
+			c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": chardev}, nil)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
 		err = c.DeviceAdd(ctx, map[string]any{"driver": "vhost-user-fs-pci", "id": dev.ID, "chardev": chardev,
@@ -123,4 +155,44 @@ func (q *QEMU) freePortLocked() (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("all %d hotplug slots are in use", q.launch.cfg.HotplugSlots)
+}
+
+// openBacking opens a block device's backing file or device for QEMU.
+func openBacking(path string, readOnly bool) (*os.File, error) {
+	flags := os.O_RDWR
+	if readOnly {
+		flags = os.O_RDONLY
+	}
+	return os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+}
+
+// openTap opens the existing tap device name, the way QEMU would.
+func openTap(name string) (*os.File, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("attach to tap %q: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "tap:"+name), nil
+}
+
+// dialUnix connects to the unix socket at path and returns the connection
+// as a file, to hand to QEMU.
+func dialUnix(ctx context.Context, path string) (*os.File, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.(*net.UnixConn).File()
 }

@@ -27,8 +27,9 @@ type process struct {
 }
 
 // attach opens a pidfd for pid and checks that the process is the one we
-// expect: its command line must contain marker, and, when start is not
-// zero, its start time must match.
+// expect: its command line must contain marker (unless marker is empty,
+// for a child of ours not yet reaped, whose pid cannot have been reused),
+// and, when start is not zero, its start time must match.
 func attach(pid int, marker string, start uint64) (*process, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("attach to qemu: invalid pid %d", pid)
@@ -41,7 +42,7 @@ func attach(pid int, marker string, start uint64) (*process, error) {
 	if err == nil && start != 0 && st != start {
 		err = fmt.Errorf("pid %d was reused (start time %d, want %d)", pid, st, start)
 	}
-	if err == nil {
+	if err == nil && marker != "" {
 		var cmdline []byte
 		cmdline, err = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err == nil && !bytes.Contains(cmdline, []byte(marker)) {

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
@@ -122,6 +123,7 @@ func (q *QEMU) CreateVM(ctx context.Context, id string, cfg hypervisor.Config) e
 	if useVsock(cfg.AgentTransport, q.opts.VsockAvailable) {
 		l.vsockCID = cidFor(id)
 	}
+	l.confined = os.Geteuid() == 0 // only root can drop to another uid
 	q.mu.Lock()
 	q.id, q.cfg, q.launch = id, cfg, l
 	q.mu.Unlock()
@@ -136,6 +138,7 @@ func vmFiles(dir string) files {
 		pid:     filepath.Join(dir, "qemu.pid"),
 		log:     filepath.Join(dir, consoleDir, "qemu.log"),
 		state:   filepath.Join(dir, "vm.json"),
+		root:    filepath.Join(dir, "root"),
 	}
 }
 
@@ -151,12 +154,15 @@ func useVsock(t hypervisor.Transport, available func() bool) bool {
 }
 
 // cidFor derives a guest CID from the VM id. CIDs 0-2 are reserved.
-func cidFor(id string) uint32 {
+func cidFor(id string) uint32 { return 3 + hashID(id)%(1<<31) }
+
+// hashID is the FNV-1a hash of a VM id.
+func hashID(id string) uint32 {
 	var h uint32 = 2166136261
 	for i := 0; i < len(id); i++ {
 		h = (h ^ uint32(id[i])) * 16777619
 	}
-	return 3 + h%(1<<31)
+	return h
 }
 
 // resolve fills in defaults and checks that the files cfg names exist.
@@ -281,31 +287,59 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	if f, err := os.OpenFile(l.files.console, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
 		f.Close()
 	}
-	cmd := exec.CommandContext(ctx, l.cfg.Path, l.args()...)
+	if l.confined {
+		if err := makeRoot(l.files.root); err != nil {
+			return fmt.Errorf("start vm %s: %w", q.id, err)
+		}
+	}
+	// QEMU runs in a session of its own and outlives this process; it is
+	// not daemonized (its fork would precede nothing useful and its seccomp
+	// sandbox forbids it), so this process reaps it while it lives.
+	cmd := exec.Command(l.cfg.Path, l.args()...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = l.files.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	q.log.Debug("starting qemu", "vm", q.id, "args", cmd.Args)
-	if err := cmd.Run(); err != nil {
-		return &StartError{VM: q.id, Err: err, Output: tail(l.files.log, 2048)}
+	if err := cmd.Start(); err != nil {
+		return &StartError{VM: q.id, Err: err}
 	}
-	// With -daemonize, QEMU returns once it is initialised and has written
-	// its pid file.
-	pid, err := readPidFile(l.files.pid)
+	pid := cmd.Process.Pid
+	cmd.Process.Release()
+	// Our child, not reaped yet: its pid is its own (and its command line
+	// may not be readable yet, right after exec).
+	q.proc, err = attach(pid, "", 0)
 	if err != nil {
+		unix.Kill(pid, unix.SIGKILL)
 		return fmt.Errorf("start vm %s: %w", q.id, err)
 	}
-	q.proc, err = attach(pid, l.files.pid, 0)
-	if err != nil {
-		return fmt.Errorf("start vm %s: %w", q.id, err)
-	}
-	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// QMP greets once QEMU finished starting; QEMU exiting first is a
+	// failed start, explained by what it printed.
+	qctx, cancel := context.WithTimeout(ctx, qmpStartTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-q.proc.done:
+			cancel()
+		case <-qctx.Done():
+		}
+	}()
 	q.qmp, err = qmp.Dial(qctx, l.files.qmp)
 	if err != nil {
+		if !q.proc.alive() {
+			return &StartError{VM: q.id, Err: errors.New("qemu exited"), Output: tail(l.files.log, 2048)}
+		}
 		return fmt.Errorf("start vm %s: %w", q.id, err)
+	}
+	if !l.incoming {
+		if err := q.qmp.Cont(ctx); err != nil {
+			return fmt.Errorf("start vm %s: %w", q.id, err)
+		}
 	}
 	return q.saveLocked()
 }
+
+// qmpStartTimeout bounds QEMU's start, until its QMP greeting.
+const qmpStartTimeout = 30 * time.Second
 
 // StartError reports that QEMU refused to start, with what it printed.
 type StartError struct {
@@ -475,10 +509,15 @@ func (q *QEMU) SaveVM(ctx context.Context, path string) error {
 	if err := c.Stop(ctx); err != nil {
 		return fmt.Errorf("save vm %s: %w", q.id, err)
 	}
-	if err := migrate(ctx, c, "migrate", map[string]any{"uri": "exec:cat > " + path}); err != nil {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
 		return fmt.Errorf("save vm %s: %w", q.id, err)
 	}
-	return nil
+	defer f.Close()
+	if err := migrate(ctx, c, "migrate", f); err != nil {
+		return fmt.Errorf("save vm %s: %w", q.id, err)
+	}
+	return f.Sync()
 }
 
 // RestoreVM launches QEMU from a state written by SaveVM instead of
@@ -513,7 +552,12 @@ func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
 	if err != nil {
 		return fmt.Errorf("restore vm: %w", err)
 	}
-	if err := migrate(ctx, c, "migrate-incoming", map[string]any{"uri": "exec:cat " + path}); err != nil {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("restore vm %s: %w", q.id, err)
+	}
+	defer f.Close()
+	if err := migrate(ctx, c, "migrate-incoming", f); err != nil {
 		return fmt.Errorf("restore vm %s: %w", q.id, err)
 	}
 	if st, err := c.QueryStatus(ctx); err == nil && !st.Running {
@@ -527,14 +571,20 @@ func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
 	return nil
 }
 
-// migrate runs a migration command with RAM left out (it lives in the
-// shared memory file) and waits for it to complete.
-func migrate(ctx context.Context, c *qmp.Client, command string, args map[string]any) error {
+// migrate runs a migration command to or from the open file f (handed to
+// QEMU, which may not open files itself) with RAM left out (it lives in
+// the shared memory file), and waits for it to complete.
+func migrate(ctx context.Context, c *qmp.Client, command string, f *os.File) error {
 	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
 	if err := c.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
 		return err
 	}
-	if err := c.Execute(ctx, command, args, nil); err != nil {
+	const fdName = "migration"
+	if err := c.GetFD(ctx, fdName, f); err != nil {
+		return err
+	}
+	if err := c.Execute(ctx, command, map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
+		c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": fdName}, nil)
 		return err
 	}
 	for {

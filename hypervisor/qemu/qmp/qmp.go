@@ -13,9 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxLine bounds one QMP message. QEMU's replies are small; a larger line
@@ -199,6 +202,35 @@ func (c *Client) readLoop(sc *bufio.Scanner) {
 // Execute runs command with args (marshalled to JSON; nil for none) and
 // decodes its return value into result (nil to discard it).
 func (c *Client) Execute(ctx context.Context, command string, args, result any) error {
+	return c.execute(ctx, command, args, result, nil)
+}
+
+// GetFD hands QEMU a copy of the open file f under name (QMP getfd), for
+// commands that take a file descriptor by name: QEMU need not (and,
+// confined, cannot) open the file itself.
+func (c *Client) GetFD(ctx context.Context, name string, f *os.File) error {
+	return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, unix.UnixRights(int(f.Fd())))
+}
+
+// AddFD adds a copy of the open file f to a new fd set (QMP add-fd) and
+// returns the set's ID: QEMU then opens "/dev/fdset/<id>" from it, with
+// the access mode f was opened with.
+func (c *Client) AddFD(ctx context.Context, f *os.File) (int, error) {
+	var r struct {
+		FDSetID int `json:"fdset-id"`
+	}
+	if err := c.execute(ctx, "add-fd", nil, &r, unix.UnixRights(int(f.Fd()))); err != nil {
+		return 0, err
+	}
+	return r.FDSetID, nil
+}
+
+// RemoveFDSet closes QEMU's copies of the files in fd set id.
+func (c *Client) RemoveFDSet(ctx context.Context, id int) error {
+	return c.Execute(ctx, "remove-fd", map[string]any{"fdset-id": id}, nil)
+}
+
+func (c *Client) execute(ctx context.Context, command string, args, result any, oob []byte) error {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -223,7 +255,17 @@ func (c *Client) Execute(ctx context.Context, command string, args, result any) 
 	}
 	b = append(b, '\n')
 	c.wmu.Lock()
-	_, err = c.conn.Write(b)
+	if oob != nil {
+		uc, ok := c.conn.(*net.UnixConn)
+		if !ok {
+			c.wmu.Unlock()
+			c.forget(id)
+			return fmt.Errorf("qmp %s: passing a file needs a unix socket", command)
+		}
+		_, _, err = uc.WriteMsgUnix(b, oob, nil)
+	} else {
+		_, err = c.conn.Write(b)
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		c.forget(id)
