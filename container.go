@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -168,6 +169,10 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 	rootAccess := storage.ReadWrite
 	if spec.Root.Readonly {
 		rootAccess = storage.ReadOnly
+		dests, files := mountpoints(spec.Mounts)
+		if err := storage.MakeMountpoints(rootfs, dests, files); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.shared.Bind(rootfs, id+"/rootfs", rootAccess); err != nil {
 		return nil, err
@@ -177,7 +182,7 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 	g.Mounts = slices.Clone(spec.Mounts)
 	for i := range g.Mounts {
 		m := &g.Mounts[i]
-		if m.Type != "bind" && !slices.Contains(m.Options, "bind") && !slices.Contains(m.Options, "rbind") {
+		if !isBind(*m) {
 			continue
 		}
 		if !filepath.IsAbs(m.Source) {
@@ -201,6 +206,35 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 		g.Linux = &l
 	}
 	return &g, nil
+}
+
+// mountpoints are the destinations of mounts that need a mount point in
+// the root filesystem (not those inside an earlier mount, such as /dev/pts
+// in /dev's tmpfs), and which of them are bind mounts of files.
+func mountpoints(mounts []specs.Mount) (dests []string, files map[string]bool) {
+	files = map[string]bool{}
+	for i, m := range mounts {
+		d := filepath.Clean(m.Destination)
+		inner := slices.ContainsFunc(mounts[:i], func(o specs.Mount) bool {
+			od := filepath.Clean(o.Destination)
+			return od == "/" || strings.HasPrefix(d, od+"/")
+		})
+		if inner || !filepath.IsAbs(d) || d == "/" {
+			continue
+		}
+		dests = append(dests, d)
+		if isBind(m) {
+			if st, err := os.Stat(m.Source); err == nil && !st.IsDir() {
+				files[d] = true
+			}
+		}
+	}
+	return dests, files
+}
+
+// isBind reports whether m is a bind mount.
+func isBind(m specs.Mount) bool {
+	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 }
 
 // mountAccess is the host-side access of a bind mount with options opts,

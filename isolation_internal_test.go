@@ -63,8 +63,41 @@ func TestSharedAccessFollowsSpec(t *testing.T) {
 			{Destination: "/rw", Type: "bind", Source: vol, Options: []string{"rbind", "ro", "rw"}},
 		},
 	}
+	// A read-only root needs its mount points made before it is shared
+	// (runc makes them before the root turns read-only), and a symlink in
+	// the image must not take them outside it.
+	outside := filepath.Join(base, "outside")
+	os.Mkdir(outside, 0o755)
+	os.MkdirAll(filepath.Join(rootfs, "real"), 0o755)
+	os.Symlink("../../../../../real", filepath.Join(rootfs, "etc")) // resolves to /real in the root
+	conf := filepath.Join(base, "resolv.conf")
+	os.WriteFile(conf, []byte("nameserver 127.0.0.1\n"), 0o644)
+	spec.Mounts = append(spec.Mounts,
+		specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: conf, Options: []string{"rbind", "ro"}},
+		specs.Mount{Destination: "/dev", Type: "tmpfs", Source: "tmpfs"},
+		specs.Mount{Destination: "/dev/pts", Type: "devpts", Source: "devpts"})
 	if _, err := s.shareContainer("c1", spec, rootfs); err != nil {
 		t.Fatal(err)
+	}
+	for p, dir := range map[string]bool{"ro": true, "rro": true, "rw": true, "dev": true, "real/resolv.conf": false} {
+		full := filepath.Join(rootfs, p)
+		if st, err := os.Lstat(full); err != nil || st.IsDir() != dir {
+			t.Errorf("mount point %s: %v (dir %v, want %v)", p, err, err == nil && st.IsDir(), dir)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(outside, "resolv.conf")); err == nil {
+		t.Error("a mount point was made outside the rootfs, through the image's symlink")
+	}
+	if err := storage.MakeMountpoints(rootfs, []string{"/abs/x"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink(outside, filepath.Join(rootfs, "abs-link"))
+	storage.MakeMountpoints(rootfs, []string{"/abs-link/x", "/abs-link/f"}, map[string]bool{"/abs-link/f": true})
+	if entries, _ := os.ReadDir(outside); len(entries) > 0 {
+		t.Errorf("mount points were made outside the rootfs, through the image's symlink: %v", entries)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "dev", "pts")); err == nil {
+		t.Error("a mount point inside an earlier mount (/dev/pts in /dev) was made in the rootfs")
 	}
 	writable := func(rel string) bool {
 		p := filepath.Join(sh.ExportDir(), rel, "probe")

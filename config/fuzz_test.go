@@ -59,7 +59,8 @@ func overridableKeys() []string {
 
 // FuzzWithAnnotations applies two arbitrary pod annotations to a
 // configuration that enables some keys: the result is valid, the receiver
-// untouched, only the enabled keys that were annotated change, and every
+// untouched, only the enabled keys that were annotated change (and, with
+// other kernel parameters, templates are turned off), and every
 // refusal wraps ErrInvalid or ErrAnnotationNotAllowed.
 func FuzzWithAnnotations(f *testing.F) {
 	f.Add("io.cocoon.config.hypervisor.vcpus", "4", "io.cocoon.config.hypervisor.kernel_params", "quiet  x=1\t", uint16(0xffff))
@@ -118,6 +119,11 @@ func restore(dst, src *Config, key string) {
 	case "hypervisor.accelerator":
 		dst.Hypervisor.Accelerator = src.Hypervisor.Accelerator
 	case "hypervisor.kernel_params":
+		// Free-form kernel parameters other than the file's turn templates
+		// off for the pod (one template per value would be unbounded).
+		if !slices.Equal(dst.Hypervisor.KernelParams, src.Hypervisor.KernelParams) {
+			dst.Factory.EnableTemplate = src.Factory.EnableTemplate
+		}
 		dst.Hypervisor.KernelParams = cloneStrings(src.Hypervisor.KernelParams)
 	case "hypervisor.vcpus":
 		dst.Hypervisor.VCPUs = src.Hypervisor.VCPUs

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -286,7 +287,15 @@ func TestCtrVirtiofsdKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cid := e.runDetached(t, ctx, "sleep", "1000")
-	if err := syscall.Kill(pidOf(t, cid, "virtiofsd"), syscall.SIGKILL); err != nil {
+	b, err := os.ReadFile(filepath.Join(e.stateDir, "sandboxes", cid, "virtiofsd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	if code := e.waitExit(t, ctx, cid); code != 255 {

@@ -14,7 +14,8 @@ import (
 )
 
 // 100 create/run/delete cycles through containerd and the shim, 4 at a
-// time (ctr run --rm: a shim, a VM from the template, a container, then
+// time, with VM templates as the shim ships (ctr run --rm: a shim, a VM
+// from the template, a container, then
 // all of it removed): every container exits with its own code, and
 // nothing is left behind.
 func TestLoadCtrRun(t *testing.T) {
@@ -24,6 +25,7 @@ func TestLoadCtrRun(t *testing.T) {
 		cycles = n // the run under a second containerd uses fewer
 	}
 	const parallel = 4
+	conf := e.templatesConfig(t)
 	base := id(t)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -37,7 +39,7 @@ func TestLoadCtrRun(t *testing.T) {
 				cid := fmt.Sprintf("%s-%d", base, i)
 				code := 20 + i%50
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-				args := append([]string{"run", "--rm"}, e.runtimeFlags()...)
+				args := []string{"run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", conf}
 				args = append(args, ctrtest.BusyboxImage, cid, "sh", "-c", fmt.Sprintf("exit %d", code))
 				_, stderr, err := e.ctrd.Ctr(ctx, args...)
 				cancel()

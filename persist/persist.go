@@ -115,37 +115,35 @@ func (s *Store) Delete(key string) error {
 }
 
 // List returns the keys that have a document, sorted.
-func (s *Store) List() ([]string, error) {
-	entries, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, fmt.Errorf("list state: %w", err)
-	}
-	var keys []string
-	for _, e := range entries {
-		if k, ok := strings.CutSuffix(e.Name(), ".json"); ok && validKey.MatchString(k) {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	return keys, nil
-}
+func (s *Store) List() ([]string, error) { return s.keys(".json") }
 
 // Orphans returns the keys that have a lock file but no document: what a
 // process killed between locking a new key and saving it left, or a key
 // being created right now. Remove their lock files with Delete, holding
 // the lock.
 func (s *Store) Orphans() ([]string, error) {
+	locked, err := s.keys(".lock")
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, k := range locked {
+		if _, err := os.Lstat(filepath.Join(s.dir, k+".json")); errors.Is(err, os.ErrNotExist) {
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}
+
+// keys returns the valid keys that have a file with extension ext, sorted.
+func (s *Store) keys(ext string) ([]string, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("list state: %w", err)
 	}
 	var keys []string
 	for _, e := range entries {
-		k, ok := strings.CutSuffix(e.Name(), ".lock")
-		if !ok || !validKey.MatchString(k) {
-			continue
-		}
-		if _, err := os.Lstat(filepath.Join(s.dir, k+".json")); errors.Is(err, os.ErrNotExist) {
+		if k, ok := strings.CutSuffix(e.Name(), ext); ok && validKey.MatchString(k) {
 			keys = append(keys, k)
 		}
 	}

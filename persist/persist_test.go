@@ -111,24 +111,7 @@ func TestLockSurvivesDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // waits on the file that is about to be deleted
-		defer wg.Done()
-		u, err := s.Lock(ctx, "k")
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		hold()
-		u()
-	}()
-	time.Sleep(50 * time.Millisecond)
-	s.Save("k", doc{"k", 1})
-	if err := s.Delete("k"); err != nil {
-		t.Fatal(err)
-	}
-	unlock()
-	for range 3 { // newcomers find no lock file and create one
+	contend := func() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -140,6 +123,16 @@ func TestLockSurvivesDelete(t *testing.T) {
 			hold()
 			u()
 		}()
+	}
+	contend() // waits on the file that is about to be deleted
+	time.Sleep(50 * time.Millisecond)
+	s.Save("k", doc{"k", 1})
+	if err := s.Delete("k"); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	for range 3 { // newcomers find no lock file and create one
+		contend()
 	}
 	wg.Wait()
 	if m := most.Load(); m != 1 {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cocoon-runtime/cocoon/internal/safefs"
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -208,6 +209,57 @@ func UnmountAll(dir string) error {
 		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("unmount %s: %w", m.Mountpoint, err)
 		}
+	}
+	return nil
+}
+
+// MakeMountpoints creates, inside the root filesystem rootfs, each of
+// dests (paths inside the container) that does not exist yet: a directory,
+// or an empty file for the dests in files. The guest creates mount points
+// itself when it can, but not in a root filesystem the host shares
+// read-only (root.readonly): runc creates them before it makes the root
+// read-only, and so does this, on the host. Symlinks in the image are
+// resolved inside rootfs, never outside it.
+func MakeMountpoints(rootfs string, dests []string, files map[string]bool) error {
+	root, err := os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("mount points in %s: %w", rootfs, err)
+	}
+	defer root.Close()
+	for _, dest := range dests {
+		if err := makeMountpoint(root, dest, files[dest]); err != nil {
+			return fmt.Errorf("mount point %s in %s: %w", dest, rootfs, err)
+		}
+	}
+	return nil
+}
+
+func makeMountpoint(root *os.File, dest string, file bool) error {
+	if f, err := pathrs.OpenatInRoot(root, dest); err == nil {
+		f.Close()
+		return nil // exists (whatever it is: the guest's mount decides)
+	}
+	dir := dest
+	if file {
+		dir = filepath.Dir(dest)
+	}
+	d, err := pathrs.MkdirAllHandle(root, dir, 0o755)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if !file {
+		return nil
+	}
+	fd, err := unix.Openat2(int(d.Fd()), filepath.Base(dest), &unix.OpenHow{
+		Flags: unix.O_CREAT | unix.O_EXCL | unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC, Mode: 0o644,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS,
+	})
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	if err == nil {
+		unix.Close(fd)
 	}
 	return nil
 }
