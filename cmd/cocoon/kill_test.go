@@ -160,6 +160,7 @@ func TestKillHypervisorAndFileServer(t *testing.T) {
 		{"qemu", c.qemuPid, false},
 		{"qemu-during-exec", c.qemuPid, true},
 		{"virtiofsd", c.virtiofsdPid, false},
+		{"virtiofsd-during-exec", c.virtiofsdPid, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := "kh-" + tc.name
@@ -172,12 +173,56 @@ func TestKillHypervisorAndFileServer(t *testing.T) {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
+			c.ok(t, "delete", "-f", id)
+			// The exec ends with an error (at the latest when its VM goes)
+			// instead of hanging.
 			if exec != nil {
 				exec.wait(t)
 			}
-			c.ok(t, "delete", "-f", id)
 			c.assertClean(t)
 			c.reuse(t, id)
+			c.assertClean(t)
+		})
+	}
+}
+
+// Killing the template VM's QEMU, or the new sandbox's virtiofsd, while
+// the first sandbox of a configuration makes its template: the create
+// fails with an error, and gc and delete -f leave nothing, not even a
+// half-made template; the next sandbox makes the template anew.
+func TestKillDuringTemplateMaking(t *testing.T) {
+	for _, victim := range []string{"qemu", "virtiofsd"} {
+		t.Run(victim, func(t *testing.T) {
+			c := needVM(t) // a state directory of its own: no template yet
+			b := c.bundle(t, "true")
+			id := "kt-" + victim
+			match := map[string]string{"qemu": c.root + "/factory/", "virtiofsd": c.root + "/sandboxes/" + id + "/"}[victim]
+			ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+			defer cancel()
+			cmd := c.command(ctx, "--vm-templates", "run", "--bundle", b, id)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			killed := false
+			for deadline := time.Now().Add(time.Minute); !killed && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				for _, pid := range testutil.ProcessesMentioning(match) {
+					b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+					if strings.Contains(string(b), victim) && syscall.Kill(pid, syscall.SIGKILL) == nil {
+						killed = true
+					}
+				}
+			}
+			err := cmd.Wait()
+			if !killed {
+				t.Fatalf("no %s to kill while the template was made (run: %v)", victim, err)
+			}
+			if err == nil {
+				t.Fatalf("run succeeded although its %s was killed while the template was made", victim)
+			}
+			c.ok(t, "--vm-templates", "gc")
+			c.run(t, nil, "delete", "-f", id)
+			c.assertClean(t)
+			c.reuse(t, id, "--vm-templates")
 			c.assertClean(t)
 		})
 	}
