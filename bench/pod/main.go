@@ -218,9 +218,11 @@ func podPSS(id string) (uint64, string) {
 		total += pss
 		byName[filepath.Base(name)] += pss
 	}
+	seen := map[uint64]bool{} // one file may be reached through several paths
 	for p := range files {
 		var st syscall.Stat_t
-		if err := syscall.Stat(p, &st); err == nil {
+		if err := syscall.Stat(p, &st); err == nil && !seen[st.Ino] {
+			seen[st.Ino] = true
 			kib := uint64(st.Blocks) * 512 / 1024
 			total += kib
 			byName["guest RAM file"] += kib

@@ -84,7 +84,8 @@ func Children(pid int) []int {
 }
 
 // FileMappingsPss returns the PSS in KiB of pid's mappings of files whose
-// path contains substr, and the paths of those files.
+// path contains substr, and a path to stat each of those files by (under
+// /proc/pid/map_files, which reaches unlinked files too).
 func FileMappingsPss(pid int, substr string) (uint64, []string) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
@@ -92,7 +93,7 @@ func FileMappingsPss(pid int, substr string) (uint64, []string) {
 	}
 	defer f.Close()
 	var total uint64
-	var paths []string
+	var paths, names []string
 	in := false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -103,8 +104,11 @@ func FileMappingsPss(pid int, substr string) (uint64, []string) {
 		if strings.Contains(fields[0], "-") && len(fields) >= 5 {
 			// A mapping's header: address perms offset dev inode [path].
 			in = len(fields) >= 6 && strings.Contains(fields[5], substr)
-			if in && !slices.Contains(paths, fields[5]) {
-				paths = append(paths, fields[5])
+			if in && !slices.Contains(names, fields[5]) {
+				// The file may be unlinked already (a restored VM's RAM is,
+				// once mapped): map_files reaches it all the same.
+				names = append(names, fields[5])
+				paths = append(paths, fmt.Sprintf("/proc/%d/map_files/%s", pid, fields[0]))
 			}
 			continue
 		}
