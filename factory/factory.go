@@ -42,10 +42,10 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/flock"
 	"github.com/cocoon-runtime/cocoon/internal/sparse"
-	"github.com/cocoon-runtime/cocoon/internal/tmpfs"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"golang.org/x/sys/unix"
 )
@@ -84,7 +84,7 @@ type Factory struct {
 	opts vm.Options
 	// boot makes template t (f.make; a fake in tests).
 	boot func(ctx context.Context, t template, cfg hypervisor.Config) error
-	// mount mounts the memory tmpfs (tmpfs.Ensure; a fake in tests).
+	// mount mounts the memory tmpfs (boundedfs.MountShared; a fake in tests).
 	mount func(ctx context.Context, dir string, sizeMiB uint32) error
 	// removeVM stops and removes the VM whose runtime directory is dir.
 	removeVM func(ctx context.Context, dir string) error
@@ -101,10 +101,15 @@ func New(cfg Config, opts vm.Options) *Factory {
 	if cfg.TemplateLimit <= 0 {
 		cfg.TemplateLimit = DefaultTemplateLimit
 	}
-	f := &Factory{cfg: cfg, opts: opts, mount: tmpfs.Ensure}
+	f := &Factory{cfg: cfg, opts: opts, mount: mountMemory}
 	f.boot = f.make
 	f.removeVM = f.removeVMDir
 	return f
+}
+
+// mountMemory mounts the tmpfs of sizeMiB MiB that VM memory lives on.
+func mountMemory(ctx context.Context, dir string, sizeMiB uint32) error {
+	return boundedfs.MountShared(ctx, dir, int64(sizeMiB)<<20)
 }
 
 // Files of a template, in its directory.

@@ -17,28 +17,53 @@
 package boundedfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/cocoon-runtime/cocoon/internal/flock"
 	"golang.org/x/sys/unix"
 )
 
-// Mount mounts a tmpfs of size bytes and at most inodes files at dir,
-// creating dir. A tmpfs already mounted there is left as it is.
+// Mount mounts a tmpfs of size bytes and at most inodes files (0: no
+// limit but the kernel's) at dir, mode 0700, without devices, set-user-ID
+// or executables, creating dir. A tmpfs already mounted there is left as
+// it is (with its size); another file system mounted there is an error.
 func Mount(dir string, size int64, inodes int) error {
+	if size <= 0 {
+		return fmt.Errorf("bounded dir %s: size %d", dir, size)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("bounded dir: %w", err)
 	}
 	if mounted, err := isMountPoint(dir); err != nil || mounted {
 		return err
 	}
-	opts := fmt.Sprintf("size=%d,mode=0700,nr_inodes=%d", size, inodes)
+	opts := fmt.Sprintf("size=%d,mode=0700", size)
+	if inodes > 0 {
+		opts += fmt.Sprintf(",nr_inodes=%d", inodes)
+	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
 		return fmt.Errorf("mount tmpfs of %d bytes on %s: %w", size, dir, err)
 	}
 	return nil
+}
+
+// MountShared is Mount for a directory that several processes may mount
+// at once (such as the tmpfs of VM memory): a lock file beside dir makes
+// the check and the mount one step, so that it is mounted once.
+func MountShared(ctx context.Context, dir string, size int64) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return fmt.Errorf("bounded dir: %w", err)
+	}
+	lock, err := flock.Lock(ctx, filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".lock"), unix.LOCK_EX)
+	if err != nil {
+		return fmt.Errorf("bounded dir %s: %w", dir, err)
+	}
+	defer lock.Close()
+	return Mount(dir, size, 0)
 }
 
 // Unmount unmounts what Mount mounted at dir, if anything.
@@ -53,20 +78,31 @@ func Unmount(dir string) error {
 	return nil
 }
 
-// isMountPoint reports whether dir is on another filesystem than its
-// parent; false when dir does not exist.
+// isMountPoint reports whether a tmpfs is mounted at dir (the root of a
+// mount, bind mounts included); false when dir does not exist. A mount of
+// another file system there is an error.
 func isMountPoint(dir string) (bool, error) {
-	var st, parent unix.Stat_t
-	if err := unix.Lstat(dir, &st); err != nil {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_SYMLINK_NOFOLLOW, 0, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return false, nil
 		}
 		return false, fmt.Errorf("bounded dir: %w", err)
 	}
-	if err := unix.Lstat(filepath.Dir(dir), &parent); err != nil {
+	if st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return false, fmt.Errorf("bounded dir %s: the kernel does not report mount points", dir)
+	}
+	if st.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return false, nil
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
 		return false, fmt.Errorf("bounded dir: %w", err)
 	}
-	return st.Dev != parent.Dev, nil
+	if fs.Type != unix.TMPFS_MAGIC {
+		return false, fmt.Errorf("bounded dir %s: a file system other than tmpfs is mounted there", dir)
+	}
+	return true, nil
 }
 
 // LogDir is where OpenLog keeps the log at path: a directory beside it.

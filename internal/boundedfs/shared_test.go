@@ -1,4 +1,4 @@
-package tmpfs
+package boundedfs
 
 import (
 	"context"
@@ -21,7 +21,9 @@ func mountsAt(t *testing.T, dir string) []*mountinfo.Info {
 	return ms
 }
 
-func TestEnsure(t *testing.T) {
+// MountShared mounts a tmpfs of the size once, however often called, with
+// the options and the bound asked; another file system there is refused.
+func TestMountShared(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting needs root")
 	}
@@ -33,7 +35,7 @@ func TestEnsure(t *testing.T) {
 	})
 	ctx := context.Background()
 	for range 2 {
-		if err := Ensure(ctx, dir, 8); err != nil {
+		if err := MountShared(ctx, dir, 8<<20); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -80,7 +82,7 @@ func TestEnsure(t *testing.T) {
 	if ms := mountsAt(t, other); len(ms) == 0 || ms[0].FSType == "tmpfs" {
 		return // the temporary directory is on a tmpfs itself
 	}
-	if err := Ensure(ctx, other, 8); err == nil {
-		t.Error("Ensure accepted a bind mount that is not a tmpfs")
+	if err := MountShared(ctx, other, 8<<20); err == nil {
+		t.Error("MountShared accepted a bind mount that is not a tmpfs")
 	}
 }
