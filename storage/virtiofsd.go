@@ -133,6 +133,20 @@ func isVirtiofsd(pid int, sock string) bool {
 	return err == nil && bytes.Contains(b, []byte("--socket-path="+sock))
 }
 
+// pidfd opens a pidfd on v's process, or returns -1 when it no longer
+// runs (its pid gone, or now another process's).
+func (v *Virtiofsd) pidfd() int {
+	fd, err := unix.PidfdOpen(v.Pid, 0)
+	if err != nil {
+		return -1
+	}
+	if !isVirtiofsd(v.Pid, v.Socket) {
+		unix.Close(fd)
+		return -1
+	}
+	return fd
+}
+
 // Exited returns a channel closed when virtiofsd exits (at once when v is
 // nil: none runs). It is watched through a pidfd, so a recycled pid is
 // never mistaken for it.
@@ -142,11 +156,8 @@ func (v *Virtiofsd) Exited() <-chan struct{} {
 		close(ch)
 		return ch
 	}
-	fd, err := unix.PidfdOpen(v.Pid, 0)
-	if err != nil || !isVirtiofsd(v.Pid, v.Socket) {
-		if err == nil {
-			unix.Close(fd)
-		}
+	fd := v.pidfd()
+	if fd < 0 {
 		close(ch)
 		return ch
 	}
@@ -169,14 +180,11 @@ func (v *Virtiofsd) Stop(ctx context.Context) error {
 	if v == nil {
 		return nil
 	}
-	fd, err := unix.PidfdOpen(v.Pid, 0)
-	if err != nil {
+	fd := v.pidfd()
+	if fd < 0 {
 		return nil // already gone
 	}
 	defer unix.Close(fd)
-	if !isVirtiofsd(v.Pid, v.Socket) {
-		return nil
-	}
 	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("stop virtiofsd %d: %w", v.Pid, err)
 	}

@@ -724,9 +724,15 @@ func Remove(ctx context.Context, dir string, opts Options) error {
 			}
 			// Nobody talks to this QEMU any more: no need to ask it to quit.
 			p.signal(unix.SIGKILL)
-			q.proc = p
-			if err := q.teardownLocked(ctx); err != nil {
-				return fmt.Errorf("remove vm %s: %w", dir, err)
+			kctx, cancel := context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
+			select {
+			case <-p.done:
+			case <-kctx.Done():
+			}
+			cancel()
+			p.release()
+			if p.alive() {
+				return fmt.Errorf("remove vm %s: qemu %d did not exit after SIGKILL", dir, pid)
 			}
 		}
 	}
