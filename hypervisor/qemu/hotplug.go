@@ -71,7 +71,7 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		}
 		err = c.Execute(ctx, "netdev_add", map[string]any{"type": "tap", "id": netdev, "fd": netdev, "vhost": false}, nil)
 		if err != nil {
-			c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": netdev}, nil)
+			c.CloseFD(context.WithoutCancel(ctx), netdev)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
 		args := map[string]any{"driver": "virtio-net-pci", "id": dev.ID, "netdev": netdev, "bus": rootPort(port)}
@@ -97,7 +97,7 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 				"addr": map[string]any{"type": "fd", "data": map[string]any{"str": chardev}}},
 		}}, nil)
 		if err != nil {
-			c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": chardev}, nil)
+			c.CloseFD(context.WithoutCancel(ctx), chardev)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
 		err = c.DeviceAdd(ctx, map[string]any{"driver": "vhost-user-fs-pci", "id": dev.ID, "chardev": chardev,

@@ -584,7 +584,7 @@ func migrate(ctx context.Context, c *qmp.Client, command string, f *os.File) err
 		return err
 	}
 	if err := c.Execute(ctx, command, map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
-		c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": fdName}, nil)
+		c.CloseFD(context.WithoutCancel(ctx), fdName)
 		return err
 	}
 	for {

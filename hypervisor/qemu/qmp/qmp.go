@@ -212,6 +212,12 @@ func (c *Client) GetFD(ctx context.Context, name string, f *os.File) error {
 	return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, unix.UnixRights(int(f.Fd())))
 }
 
+// CloseFD closes QEMU's copy of the file passed as name with GetFD, for
+// when the command that was to take it failed.
+func (c *Client) CloseFD(ctx context.Context, name string) error {
+	return c.Execute(ctx, "closefd", map[string]any{"fdname": name}, nil)
+}
+
 // AddFD adds a copy of the open file f to a new fd set (QMP add-fd) and
 // returns the set's ID: QEMU then opens "/dev/fdset/<id>" from it, with
 // the access mode f was opened with.
