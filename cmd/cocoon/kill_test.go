@@ -42,10 +42,10 @@ func (c *cli) runKilled(t *testing.T, at failpoint.Point, args ...string) {
 func (c *cli) assertClean(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(c.sandboxProcesses()) > 0 && time.Now().Before(deadline) {
+	for len(testutil.ProcessesMentioning(c.root+"/")) > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if p := c.sandboxProcesses(); len(p) > 0 {
+	if p := testutil.ProcessesMentioning(c.root+"/"); len(p) > 0 {
 		t.Errorf("processes left behind: %s", describeProcesses(p))
 	}
 	for _, d := range []string{"sandboxes", "vm", "state", "mem/vms"} {
@@ -79,12 +79,6 @@ func (c *cli) assertClean(t *testing.T) {
 	if m, _ := filepath.Glob("/sys/fs/cgroup/*" + filepath.Base(c.root) + "*"); len(m) > 0 {
 		t.Errorf("cgroups left behind: %v", m)
 	}
-}
-
-// sandboxProcesses are the processes naming the state directory, other
-// than complete templates' (none runs: a template is saved and stopped).
-func (c *cli) sandboxProcesses() []int {
-	return testutil.ProcessesMentioning(c.root + "/")
 }
 
 // completeTemplate reports whether template key was finished: its
