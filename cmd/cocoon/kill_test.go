@@ -45,7 +45,7 @@ func (c *cli) assertClean(t *testing.T) {
 	for len(testutil.ProcessesMentioning(c.root+"/")) > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if p := testutil.ProcessesMentioning(c.root+"/"); len(p) > 0 {
+	if p := testutil.ProcessesMentioning(c.root + "/"); len(p) > 0 {
 		t.Errorf("processes left behind: %s", describeProcesses(p))
 	}
 	for _, d := range []string{"sandboxes", "vm", "state", "mem/vms"} {
