@@ -37,11 +37,6 @@ const (
 	Delete Point = "delete"
 )
 
-// Points lists every point, for tests that visit them all.
-func Points() []Point {
-	return []Point{CreateBeforeBoot, CreateAfterBoot, TemplateMake, ContainerCreate, Exec, Delete}
-}
-
 // Hit kills the process if the environment names p.
 func Hit(p Point) {
 	if os.Getenv(Env) == string(p) {
