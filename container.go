@@ -131,6 +131,16 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		return fmt.Errorf("create container %s: %w", cfg.ID, ErrExists)
 	}
 	spec, rootfs := cfg.Spec, containerRootfs(&cfg)
+	s.mu.Lock()
+	pod := s.state.PodContainer
+	s.mu.Unlock()
+	if pod == "" {
+		pod = cfg.ID // the sandbox's first container is the pod's
+	}
+	join, err := s.podNamespaces(cfg.ID, spec, pod)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
 	guestSpec, err := s.shareContainer(cfg.ID, spec, rootfs)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
@@ -140,11 +150,12 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 			s.shared.Release(cfg.ID)
 		}
 	}()
-	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs"); err != nil {
+	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs", join); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.ContainerCreate)
 	err = s.updateLocked(func(st *sandboxState) error {
+		st.PodContainer = pod
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
 			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
@@ -196,8 +207,8 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 	}
 	if spec.Linux != nil {
 		l := *spec.Linux
-		// The VM is the sandbox's network: a host network namespace path
-		// means nothing in the guest.
+		// The guest creates the namespaces without a path; those with one
+		// are the pod's, which it joins (see podNamespaces).
 		l.Namespaces = slices.DeleteFunc(slices.Clone(l.Namespaces), func(ns specs.LinuxNamespace) bool {
 			return ns.Type == specs.NetworkNamespace || ns.Path != ""
 		})

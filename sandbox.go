@@ -43,6 +43,9 @@ type sandboxState struct {
 	Annotations map[string]string          `json:"annotations,omitempty"`
 	Hypervisor  hypervisor.Config          `json:"hypervisor"`
 	Containers  map[string]*containerState `json:"containers"`
+	// PodContainer is the container whose namespaces the pod's other
+	// containers join: the first one created (see namespaces.go).
+	PodContainer string `json:"pod_container,omitempty"`
 }
 
 // containerState is the persisted part of a container.

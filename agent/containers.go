@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
@@ -22,14 +24,20 @@ const (
 )
 
 // CreateContainer asks the agent to create a container from spec, whose
-// root filesystem is rootfs relative to the shared directory.
-func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string) error {
+// root filesystem is rootfs relative to the shared directory. join maps
+// namespace types the container shares to the container whose namespace
+// of that type it joins.
+func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", id, err)
 	}
+	req := &protocol.CreateContainerRequest{ContainerId: id, Spec: b, Rootfs: rootfs}
+	for _, typ := range slices.Sorted(maps.Keys(join)) {
+		req.JoinNamespaces = append(req.JoinNamespaces, &protocol.JoinNamespace{Type: string(typ), ContainerId: join[typ]})
+	}
 	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
-		_, err := c.agent.CreateContainer(ctx, &protocol.CreateContainerRequest{ContainerId: id, Spec: b, Rootfs: rootfs})
+		_, err := c.agent.CreateContainer(ctx, req)
 		return err
 	})
 }

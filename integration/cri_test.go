@@ -19,25 +19,39 @@ type criPod struct {
 	config *runtimeapi.PodSandboxConfig
 }
 
-// runPod runs a pod with runtime handler cocoon (a Kubernetes
-// RuntimeClass with handler cocoon).
-func runPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, name string, ann map[string]string) (*criPod, error) {
+// podConfig is the configuration of a pod named name, with a log
+// directory of its own and the pod's network namespace.
+func (e *env) podConfig(t *testing.T, name string) *runtimeapi.PodSandboxConfig {
 	t.Helper()
 	logDir := filepath.Join(e.dir, "pod-logs", name)
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &runtimeapi.PodSandboxConfig{
+	return &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: "uid-" + name, Namespace: "cocoon-test"},
 		Hostname:     name,
 		LogDirectory: logDir,
-		Annotations:  ann,
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD},
 			},
 		},
 	}
+}
+
+// runPod runs a pod with runtime handler cocoon (a Kubernetes
+// RuntimeClass with handler cocoon).
+func runPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, name string, ann map[string]string) (*criPod, error) {
+	t.Helper()
+	cfg := e.podConfig(t, name)
+	cfg.Annotations = ann
+	return runPodConfig(t, ctx, e, rs, cfg)
+}
+
+// runPodConfig runs the pod cfg with runtime handler cocoon; it is stopped
+// and removed when the test ends.
+func runPodConfig(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, cfg *runtimeapi.PodSandboxConfig) (*criPod, error) {
+	t.Helper()
 	r, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: "cocoon"})
 	if err != nil {
 		return nil, err

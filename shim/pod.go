@@ -1,5 +1,13 @@
 package shim
 
+import (
+	"fmt"
+	"slices"
+
+	"github.com/containerd/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
 // Annotations by which container managers say which pod a container
 // belongs to (containerd's CRI plugin and CRI-O).
 const (
@@ -16,6 +24,9 @@ type pod struct {
 	sandboxID string
 	// createsVM is true for the task that brings up the sandbox VM.
 	createsVM bool
+	// cri is true for a task of a Kubernetes pod (a CRI's sandbox or
+	// container).
+	cri bool
 }
 
 // podOf reads a task's pod from its spec's annotations.
@@ -25,7 +36,28 @@ func podOf(id string, ann map[string]string) pod {
 		kind, sandbox = ann[annCRIOContainerType], ann[annCRIOSandboxID]
 	}
 	if kind == "container" && sandbox != "" && sandbox != id {
-		return pod{sandboxID: sandbox}
+		return pod{sandboxID: sandbox, cri: true}
 	}
-	return pod{sandboxID: id, createsVM: true}
+	return pod{sandboxID: id, createsVM: true, cri: kind != ""}
+}
+
+// hostNamespaces refuses a Kubernetes pod's task that asks for one of the
+// host's namespaces (hostNetwork, hostPID, hostIPC: the CRI leaves that
+// namespace out of the spec, for the task to share the runtime's). In a
+// VM the task would get the VM's namespace, not the host's, and a pod
+// that expects the host's would half-work, so it is refused, as Kata
+// refuses hostNetwork.
+func hostNamespaces(spec *specs.Spec) error {
+	has := func(t specs.LinuxNamespaceType) bool {
+		return spec.Linux != nil && slices.ContainsFunc(spec.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == t })
+	}
+	for _, ns := range []struct {
+		typ  specs.LinuxNamespaceType
+		name string
+	}{{specs.NetworkNamespace, "hostNetwork"}, {specs.PIDNamespace, "hostPID"}, {specs.IPCNamespace, "hostIPC"}} {
+		if !has(ns.typ) {
+			return fmt.Errorf("%w: %s pods cannot run in a Cocoon VM: the pod would see the VM's %s namespace, not the host's", errdefs.ErrInvalidArgument, ns.name, ns.typ)
+		}
+	}
+	return nil
 }

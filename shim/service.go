@@ -202,6 +202,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	// creating the container takes long, and the pod's other tasks keep
 	// being served meanwhile.
 	pd := podOf(r.ID, spec.Annotations)
+	if pd.cri {
+		if err := hostNamespaces(spec); err != nil {
+			return nil, grpcError(fmt.Errorf("task %s: %w", r.ID, err))
+		}
+	}
 	s.mu.Lock()
 	if _, ok := s.containers[r.ID]; ok || s.creating[r.ID] {
 		s.mu.Unlock()

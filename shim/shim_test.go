@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/config"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/fifo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func TestPodOf(t *testing.T) {
@@ -27,16 +29,33 @@ func TestPodOf(t *testing.T) {
 		want pod
 	}{
 		{"ctr run", "c1", nil, pod{sandboxID: "c1", createsVM: true}},
-		{"CRI sandbox", "p1", map[string]string{annContainerType: "sandbox", annSandboxID: "p1"}, pod{sandboxID: "p1", createsVM: true}},
-		{"CRI container", "c2", map[string]string{annContainerType: "container", annSandboxID: "p1"}, pod{sandboxID: "p1"}},
-		{"CRI-O container", "c3", map[string]string{annCRIOContainerType: "container", annCRIOSandboxID: "p2"}, pod{sandboxID: "p2"}},
-		{"container naming itself", "c4", map[string]string{annContainerType: "container", annSandboxID: "c4"}, pod{sandboxID: "c4", createsVM: true}},
-		{"container without sandbox id", "c5", map[string]string{annContainerType: "container"}, pod{sandboxID: "c5", createsVM: true}},
+		{"CRI sandbox", "p1", map[string]string{annContainerType: "sandbox", annSandboxID: "p1"}, pod{sandboxID: "p1", createsVM: true, cri: true}},
+		{"CRI container", "c2", map[string]string{annContainerType: "container", annSandboxID: "p1"}, pod{sandboxID: "p1", cri: true}},
+		{"CRI-O container", "c3", map[string]string{annCRIOContainerType: "container", annCRIOSandboxID: "p2"}, pod{sandboxID: "p2", cri: true}},
+		{"container naming itself", "c4", map[string]string{annContainerType: "container", annSandboxID: "c4"}, pod{sandboxID: "c4", createsVM: true, cri: true}},
+		{"container without sandbox id", "c5", map[string]string{annContainerType: "container"}, pod{sandboxID: "c5", createsVM: true, cri: true}},
 	}
 	for _, c := range cases {
 		if got := podOf(c.id, c.ann); got != c.want {
 			t.Errorf("%s: podOf = %+v, want %+v", c.name, got, c.want)
 		}
+	}
+}
+
+func TestHostNamespaces(t *testing.T) {
+	all := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}}
+	if err := hostNamespaces(&specs.Spec{Linux: &specs.Linux{Namespaces: all}}); err != nil {
+		t.Errorf("pod namespaces refused: %v", err)
+	}
+	for i, want := range []string{"hostPID", "hostIPC", "hostNetwork"} {
+		nss := slices.Delete(slices.Clone(all), i, i+1)
+		err := hostNamespaces(&specs.Spec{Linux: &specs.Linux{Namespaces: nss}})
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), want) {
+			t.Errorf("without %s: %v, want an invalid-argument error naming %s", all[i].Type, err, want)
+		}
+	}
+	if err := hostNamespaces(&specs.Spec{}); err == nil {
+		t.Error("spec without linux section accepted")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,7 +40,11 @@ func (s *sharedFS) mount() error {
 			s.err = fmt.Errorf("mount shared fs: %w", err)
 			return
 		}
-		if err := unix.Mount(SharedFSTag, s.mountPoint, "virtiofs", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		// Neither nosuid nor nodev: the containers' root filesystems and
+		// volumes below it get the mount options their specs ask for, as
+		// under runc (a setuid program in an image works). The host's
+		// binds of them are nosuid,nodev on the host's side.
+		if err := unix.Mount(SharedFSTag, s.mountPoint, "virtiofs", 0, ""); err != nil {
 			s.err = fmt.Errorf("mount virtiofs %q on %s: %w", SharedFSTag, s.mountPoint, err)
 		}
 	})
@@ -90,6 +95,9 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	if err := a.resolveMounts(&spec); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
+	if err := joinNamespaces(m, &spec, r.JoinNamespaces); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
+	}
 	pio := container.ProcessIO{Terminal: spec.Process.Terminal}
 	if cs := spec.Process.ConsoleSize; cs != nil {
 		pio.Width, pio.Height = uint16(cs.Width), uint16(cs.Height)
@@ -117,6 +125,35 @@ func (a *Agent) resolveMounts(spec *specs.Spec) error {
 			return fmt.Errorf("mount %s: %w", m.Destination, err)
 		}
 		m.Source = p
+	}
+	return nil
+}
+
+// joinNamespaces makes spec join the namespaces the host asked for: each
+// that of the init process of another container of the sandbox.
+func joinNamespaces(m *container.Manager, spec *specs.Spec, join []*protocol.JoinNamespace) error {
+	if len(join) == 0 {
+		return nil
+	}
+	if spec.Linux == nil {
+		spec.Linux = &specs.Linux{}
+	}
+	for _, j := range join {
+		file, ok := protocol.NamespaceFile(j.Type)
+		if !ok || j.Type == string(specs.NetworkNamespace) {
+			return fmt.Errorf("join namespace: type %q cannot be joined", j.Type)
+		}
+		pid, err := m.InitPid(j.ContainerId)
+		if err != nil {
+			return fmt.Errorf("join the %s namespace of container %s: %w", j.Type, j.ContainerId, err)
+		}
+		ns := specs.LinuxNamespace{Type: specs.LinuxNamespaceType(j.Type), Path: fmt.Sprintf("/proc/%d/ns/%s", pid, file)}
+		i := slices.IndexFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == ns.Type })
+		if i < 0 {
+			spec.Linux.Namespaces = append(spec.Linux.Namespaces, ns)
+		} else {
+			spec.Linux.Namespaces[i] = ns
+		}
 	}
 	return nil
 }

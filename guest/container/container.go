@@ -500,6 +500,21 @@ func (m *Manager) Exec(ctx context.Context, id, execID string, proc *specs.Proce
 	return p, nil
 }
 
+// InitPid returns the pid of container id's init process while it runs,
+// for another container to join its namespaces; else an error wrapping
+// ErrNotRunning.
+func (m *Manager) InitPid(id string) (int, error) {
+	c, err := m.lookup(id)
+	if err != nil {
+		return 0, err
+	}
+	defer c.mu.Unlock()
+	if c.init == nil || !c.init.running() {
+		return 0, fmt.Errorf("container %s: %w", id, ErrNotRunning)
+	}
+	return c.init.Pid(), nil
+}
+
 // Process returns a process of container id: its init process when execID
 // is "", else the exec'd process execID.
 func (m *Manager) Process(id, execID string) (*Process, error) {
