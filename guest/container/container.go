@@ -142,6 +142,7 @@ type ctr struct {
 	forked    int         // exec'd processes the zygotes started
 	noZygote  atomic.Bool // a zygote failed to start
 	paused    bool        // frozen by Pause
+	started   bool        // Start ran its program (see signal.go)
 	oom       *memoryEvents
 }
 
@@ -434,6 +435,7 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 	if err := c.lc.Exec(); err != nil {
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
+	c.started = true
 	return nil
 }
 
@@ -555,8 +557,10 @@ func (m *Manager) DeleteProcess(ctx context.Context, id, execID string) error {
 
 // Kill sends sig to the init process of container id or, when all is set,
 // to every process in its cgroup. As with runc, the init process of a PID
-// namespace only receives the signals it handles, and SIGKILL. It fails
-// with ErrNotRunning when there is no process to signal.
+// namespace only receives the signals it handles, and SIGKILL; a signal
+// its program does not handle yet right after Start is held back until
+// it does (see signal.go). It fails with ErrNotRunning when there is no
+// process to signal.
 func (m *Manager) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
 	c, err := m.lookup(id)
 	if err != nil {
@@ -569,7 +573,11 @@ func (m *Manager) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 		}
 		return nil
 	}
-	if err := c.init.Signal(sig); err != nil {
+	signal := c.init.Signal
+	if c.started {
+		signal = func(sig syscall.Signal) error { return signalInit(c.init, sig, m.log) }
+	}
+	if err := signal(sig); err != nil {
 		return fmt.Errorf("kill container %s: %w", id, err)
 	}
 	return nil
