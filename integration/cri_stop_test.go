@@ -121,27 +121,32 @@ func testStopContainerTERM(t *testing.T, handler string) {
 		{"top", []string{"top"}},
 		{"trap", []string{"sh", "-c", "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.2; done"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cid := pod.start(t, ctx, tc.name, tc.cmd...)
-			if d := pod.stopContainer(t, ctx, cid, 60); d > stopBound {
-				t.Errorf("StopContainer with a 60 s grace period took %v: the SIGTERM did not end %v", d, tc.cmd)
-			} else {
-				t.Logf("StopContainer took %v", d)
-			}
-			st := pod.containerState(t, ctx, cid)
-			if st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
-				t.Errorf("state after StopContainer: %v, want exited", st.State)
-			}
-			if tc.name == "trap" && st.ExitCode != 7 {
-				t.Errorf("exit code %d, want 7 (the trap's)", st.ExitCode)
-			}
-			if d := pod.stopContainer(t, ctx, cid, 60); d > stopBound {
-				t.Errorf("StopContainer of a stopped container took %v", d)
-			}
-			if _, err := rs.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: cid}); err != nil {
-				t.Fatalf("RemoveContainer of a stopped container: %v", err)
-			}
-		})
+		for _, settle := range []time.Duration{0, 2 * time.Second} {
+			t.Run(fmt.Sprintf("%s/after-%v", tc.name, settle), func(t *testing.T) {
+				cid := pod.start(t, ctx, fmt.Sprintf("%s-%d", tc.name, settle.Milliseconds()), tc.cmd...)
+				// At once (the signal may come before the program handles
+				// it) and once the program runs.
+				time.Sleep(settle)
+				if d := pod.stopContainer(t, ctx, cid, 60); d > stopBound {
+					t.Errorf("StopContainer with a 60 s grace period took %v: the SIGTERM did not end %v", d, tc.cmd)
+				} else {
+					t.Logf("StopContainer took %v", d)
+				}
+				st := pod.containerState(t, ctx, cid)
+				if st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+					t.Errorf("state after StopContainer: %v, want exited", st.State)
+				}
+				if tc.name == "trap" && st.ExitCode != 7 {
+					t.Errorf("exit code %d, want 7 (the trap's)", st.ExitCode)
+				}
+				if d := pod.stopContainer(t, ctx, cid, 60); d > stopBound {
+					t.Errorf("StopContainer of a stopped container took %v", d)
+				}
+				if _, err := rs.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: cid}); err != nil {
+					t.Fatalf("RemoveContainer of a stopped container: %v", err)
+				}
+			})
+		}
 	}
 	pod.remove(t, ctx, true)
 	if handler == "cocoon" {

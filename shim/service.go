@@ -92,16 +92,25 @@ type service struct {
 	publisher cshim.Publisher
 	shutdown  shutdown.Service
 
-	mu         sync.Mutex
-	rt         *cocoon.Runtime
-	cfg        *config.Config
-	sb         *cocoon.Sandbox
-	sandboxID  string
-	vmPid      uint32
-	deleting   bool // the sandbox is being deleted on purpose
-	containers map[string]*container
-	creating   map[string]bool // task IDs whose Create is under way
+	mu        sync.Mutex
+	rt        *cocoon.Runtime
+	cfg       *config.Config
+	sb        *cocoon.Sandbox
+	sandboxID string
+	vmPid     uint32
+	deleting  bool // the sandbox is being deleted on purpose
+	sbDeleted bool // the sandbox was removed, VM and record
+	// shutdownAsked says containerd asked the shim to exit: it does once
+	// it serves no task and creates none.
+	shutdownAsked bool
+	containers    map[string]*container
+	creating      map[string]bool // task IDs whose Create is under way
 }
+
+// removeTimeout bounds the removal of a container or of the sandbox,
+// which goes on when containerd's request is cancelled: a removal cut
+// short would leave a VM that nothing removes any more.
+const removeTimeout = 2 * time.Minute
 
 func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *service {
 	// fd 3 is the listening socket "start" handed down; containerd's shim
@@ -113,8 +122,19 @@ func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *
 	s := &service{ctx: ctx, publisher: pub, shutdown: sd, containers: map[string]*container{}, creating: map[string]bool{}}
 	sd.RegisterCallback(func(context.Context) error {
 		s.mu.Lock()
-		sb := s.sb
+		sb, gone := s.sb, s.sbDeleted
+		s.deleting = true
 		s.mu.Unlock()
+		if sb != nil && !gone {
+			// No task is left, yet the sandbox is: its task's Delete failed,
+			// or never came. The shim is its only owner; it goes too.
+			log.G(s.ctx).WithField("sandbox", sb.ID()).Warn("shim exits with its sandbox still there; removing it")
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), removeTimeout)
+			if err := sb.Delete(ctx); err != nil {
+				log.G(s.ctx).WithError(err).Error("remove the sandbox")
+			}
+			cancel()
+		}
 		if sb != nil {
 			sb.Release()
 		}
@@ -233,6 +253,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			s.sandboxID = ""
 		}
 		s.mu.Unlock()
+		s.shutdownIfIdle()
 	}()
 
 	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}}
@@ -268,6 +289,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := s.attach(ctx, c.init); err != nil {
 		s.removeContainer(ctx, c)
 		return nil, grpcError(err)
+	}
+	if err := ctx.Err(); err != nil {
+		// containerd gave up on this Create and takes the task for never
+		// made: nothing would ever delete it.
+		s.removeContainer(ctx, c)
+		return nil, grpcError(fmt.Errorf("create task %s: %w", r.ID, err))
 	}
 	s.mu.Lock()
 	s.containers[r.ID] = c
@@ -336,6 +363,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	s.mu.Lock()
 	s.cfg, s.rt, s.sb, s.vmPid = cfg, rt, sb, vmPid
+	s.deleting, s.sbDeleted = false, false
 	s.mu.Unlock()
 	go s.monitor(sb)
 	return nil
@@ -562,6 +590,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	s.mu.Lock()
 	delete(s.containers, r.ID)
 	s.mu.Unlock()
+	defer s.shutdownIfIdle()
 	if err := s.removeContainer(ctx, c); err != nil {
 		return nil, grpcError(err)
 	}
@@ -575,6 +604,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // host; for the sandbox's own task, it removes the whole sandbox (any
 // container still in it ends with it).
 func (s *service) removeContainer(ctx context.Context, c *container) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	defer cancel()
 	var err error
 	if c.id == s.sandboxID {
 		s.mu.Lock()
@@ -588,6 +619,11 @@ func (s *service) removeContainer(ctx context.Context, c *container) error {
 			s.exited(o.init, signalled(syscall.SIGKILL))
 		}
 		err = s.sb.Delete(ctx)
+		if err == nil {
+			s.mu.Lock()
+			s.sbDeleted = true
+			s.mu.Unlock()
+		}
 	} else {
 		err = s.sb.DeleteContainer(ctx, c.id)
 		if errors.Is(err, cocoon.ErrNotFound) {
@@ -791,16 +827,26 @@ func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmPid}, nil
 }
 
-// Shutdown ends the shim once it serves no task.
+// Shutdown ends the shim once it serves no task and creates none: at
+// once, or when the last task is deleted or the last Create ends.
+// containerd asks after each task's Delete and after a failed Create.
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	n := len(s.containers)
+	s.shutdownAsked = true
 	s.mu.Unlock()
-	if n > 0 {
-		return &emptypb.Empty{}, nil
-	}
-	s.shutdown.Shutdown()
+	s.shutdownIfIdle()
 	return &emptypb.Empty{}, nil
+}
+
+// shutdownIfIdle ends the shim if containerd asked it to and it serves
+// no task and creates none.
+func (s *service) shutdownIfIdle() {
+	s.mu.Lock()
+	idle := s.shutdownAsked && len(s.containers) == 0 && len(s.creating) == 0
+	s.mu.Unlock()
+	if idle {
+		s.shutdown.Shutdown()
+	}
 }
 
 // logDuration logs at debug level how long an operation took.
