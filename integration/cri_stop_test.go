@@ -123,7 +123,13 @@ func testStopContainerTERM(t *testing.T, handler string) {
 	} {
 		for _, settle := range []time.Duration{0, 2 * time.Second} {
 			t.Run(fmt.Sprintf("%s/after-%v", tc.name, settle), func(t *testing.T) {
-				cid := pod.start(t, ctx, fmt.Sprintf("%s-%d", tc.name, settle.Milliseconds()), tc.cmd...)
+				// The kubelet's default: a PID namespace of the
+				// container's own, where the program is its init.
+				name := fmt.Sprintf("%s-%d", tc.name, settle.Milliseconds())
+				cid := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+					Metadata: &runtimeapi.ContainerMetadata{Name: name}, Command: tc.cmd,
+					Linux: nsOptions(runtimeapi.NamespaceMode_CONTAINER),
+				})
 				// At once (the signal may come before the program handles
 				// it) and once the program runs.
 				time.Sleep(settle)
@@ -137,7 +143,7 @@ func testStopContainerTERM(t *testing.T, handler string) {
 					t.Errorf("state after StopContainer: %v, want exited", st.State)
 				}
 				if tc.name == "trap" && st.ExitCode != 7 {
-					t.Errorf("exit code %d, want 7 (the trap's)", st.ExitCode)
+					t.Errorf("exit code %d, want 7 (the trap's)\n%s", st.ExitCode, e.ctrd.LogTail(80))
 				}
 				if d := pod.stopContainer(t, ctx, cid, 60); d > stopBound {
 					t.Errorf("StopContainer of a stopped container took %v", d)

@@ -1,6 +1,8 @@
 // Command pod measures Kubernetes-style pods through containerd's CRI:
 // the time from RunPodSandbox through CreateContainer and StartContainer
-// to a running container, the memory of one idle pod (PSS of its shim, VM
+// to a running container, the time the kubelet's way of deleting it takes
+// (StopContainer with a 30 s grace period, whose SIGTERM the program
+// handles, then StopPodSandbox and RemovePodSandbox), the memory of one idle pod (PSS of its shim, VM
 // and file server), and ten pods started at once; with Cocoon and, for
 // comparison, with runc.
 //
@@ -76,22 +78,24 @@ func main() {
 		if h == "cocoon" && *templates {
 			// The first pod makes the template; measure the pods after it.
 			start := time.Now()
-			_, id, err := b.pod(ctx, h, "template-warmup")
+			_, id, _, err := b.pod(ctx, h, "template-warmup")
 			fail(err)
 			fail(b.remove(ctx, id))
 			fmt.Printf("cocoon: first pod, making the VM template: %v\n", time.Since(start).Round(time.Millisecond))
 		}
-		var times []time.Duration
-		var last string
+		var times, removals []time.Duration
+		var last, lastCtr string
 		b.phases = [3][]time.Duration{}
 		for i := 0; i < *runs; i++ {
 			if last != "" {
-				fail(b.remove(ctx, last))
+				d, err := b.stopAndRemove(ctx, last, lastCtr)
+				fail(err)
+				removals = append(removals, d)
 			}
-			d, id, err := b.pod(ctx, h, fmt.Sprintf("%s-seq-%d", h, i))
+			d, id, cid, err := b.pod(ctx, h, fmt.Sprintf("%s-seq-%d", h, i))
 			fail(err)
 			times = append(times, d)
-			last = id
+			last, lastCtr = id, cid
 		}
 		time.Sleep(*idle)
 		pss, parts := podPSS(last)
@@ -99,6 +103,9 @@ func main() {
 		fmt.Printf("%s: pod to running container, median of %d: %v (all: %v)\n", h, *runs, measure.Median(times), round(times))
 		fmt.Printf("%s:   RunPodSandbox %v, CreateContainer %v, StartContainer %v (medians)\n", h,
 			measure.Median(b.phases[0]), measure.Median(b.phases[1]), measure.Median(b.phases[2]))
+		if len(removals) > 0 {
+			fmt.Printf("%s: stop and remove a pod (StopContainer, StopPodSandbox, RemovePodSandbox), median of %d: %v (all: %v)\n", h, len(removals), measure.Median(removals), round(removals))
+		}
 		fmt.Printf("%s: idle pod PSS after %v: %.1f MiB (%s)\n", h, *idle, float64(pss)/1024, parts)
 
 		if *parallel > 0 {
@@ -110,7 +117,7 @@ func main() {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_, ids[i], errs[i] = b.pod(ctx, h, fmt.Sprintf("%s-par-%d", h, i))
+					_, ids[i], _, errs[i] = b.pod(ctx, h, fmt.Sprintf("%s-par-%d", h, i))
 				}()
 			}
 			wg.Wait()
@@ -140,11 +147,11 @@ type bench struct {
 }
 
 // pod runs a pod with one busybox container and returns the time until
-// the container runs.
-func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, string, error) {
+// the container runs, the pod's ID and the container's.
+func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, string, string, error) {
 	logDir := filepath.Join(b.logDir, name)
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		return 0, "", err
+		return 0, "", "", err
 	}
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: "uid-" + name, Namespace: "bench"},
@@ -157,7 +164,7 @@ func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, s
 	start := time.Now()
 	p, err := b.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
 	if err != nil {
-		return 0, "", fmt.Errorf("%s: RunPodSandbox: %w", name, err)
+		return 0, "", "", fmt.Errorf("%s: RunPodSandbox: %w", name, err)
 	}
 	podReady := time.Now()
 	c, err := b.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
@@ -165,16 +172,17 @@ func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, s
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: "sleeper"},
 			Image:    &runtimeapi.ImageSpec{Image: ctrtest.BusyboxImage},
-			Command:  []string{"sleep", "1000"},
-			LogPath:  "sleeper.log",
+			// Ends on SIGTERM at once, as a well-behaved program does.
+			Command: []string{"sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"},
+			LogPath: "sleeper.log",
 		},
 	})
 	if err != nil {
-		return 0, p.PodSandboxId, fmt.Errorf("%s: CreateContainer: %w", name, err)
+		return 0, p.PodSandboxId, "", fmt.Errorf("%s: CreateContainer: %w", name, err)
 	}
 	created := time.Now()
 	if _, err := b.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-		return 0, p.PodSandboxId, fmt.Errorf("%s: StartContainer: %w", name, err)
+		return 0, p.PodSandboxId, c.ContainerId, fmt.Errorf("%s: StartContainer: %w", name, err)
 	}
 	end := time.Now()
 	b.mu.Lock()
@@ -182,7 +190,21 @@ func (b *bench) pod(ctx context.Context, handler, name string) (time.Duration, s
 	b.phases[1] = append(b.phases[1], created.Sub(podReady))
 	b.phases[2] = append(b.phases[2], end.Sub(created))
 	b.mu.Unlock()
-	return end.Sub(start), p.PodSandboxId, nil
+	return end.Sub(start), p.PodSandboxId, c.ContainerId, nil
+}
+
+// stopAndRemove deletes pod id the way the kubelet does: its container
+// cid stopped with a grace period of 30 s, then the pod stopped and
+// removed. It returns how long that took.
+func (b *bench) stopAndRemove(ctx context.Context, id, cid string) (time.Duration, error) {
+	start := time.Now()
+	if _, err := b.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cid, Timeout: 30}); err != nil {
+		return 0, fmt.Errorf("StopContainer: %w", err)
+	}
+	if err := b.remove(ctx, id); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
 }
 
 func (b *bench) remove(ctx context.Context, id string) error {
