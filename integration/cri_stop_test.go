@@ -425,3 +425,32 @@ func TestCRIRunPodAbandoned(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// The kubelet gives up on StopPodSandbox and on RemovePodSandbox while
+// the pod's VM is being removed (their contexts end); removing it again
+// then works, and the pod leaves nothing.
+func TestCRIRemovePodAbandoned(t *testing.T) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rs := criConn(t, ctx, e)
+	pod, err := runPod(t, ctx, e, rs, "pod-remove-abandoned", nil)
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
+	}
+	pod.start(t, ctx, "stubborn", ignoreTERM...)
+	for _, after := range []time.Duration{100 * time.Millisecond, 300 * time.Millisecond} {
+		sctx, scancel := context.WithTimeout(ctx, after)
+		_, err := rs.StopPodSandbox(sctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.id})
+		scancel()
+		t.Logf("StopPodSandbox abandoned after %v: %v", after, err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = rs.RemovePodSandbox(rctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.id})
+	rcancel()
+	t.Logf("RemovePodSandbox abandoned after 200ms: %v", err)
+	if err != nil {
+		pod.remove(t, ctx, true)
+	}
+	e.assertNoLeaks(t, pod.id)
+}
