@@ -141,7 +141,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
-	guestSpec, err := s.shareContainer(cfg.ID, spec, rootfs)
+	guestSpec, submounts, err := s.shareContainer(cfg.ID, spec, rootfs)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
@@ -150,7 +150,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 			s.shared.Release(cfg.ID)
 		}
 	}()
-	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs", join); err != nil {
+	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs", join, submounts); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.ContainerCreate)
@@ -169,9 +169,11 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 }
 
 // shareContainer bind-mounts the container's rootfs and bind-mount sources
-// into the sandbox's shared directory and returns the spec the guest runs:
-// sources rewritten to shared paths, host-only settings dropped.
-func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ *specs.Spec, err error) {
+// into the sandbox's shared directory and returns the spec the guest runs
+// (sources rewritten to shared paths, host-only settings dropped) and, by
+// mount index, the host's mounts below each bind source (see
+// storage.Submounts), which the guest mounts before the container's.
+func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ *specs.Spec, submounts map[int][]string, err error) {
 	defer func() {
 		if err != nil {
 			s.shared.Release(id)
@@ -182,11 +184,11 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 		rootAccess = storage.ReadOnly
 		dests, files := mountpoints(spec.Mounts)
 		if err := storage.MakeMountpoints(rootfs, dests, files); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := s.shared.Bind(rootfs, id+"/rootfs", rootAccess); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	g := *spec
 	g.Hooks = nil // host hooks cannot run in the guest
@@ -197,13 +199,23 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 			continue
 		}
 		if !filepath.IsAbs(m.Source) {
-			return nil, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
+			return nil, nil, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
 		}
 		rel := fmt.Sprintf("%s/mounts/%d", id, i)
 		if err := s.shared.Bind(m.Source, rel, mountAccess(m.Options)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		m.Source = sharedMountPrefix + rel
+		subs, err := storage.Submounts(spec.Mounts[i].Source)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(subs) > 0 {
+			if submounts == nil {
+				submounts = map[int][]string{}
+			}
+			submounts[i] = subs
+		}
 	}
 	if spec.Linux != nil {
 		l := *spec.Linux
@@ -216,7 +228,7 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 		l.CgroupsPath = ""
 		g.Linux = &l
 	}
-	return &g, nil
+	return &g, submounts, nil
 }
 
 // mountpoints are the destinations of mounts that need a mount point in

@@ -263,3 +263,45 @@ func makeMountpoint(root *os.File, dest string, file bool) error {
 	}
 	return nil
 }
+
+// MaxSubmounts caps how many mounts below one bind source are announced to
+// the guest.
+const MaxSubmounts = 256
+
+// Submounts returns the host's mount points strictly below src, relative
+// to it, parents before their children: the mounts a bind of src (with
+// its submounts) carries along. Only the first MaxSubmounts are returned.
+func Submounts(src string) ([]string, error) {
+	dir, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return nil, fmt.Errorf("submounts of %s: %w", src, err)
+	}
+	dir = filepath.Clean(dir)
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	infos, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !strings.HasPrefix(m.Mountpoint, prefix), false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("submounts of %s: %w", src, err)
+	}
+	seen := map[string]bool{}
+	var rels []string
+	for _, m := range infos {
+		rel, err := filepath.Rel(dir, m.Mountpoint)
+		if err != nil || rel == "." || strings.HasPrefix(rel, "../") || seen[rel] {
+			continue
+		}
+		seen[rel] = true
+		rels = append(rels, rel)
+	}
+	sort.Slice(rels, func(i, j int) bool {
+		if ci, cj := strings.Count(rels[i], "/"), strings.Count(rels[j], "/"); ci != cj {
+			return ci < cj
+		}
+		return rels[i] < rels[j]
+	})
+	if len(rels) > MaxSubmounts {
+		rels = rels[:MaxSubmounts]
+	}
+	return rels, nil
+}

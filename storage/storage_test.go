@@ -229,3 +229,38 @@ func TestFindVirtiofsd(t *testing.T) {
 		t.Error("a missing virtiofsd was accepted")
 	}
 }
+
+func TestSubmounts(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{"b", "a", "b/deep/er", "b/deep"} {
+		p := filepath.Join(src, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount("tmpfs", p, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(p, unix.MNT_DETACH) })
+	}
+	// A sibling whose name extends src's is not below it.
+	other := src + "x"
+	os.MkdirAll(other, 0o755)
+	defer os.RemoveAll(other)
+	if err := unix.Mount("tmpfs", other, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(other, unix.MNT_DETACH)
+
+	got, err := Submounts(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Parents before their children, whatever the order of mounting.
+	want := []string{"a", "b", "b/deep", "b/deep/er"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("Submounts = %q, want %q", got, want)
+	}
+	if got, err := Submounts(filepath.Join(src, "a")); err != nil || len(got) != 0 {
+		t.Errorf("Submounts of a mount with none below = %q, %v", got, err)
+	}
+}

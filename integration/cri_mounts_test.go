@@ -1,0 +1,120 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// hostTmpfs mounts a small tmpfs on dir (created if missing) for the
+// test, shared when shared is set (a Bidirectional or HostToContainer
+// volume must be on a shared mount); it is unmounted when the test ends.
+func hostTmpfs(t *testing.T, dir string, shared bool) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size=4m,mode=0755"); err != nil {
+		t.Fatalf("mount tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	if shared {
+		if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+			t.Fatalf("make %s shared: %v", dir, err)
+		}
+	}
+}
+
+// volumeDir is a new directory for a test's volume, on the host's /run
+// (below the test containerd's directory).
+func (e *env) volumeDir(t *testing.T, name string) string {
+	t.Helper()
+	dir := filepath.Join(e.dir, "vol-"+name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// run runs cmd in container cid and returns its exit code and output.
+func (p *criPod) run(t *testing.T, ctx context.Context, cid string, cmd ...string) (int32, string) {
+	t.Helper()
+	r, err := p.rs.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: cid, Cmd: cmd, Timeout: 30})
+	if err != nil {
+		t.Fatalf("ExecSync %v: %v", cmd, err)
+	}
+	return r.ExitCode, strings.TrimSpace(string(r.Stdout) + string(r.Stderr))
+}
+
+// mountOptions returns the options of the mount at dest in container cid
+// (the fourth field of /proc/self/mounts).
+func (p *criPod) mountOptions(t *testing.T, ctx context.Context, cid, dest string) string {
+	t.Helper()
+	out := p.exec(t, ctx, cid, "cat", "/proc/self/mounts")
+	opts := ""
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 4 && f[1] == dest {
+			opts = f[3] // the last mount on dest is the one seen
+		}
+	}
+	if opts == "" {
+		t.Fatalf("no mount on %s in %s:\n%s", dest, cid, out)
+	}
+	return opts
+}
+
+func TestCRIReadOnlyNotRecursive(t *testing.T)     { testReadOnlyNotRecursive(t, "cocoon") }
+func TestCRIReadOnlyNotRecursiveRunc(t *testing.T) { testReadOnlyNotRecursive(t, "runc") }
+
+// A read-only volume is read-only at its top only, as under runc: a
+// writable mount below its source (a tmpfs) stays writable in the
+// container, and the host's copy of it shows the write.
+func testReadOnlyNotRecursive(t *testing.T, handler string) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rs := criConn(t, ctx, e)
+
+	vol := e.volumeDir(t, "ro-"+handler)
+	if err := os.WriteFile(filepath.Join(vol, "top"), []byte("top\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hostTmpfs(t, filepath.Join(vol, "sub"), false)
+
+	pod, err := runPodWith(t, ctx, e, rs, handler, "pod-ro-"+handler)
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
+	}
+	cid := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "ro"},
+		Command:  []string{"sleep", "1000"},
+		Mounts:   []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: vol, Readonly: true}},
+	})
+	if code, out := pod.run(t, ctx, cid, "touch", "/vol/new"); code == 0 {
+		t.Errorf("touch /vol/new in a read-only volume succeeded")
+	} else if !strings.Contains(out, "Read-only file system") {
+		t.Errorf("touch /vol/new: exit %d, %q; want a read-only file system error", code, out)
+	}
+	if got := pod.exec(t, ctx, cid, "cat", "/vol/top"); got != "top" {
+		t.Errorf("/vol/top: %q", got)
+	}
+	if code, out := pod.run(t, ctx, cid, "sh", "-c", "echo sub > /vol/sub/f"); code != 0 {
+		t.Errorf("write to the tmpfs below a read-only (not rro) volume: exit %d, %s\nmounts in the container:\n%s",
+			code, out, pod.exec(t, ctx, cid, "cat", "/proc/self/mounts"))
+	} else if b, err := os.ReadFile(filepath.Join(vol, "sub", "f")); err != nil || string(b) != "sub\n" {
+		t.Errorf("host's copy of /vol/sub/f: %q, %v", b, err)
+	}
+	if opts := pod.mountOptions(t, ctx, cid, "/vol"); !strings.HasPrefix(opts, "ro,") {
+		t.Errorf("/vol is mounted %s, want ro", opts)
+	}
+	if opts := pod.mountOptions(t, ctx, cid, "/vol/sub"); !strings.HasPrefix(opts, "rw,") {
+		t.Errorf("/vol/sub is mounted %s, want rw", opts)
+	}
+}
