@@ -118,3 +118,121 @@ func testReadOnlyNotRecursive(t *testing.T, handler string) {
 		t.Errorf("/vol/sub is mounted %s, want rw", opts)
 	}
 }
+
+func TestCRIMountPropagation(t *testing.T)     { testMountPropagation(t, "cocoon") }
+func TestCRIMountPropagationRunc(t *testing.T) { testMountPropagation(t, "runc") }
+
+// waitFile polls for cat path in container cid to print want, for up to
+// a few seconds (a host's mount reaches the guest once virtio-fs
+// revalidates the directory, within its one-second attribute timeout).
+func (p *criPod) waitFile(t *testing.T, ctx context.Context, cid, path, want string) (string, bool) {
+	t.Helper()
+	var out string
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var code int32
+		code, out = p.run(t, ctx, cid, "cat", path)
+		if code == 0 && out == want {
+			return out, true
+		}
+		if time.Now().After(deadline) {
+			return out, false
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Mount propagation between the containers of a pod and from the host:
+// a tmpfs that a privileged container with a Bidirectional volume mounts
+// below it shows in another container's HostToContainer volume of the same
+// host directory, and so does a tmpfs the host mounts there after the
+// containers started; a Private volume sees neither.
+func testMountPropagation(t *testing.T, handler string) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rs := criConn(t, ctx, e)
+
+	vol := e.volumeDir(t, "prop-"+handler)
+	hostTmpfs(t, vol, true) // Bidirectional and HostToContainer need a shared mount
+	pod, err := runPrivilegedPod(t, ctx, e, rs, handler, "pod-prop-"+handler)
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
+	}
+	volume := func(p runtimeapi.MountPropagation) []*runtimeapi.Mount {
+		return []*runtimeapi.Mount{{ContainerPath: "/vol", HostPath: vol, Propagation: p}}
+	}
+	bidi := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "bidi"},
+		Command:  []string{"sleep", "1000"},
+		Mounts:   volume(runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL),
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			Privileged: true,
+		}},
+	})
+	slave := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "slave"},
+		Command:  []string{"sleep", "1000"},
+		Mounts:   volume(runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER),
+	})
+	private := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "private"},
+		Command:  []string{"sleep", "1000"},
+		Mounts:   volume(runtimeapi.MountPropagation_PROPAGATION_PRIVATE),
+	})
+
+	// Container to container.
+	pod.exec(t, ctx, bidi, "sh", "-c", "mkdir /vol/c && mount -t tmpfs -o size=1m tmpfs /vol/c && echo from-bidi > /vol/c/f")
+	if got, ok := pod.waitFile(t, ctx, slave, "/vol/c/f", "from-bidi"); !ok {
+		t.Errorf("HostToContainer container: /vol/c/f = %q, want the Bidirectional container's tmpfs\nmounts:\n%s",
+			got, pod.exec(t, ctx, slave, "cat", "/proc/self/mounts"))
+	}
+	if code, out := pod.run(t, ctx, private, "cat", "/vol/c/f"); code == 0 {
+		t.Errorf("Private container sees the Bidirectional container's mount: /vol/c/f = %q", out)
+	}
+	// To the host: only where the container's mount namespace is the host's.
+	b, err := os.ReadFile(filepath.Join(vol, "c", "f"))
+	if handler == "runc" && string(b) != "from-bidi\n" {
+		t.Errorf("host: %s/c/f = %q, %v; want the Bidirectional container's tmpfs", vol, b, err)
+	}
+	if handler == "cocoon" && err == nil {
+		t.Errorf("host: %s/c/f = %q; a mount in the VM cannot reach the host", vol, b)
+	}
+
+	// Host to container, after the containers started.
+	hostTmpfs(t, filepath.Join(vol, "h"), false)
+	if err := os.WriteFile(filepath.Join(vol, "h", "f"), []byte("from-host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, cid := range []string{slave, bidi} {
+		if got, ok := pod.waitFile(t, ctx, cid, "/vol/h/f", "from-host"); !ok {
+			t.Errorf("container %s: /vol/h/f = %q, want the host's new tmpfs\nmounts:\n%s",
+				cid, got, pod.exec(t, ctx, cid, "cat", "/proc/self/mounts"))
+		}
+	}
+	if code, out := pod.run(t, ctx, private, "cat", "/vol/h/f"); code == 0 {
+		t.Errorf("Private container sees the host's new mount: /vol/h/f = %q", out)
+	}
+}
+
+// runPrivilegedPod runs a pod that may hold privileged containers with
+// runtime handler handler; it is stopped and removed when the test ends.
+func runPrivilegedPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, handler, name string) (*criPod, error) {
+	t.Helper()
+	cfg := e.podConfig(t, name)
+	cfg.Linux.SecurityContext.Privileged = true
+	if handler == "cocoon" {
+		return runPodConfig(t, ctx, e, rs, cfg)
+	}
+	r, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
+	if err != nil {
+		return nil, err
+	}
+	p := &criPod{rs: rs, id: r.PodSandboxId, config: cfg}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
+		rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+	})
+	return p, nil
+}

@@ -99,7 +99,8 @@ const (
 
 // validRel is the form of the paths below the shared tree that the host
 // binds to: IDs and indexes joined by slashes.
-var validRel = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*(/[a-zA-Z0-9][a-zA-Z0-9_.-]*)*$`)
+// The first may begin with "_" (a directory no container ID can name).
+var validRel = regexp.MustCompile(`^_?[a-zA-Z0-9][a-zA-Z0-9_.-]*(/[a-zA-Z0-9][a-zA-Z0-9_.-]*)*$`)
 
 func checkRel(rel string) error {
 	if !validRel.MatchString(rel) || strings.Contains(rel, "..") {
@@ -115,6 +116,14 @@ func checkRel(rel string) error {
 // the target is created and opened without following symlinks or
 // crossing mounts.
 func (s *Shared) Bind(src, rel string, access Access) error {
+	return s.BindWith(src, rel, access, false)
+}
+
+// BindWith is Bind, and with private set the bind and the mounts below it
+// are private: mounts the host makes below src later do not reach the
+// guest (a spec's "private" or "rprivate" bind); otherwise the bind is a
+// peer of src's mount (when that is shared) and they do.
+func (s *Shared) BindWith(src, rel string, access Access, private bool) error {
 	if err := checkRel(rel); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
@@ -139,6 +148,11 @@ func (s *Shared) Bind(src, rel string, access Access) error {
 		}
 		if err := unix.MountSetattr(tree, "", flags, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
 			return fmt.Errorf("bind %s: make read-only: %w", src, err)
+		}
+	}
+	if private {
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Propagation: unix.MS_PRIVATE}); err != nil {
+			return fmt.Errorf("bind %s: make private: %w", src, err)
 		}
 	}
 	root, err := safefs.OpenRoot(s.HostDir())

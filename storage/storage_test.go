@@ -264,3 +264,38 @@ func TestSubmounts(t *testing.T) {
 		t.Errorf("Submounts of a mount with none below = %q, %v", got, err)
 	}
 }
+
+// A bind receives the mounts the host makes below its source afterwards
+// (the source being shared), unless it is private.
+func TestSharedBindPropagation(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	os.MkdirAll(src, 0o755)
+	if err := unix.Mount("tmpfs", src, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(src, unix.MNT_DETACH)
+	if err := unix.Mount("", src, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	s := newShared(t, filepath.Join(base, "shared"))
+	if err := s.BindWith(src, "c1/mounts/0", ReadWrite, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BindWith(src, "c1/mounts/1", ReadWrite, true); err != nil {
+		t.Fatal(err)
+	}
+	later := filepath.Join(src, "later")
+	os.Mkdir(later, 0o755)
+	if err := unix.Mount("tmpfs", later, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(later, unix.MNT_DETACH)
+	os.WriteFile(filepath.Join(later, "f"), []byte("x"), 0o644)
+	for rel, want := range map[string]bool{"c1/mounts/0": true, "c1/mounts/1": false} {
+		_, err := os.Stat(filepath.Join(s.ExportDir(), rel, "later", "f"))
+		if got := err == nil; got != want {
+			t.Errorf("%s: the host's later mount seen in the export: %v, want %v", rel, got, want)
+		}
+	}
+}

@@ -46,6 +46,15 @@ func (s *sharedFS) mount() error {
 		// binds of them are nosuid,nodev on the host's side.
 		if err := unix.Mount(SharedFSTag, s.mountPoint, "virtiofs", 0, ""); err != nil {
 			s.err = fmt.Errorf("mount virtiofs %q on %s: %w", SharedFSTag, s.mountPoint, err)
+			return
+		}
+		// Shared, and so are the virtio-fs submounts below it (the host's
+		// binds): the mount namespaces of containers are copies whose
+		// mounts are its peers, so that a mount one container makes below a
+		// volume reaches the others that bind the same one as their
+		// propagation (rshared, rslave) says.
+		if err := unix.Mount("", s.mountPoint, "", unix.MS_SHARED, ""); err != nil {
+			s.err = fmt.Errorf("make %s shared: %w", s.mountPoint, err)
 		}
 	})
 	return s.err
@@ -125,6 +134,13 @@ func (a *Agent) resolveMounts(spec *specs.Spec) error {
 		}
 		p, err := a.shared.resolve(rel)
 		if err != nil {
+			return fmt.Errorf("mount %s: %w", m.Destination, err)
+		}
+		// The host's bind is a virtio-fs submount: mount it here, in the
+		// agent's namespace, so that every container binding it binds one
+		// mount (statx without AT_NO_AUTOMOUNT crosses the automount).
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_TYPE, &st); err != nil {
 			return fmt.Errorf("mount %s: %w", m.Destination, err)
 		}
 		m.Source = p
