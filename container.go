@@ -192,11 +192,13 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc
 			s.unshare(id, sc.newVolumes)
 		}
 	}()
-	s.mu.Lock()
 	inUse := map[string]bool{}
-	for _, c := range s.state.Containers {
-		for _, v := range c.Volumes {
-			inUse[v] = true
+	s.mu.Lock()
+	if s.state != nil {
+		for _, c := range s.state.Containers {
+			for _, v := range c.Volumes {
+				inUse[v] = true
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -297,14 +299,16 @@ const volumesDir = "_volumes"
 // that no other container uses.
 func (s *Sandbox) unshare(id string, vols []string) error {
 	err := s.shared.Release(id)
-	s.mu.Lock()
 	used := map[string]bool{}
-	for cid, c := range s.state.Containers {
-		if cid == id {
-			continue
-		}
-		for _, v := range c.Volumes {
-			used[v] = true
+	s.mu.Lock()
+	if s.state != nil {
+		for cid, c := range s.state.Containers {
+			if cid == id {
+				continue
+			}
+			for _, v := range c.Volumes {
+				used[v] = true
+			}
 		}
 	}
 	s.mu.Unlock()
