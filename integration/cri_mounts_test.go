@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/internal/ctrtest"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -235,4 +236,42 @@ func runPrivilegedPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.R
 		rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
 	})
 	return p, nil
+}
+
+func TestCtrReadOnlyRecursive(t *testing.T)     { testCtrReadOnlyRecursive(t, true) }
+func TestCtrReadOnlyRecursiveRunc(t *testing.T) { testCtrReadOnlyRecursive(t, false) }
+
+// A bind mount with "ro" is read-only at its top, with "rro" below it too
+// (a tmpfs there included), as runc does: here through ctr, whose mount
+// options reach the runtime's spec as given (the CRI of containerd 2.x
+// asks runc's shim alone whether it supports recursive read-only mounts).
+func testCtrReadOnlyRecursive(t *testing.T, cocoon bool) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	name := "rro-runc"
+	if cocoon {
+		name = "rro-cocoon"
+	}
+	vol := e.volumeDir(t, name)
+	hostTmpfs(t, filepath.Join(vol, "sub"), false)
+	cid := id(t)
+	e.removeOnCleanup(t, cid)
+	args := []string{"run", "--rm",
+		"--mount", "type=bind,src=" + vol + ",dst=/ro,options=rbind:ro",
+		"--mount", "type=bind,src=" + vol + ",dst=/rro,options=rbind:rro"}
+	if cocoon {
+		args = append(args, e.runtimeFlags()...)
+	}
+	script := `for d in /ro/sub /rro/sub; do if touch $d/f 2>/dev/null; then echo $d rw; else echo $d ro; fi; done
+touch /ro/f 2>/dev/null && echo /ro top rw || echo /ro top ro`
+	args = append(args, ctrtest.BusyboxImage, cid, "sh", "-c", script)
+	stdout, stderr, err := e.ctrd.Ctr(ctx, args...)
+	if err != nil {
+		t.Fatalf("ctr run: %v\nstdout %q\nstderr %q\n%s", err, stdout, stderr, e.ctrd.LogTail(30))
+	}
+	want := "/ro/sub rw\n/rro/sub ro\n/ro top ro"
+	if got := strings.TrimSpace(stdout); got != want {
+		t.Errorf("writes: %q, want %q", got, want)
+	}
 }
