@@ -3,6 +3,7 @@ package cocoon
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -141,16 +142,16 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
-	guestSpec, err := s.shareContainer(cfg.ID, spec, rootfs)
+	sc, err := s.shareContainer(cfg.ID, spec, rootfs)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	defer func() {
 		if err != nil {
-			s.shared.Release(cfg.ID)
+			s.unshare(cfg.ID, sc.newVolumes)
 		}
 	}()
-	if err := c.CreateContainer(ctx, cfg.ID, guestSpec, cfg.ID+"/rootfs", join); err != nil {
+	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, cfg.ID+"/rootfs", join, sc.submounts); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.ContainerCreate)
@@ -159,6 +160,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
 			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
+			Volumes: sc.volumes,
 		}
 		return nil
 	})
@@ -168,25 +170,48 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	return err
 }
 
+// sharedContainer is what shareContainer made of a container.
+type sharedContainer struct {
+	// spec is the spec the guest runs: bind sources rewritten to shared
+	// paths, host-only settings dropped.
+	spec *specs.Spec
+	// submounts are, by mount index, the host's mounts below each bind
+	// source (see storage.Submounts), which the guest mounts before the
+	// container's.
+	submounts map[int][]string
+	// volumes are the pod-wide binds the container uses (see volumeRel),
+	// newVolumes those of them it bound first.
+	volumes, newVolumes []string
+}
+
 // shareContainer bind-mounts the container's rootfs and bind-mount sources
-// into the sandbox's shared directory and returns the spec the guest runs:
-// sources rewritten to shared paths, host-only settings dropped.
-func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ *specs.Spec, err error) {
+// into the sandbox's shared directory.
+func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc sharedContainer, err error) {
 	defer func() {
 		if err != nil {
-			s.shared.Release(id)
+			s.unshare(id, sc.newVolumes)
 		}
 	}()
+	inUse := map[string]bool{}
+	s.mu.Lock()
+	if s.state != nil {
+		for _, c := range s.state.Containers {
+			for _, v := range c.Volumes {
+				inUse[v] = true
+			}
+		}
+	}
+	s.mu.Unlock()
 	rootAccess := storage.ReadWrite
 	if spec.Root.Readonly {
 		rootAccess = storage.ReadOnly
 		dests, files := mountpoints(spec.Mounts)
 		if err := storage.MakeMountpoints(rootfs, dests, files); err != nil {
-			return nil, err
+			return sc, err
 		}
 	}
 	if err := s.shared.Bind(rootfs, id+"/rootfs", rootAccess); err != nil {
-		return nil, err
+		return sc, err
 	}
 	g := *spec
 	g.Hooks = nil // host hooks cannot run in the guest
@@ -197,13 +222,37 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 			continue
 		}
 		if !filepath.IsAbs(m.Source) {
-			return nil, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
+			return sc, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
 		}
+		access := mountAccess(m.Options)
 		rel := fmt.Sprintf("%s/mounts/%d", id, i)
-		if err := s.shared.Bind(m.Source, rel, mountAccess(m.Options)); err != nil {
-			return nil, err
+		if propagates(m.Options) {
+			rel = volumeRel(m.Source, access)
+			if !slices.Contains(sc.volumes, rel) {
+				sc.volumes = append(sc.volumes, rel)
+			}
+		}
+		if !inUse[rel] {
+			private := slices.Contains(m.Options, "private") || slices.Contains(m.Options, "rprivate")
+			if err := s.shared.BindWith(m.Source, rel, access, private); err != nil {
+				return sc, err
+			}
+			if rel != fmt.Sprintf("%s/mounts/%d", id, i) {
+				inUse[rel] = true
+				sc.newVolumes = append(sc.newVolumes, rel)
+			}
 		}
 		m.Source = sharedMountPrefix + rel
+		subs, err := storage.Submounts(spec.Mounts[i].Source)
+		if err != nil {
+			return sc, err
+		}
+		if len(subs) > 0 {
+			if sc.submounts == nil {
+				sc.submounts = map[int][]string{}
+			}
+			sc.submounts[i] = subs
+		}
 	}
 	if spec.Linux != nil {
 		l := *spec.Linux
@@ -216,7 +265,61 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (_ 
 		l.CgroupsPath = ""
 		g.Linux = &l
 	}
-	return &g, nil
+	sc.spec = &g
+	return sc, nil
+}
+
+// propagates reports whether a bind mount with options opts receives
+// mounts from its source's peers (rshared, rslave and their non-recursive
+// forms, as the CRI's Bidirectional and HostToContainer give).
+func propagates(opts []string) bool {
+	return slices.ContainsFunc(opts, func(o string) bool {
+		switch o {
+		case "shared", "rshared", "slave", "rslave":
+			return true
+		}
+		return false
+	})
+}
+
+// volumeRel is where, below the shared tree, a propagating bind of src with
+// access is made, once for the whole pod: the containers that bind the
+// same host directory so bind one mount in the guest, and a mount one of
+// them makes below it reaches the others as mount propagation says.
+func volumeRel(src string, access storage.Access) string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%d\x00%s", access, filepath.Clean(src))))
+	return volumesDir + "/" + hex.EncodeToString(h[:12])
+}
+
+// volumesDir holds the pod-wide binds below the shared tree; it cannot be
+// a container ID (those begin with a letter or digit).
+const volumesDir = "_volumes"
+
+// unshare releases the container's own shared binds and those of vols
+// that no other container uses.
+func (s *Sandbox) unshare(id string, vols []string) error {
+	err := s.shared.Release(id)
+	used := map[string]bool{}
+	s.mu.Lock()
+	if s.state != nil {
+		for cid, c := range s.state.Containers {
+			if cid == id {
+				continue
+			}
+			for _, v := range c.Volumes {
+				used[v] = true
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, v := range vols {
+		if !used[v] {
+			if rerr := s.shared.Release(v); rerr != nil && err == nil {
+				err = rerr
+			}
+		}
+	}
+	return err
 }
 
 // mountpoints are the destinations of mounts that need a mount point in
@@ -350,7 +453,10 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 			return fmt.Errorf("delete container %s: %w", id, err)
 		}
 	}
-	if err := s.shared.Release(id); err != nil {
+	s.mu.Lock()
+	vols := s.state.Containers[id].Volumes
+	s.mu.Unlock()
+	if err := s.unshare(id, vols); err != nil {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
 	return s.updateLocked(func(st *sandboxState) error {

@@ -60,6 +60,9 @@ type containerState struct {
 	Env []string `json:"env,omitempty"`
 	// Execs are the exec IDs of processes started with EnterContainer.
 	Execs []string `json:"execs,omitempty"`
+	// Volumes are the pod-wide binds below the shared tree the container
+	// uses (see volumeRel); the last container using one releases it.
+	Volumes []string `json:"volumes,omitempty"`
 }
 
 // Sandbox is a handle on one sandbox. Its methods may be called

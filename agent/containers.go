@@ -26,8 +26,9 @@ const (
 // CreateContainer asks the agent to create a container from spec, whose
 // root filesystem is rootfs relative to the shared directory. join maps
 // namespace types the container shares to the container whose namespace
-// of that type it joins.
-func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string) error {
+// of that type it joins. submounts lists, by index of a bind mount in the
+// spec, the paths relative to its source where the host has mounts.
+func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, submounts map[int][]string) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", id, err)
@@ -35,6 +36,9 @@ func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spe
 	req := &protocol.CreateContainerRequest{ContainerId: id, Spec: b, Rootfs: rootfs}
 	for _, typ := range slices.Sorted(maps.Keys(join)) {
 		req.JoinNamespaces = append(req.JoinNamespaces, &protocol.JoinNamespace{Type: string(typ), ContainerId: join[typ]})
+	}
+	for _, i := range slices.Sorted(maps.Keys(submounts)) {
+		req.Submounts = append(req.Submounts, &protocol.Submounts{Mount: uint32(i), Paths: submounts[i]})
 	}
 	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
 		_, err := c.agent.CreateContainer(ctx, req)

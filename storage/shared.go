@@ -99,7 +99,8 @@ const (
 
 // validRel is the form of the paths below the shared tree that the host
 // binds to: IDs and indexes joined by slashes.
-var validRel = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*(/[a-zA-Z0-9][a-zA-Z0-9_.-]*)*$`)
+// The first may begin with "_" (a directory no container ID can name).
+var validRel = regexp.MustCompile(`^_?[a-zA-Z0-9][a-zA-Z0-9_.-]*(/[a-zA-Z0-9][a-zA-Z0-9_.-]*)*$`)
 
 func checkRel(rel string) error {
 	if !validRel.MatchString(rel) || strings.Contains(rel, "..") {
@@ -115,6 +116,14 @@ func checkRel(rel string) error {
 // the target is created and opened without following symlinks or
 // crossing mounts.
 func (s *Shared) Bind(src, rel string, access Access) error {
+	return s.BindWith(src, rel, access, false)
+}
+
+// BindWith is Bind, and with private set the bind and the mounts below it
+// are private: mounts the host makes below src later do not reach the
+// guest (a spec's "private" or "rprivate" bind); otherwise the bind is a
+// peer of src's mount (when that is shared) and they do.
+func (s *Shared) BindWith(src, rel string, access Access, private bool) error {
 	if err := checkRel(rel); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
@@ -139,6 +148,11 @@ func (s *Shared) Bind(src, rel string, access Access) error {
 		}
 		if err := unix.MountSetattr(tree, "", flags, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
 			return fmt.Errorf("bind %s: make read-only: %w", src, err)
+		}
+	}
+	if private {
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Propagation: unix.MS_PRIVATE}); err != nil {
+			return fmt.Errorf("bind %s: make private: %w", src, err)
 		}
 	}
 	root, err := safefs.OpenRoot(s.HostDir())
@@ -262,4 +276,46 @@ func makeMountpoint(root *os.File, dest string, file bool) error {
 		unix.Close(fd)
 	}
 	return nil
+}
+
+// MaxSubmounts caps how many mounts below one bind source are announced to
+// the guest.
+const MaxSubmounts = 256
+
+// Submounts returns the host's mount points strictly below src, relative
+// to it, parents before their children: the mounts a bind of src (with
+// its submounts) carries along. Only the first MaxSubmounts are returned.
+func Submounts(src string) ([]string, error) {
+	dir, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return nil, fmt.Errorf("submounts of %s: %w", src, err)
+	}
+	dir = filepath.Clean(dir)
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	infos, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !strings.HasPrefix(m.Mountpoint, prefix), false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("submounts of %s: %w", src, err)
+	}
+	seen := map[string]bool{}
+	var rels []string
+	for _, m := range infos {
+		rel, err := filepath.Rel(dir, m.Mountpoint)
+		if err != nil || rel == "." || strings.HasPrefix(rel, "../") || seen[rel] {
+			continue
+		}
+		seen[rel] = true
+		rels = append(rels, rel)
+	}
+	sort.Slice(rels, func(i, j int) bool {
+		if ci, cj := strings.Count(rels[i], "/"), strings.Count(rels[j], "/"); ci != cj {
+			return ci < cj
+		}
+		return rels[i] < rels[j]
+	})
+	if len(rels) > MaxSubmounts {
+		rels = rels[:MaxSubmounts]
+	}
+	return rels, nil
 }

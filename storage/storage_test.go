@@ -229,3 +229,73 @@ func TestFindVirtiofsd(t *testing.T) {
 		t.Error("a missing virtiofsd was accepted")
 	}
 }
+
+func TestSubmounts(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{"b", "a", "b/deep/er", "b/deep"} {
+		p := filepath.Join(src, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount("tmpfs", p, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(p, unix.MNT_DETACH) })
+	}
+	// A sibling whose name extends src's is not below it.
+	other := src + "x"
+	os.MkdirAll(other, 0o755)
+	defer os.RemoveAll(other)
+	if err := unix.Mount("tmpfs", other, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(other, unix.MNT_DETACH)
+
+	got, err := Submounts(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Parents before their children, whatever the order of mounting.
+	want := []string{"a", "b", "b/deep", "b/deep/er"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("Submounts = %q, want %q", got, want)
+	}
+	if got, err := Submounts(filepath.Join(src, "a")); err != nil || len(got) != 0 {
+		t.Errorf("Submounts of a mount with none below = %q, %v", got, err)
+	}
+}
+
+// A bind receives the mounts the host makes below its source afterwards
+// (the source being shared), unless it is private.
+func TestSharedBindPropagation(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	os.MkdirAll(src, 0o755)
+	if err := unix.Mount("tmpfs", src, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(src, unix.MNT_DETACH)
+	if err := unix.Mount("", src, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	s := newShared(t, filepath.Join(base, "shared"))
+	if err := s.BindWith(src, "c1/mounts/0", ReadWrite, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BindWith(src, "c1/mounts/1", ReadWrite, true); err != nil {
+		t.Fatal(err)
+	}
+	later := filepath.Join(src, "later")
+	os.Mkdir(later, 0o755)
+	if err := unix.Mount("tmpfs", later, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(later, unix.MNT_DETACH)
+	os.WriteFile(filepath.Join(later, "f"), []byte("x"), 0o644)
+	for rel, want := range map[string]bool{"c1/mounts/0": true, "c1/mounts/1": false} {
+		_, err := os.Stat(filepath.Join(s.ExportDir(), rel, "later", "f"))
+		if got := err == nil; got != want {
+			t.Errorf("%s: the host's later mount seen in the export: %v, want %v", rel, got, want)
+		}
+	}
+}

@@ -46,6 +46,15 @@ func (s *sharedFS) mount() error {
 		// binds of them are nosuid,nodev on the host's side.
 		if err := unix.Mount(SharedFSTag, s.mountPoint, "virtiofs", 0, ""); err != nil {
 			s.err = fmt.Errorf("mount virtiofs %q on %s: %w", SharedFSTag, s.mountPoint, err)
+			return
+		}
+		// Shared, and so are the virtio-fs submounts below it (the host's
+		// binds): the mount namespaces of containers are copies whose
+		// mounts are its peers, so that a mount one container makes below a
+		// volume reaches the others that bind the same one as their
+		// propagation (rshared, rslave) says.
+		if err := unix.Mount("", s.mountPoint, "", unix.MS_SHARED, ""); err != nil {
+			s.err = fmt.Errorf("make %s shared: %w", s.mountPoint, err)
 		}
 	})
 	return s.err
@@ -95,6 +104,9 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	if err := a.resolveMounts(&spec); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
+	if err := mountSubmounts(&spec, r.Submounts); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
+	}
 	if err := joinNamespaces(m, &spec, r.JoinNamespaces); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
@@ -124,7 +136,54 @@ func (a *Agent) resolveMounts(spec *specs.Spec) error {
 		if err != nil {
 			return fmt.Errorf("mount %s: %w", m.Destination, err)
 		}
+		// The host's bind is a virtio-fs submount: mount it here, in the
+		// agent's namespace, so that every container binding it binds one
+		// mount (statx without AT_NO_AUTOMOUNT crosses the automount).
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_TYPE, &st); err != nil {
+			return fmt.Errorf("mount %s: %w", m.Destination, err)
+		}
 		m.Source = p
+	}
+	return nil
+}
+
+// mountSubmounts mounts, in the agent's mount namespace, the virtio-fs
+// submounts the host announced below bind mount sources of spec (the
+// host's mounts there), before the container's mounts are made.
+//
+// A virtio-fs submount is an automount: the kernel mounts it when a path
+// first crosses it, with the flags of the mount crossed. Crossed first
+// inside the container's bind, it would take that bind's flags, and a
+// tmpfs below a volume bound "ro" would be read-only, as if "rro" had been
+// asked. Mounted here, below the agent's read-write shared mount, each
+// keeps its own flags and the container's (recursive) bind copies it;
+// "ro" then makes only the top read-only, and "rro" the whole tree.
+func mountSubmounts(spec *specs.Spec, subs []*protocol.Submounts) error {
+	for _, sm := range subs {
+		if int64(sm.Mount) >= int64(len(spec.Mounts)) {
+			return fmt.Errorf("submounts of mount %d: the spec has %d mounts", sm.Mount, len(spec.Mounts))
+		}
+		m := spec.Mounts[sm.Mount]
+		if !filepath.IsAbs(m.Source) {
+			return fmt.Errorf("submounts of mount %s: source %q is not a guest path", m.Destination, m.Source)
+		}
+		for _, rel := range sm.Paths {
+			if rel == "" || filepath.IsAbs(rel) {
+				return fmt.Errorf("submount %q of mount %s: want a relative path", rel, m.Destination)
+			}
+			p, err := securejoin.SecureJoin(m.Source, rel)
+			if err != nil {
+				return fmt.Errorf("submount %q of mount %s: %w", rel, m.Destination, err)
+			}
+			// statx(2) without AT_NO_AUTOMOUNT crosses the automount, which
+			// mounts it (stat(2) would not: it implies AT_NO_AUTOMOUNT). A
+			// path gone meanwhile (the host unmounted it) is no error.
+			var st unix.Statx_t
+			if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_TYPE, &st); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("submount %q of mount %s: %w", rel, m.Destination, err)
+			}
+		}
 	}
 	return nil
 }
