@@ -142,7 +142,7 @@ type ctr struct {
 	forked    int         // exec'd processes the zygotes started
 	noZygote  atomic.Bool // a zygote failed to start
 	paused    bool        // frozen by Pause
-	started   bool        // Start ran its program (see signal.go)
+	started   time.Time   // when Start ran its program (see signal.go)
 	oom       *memoryEvents
 }
 
@@ -435,7 +435,7 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 	if err := c.lc.Exec(); err != nil {
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
-	c.started = true
+	c.started = time.Now()
 	return nil
 }
 
@@ -574,8 +574,8 @@ func (m *Manager) Kill(ctx context.Context, id string, sig syscall.Signal, all b
 		return nil
 	}
 	signal := c.init.Signal
-	if c.started {
-		signal = func(sig syscall.Signal) error { return signalInit(c.init, sig, m.log) }
+	if !c.started.IsZero() {
+		signal = func(sig syscall.Signal) error { return signalInit(c.init, sig, c.started, m.log) }
 	}
 	if err := signal(sig); err != nil {
 		return fmt.Errorf("kill container %s: %w", id, err)

@@ -33,13 +33,21 @@ import (
 // heldSignalTimeout bounds how long a signal is held back.
 const heldSignalTimeout = 5 * time.Second
 
+// execWindow is how long after Start a signal is sent only once its
+// target was seen ready twice in a row, even when the first look finds it
+// ready: while the helper executes the program there is a moment when the
+// process shows the program's arguments yet still has the helper's
+// handlers, and a signal sent then is lost once the kernel resets them.
+const execWindow = 10 * time.Second
+
 // heldSignalPoll is how often a held-back signal's target is checked.
 const heldSignalPoll = 5 * time.Millisecond
 
-// signalInit sends sig to the init process p of a started container, or
-// holds it back as explained above; it returns without waiting.
-func signalInit(p *Process, sig syscall.Signal, log *slog.Logger) error {
-	if !mayBeDropped(sig) || !dropsSignal(p.Pid(), sig) {
+// signalInit sends sig to the init process p of a container started at
+// started, or holds it back as explained above; it returns without
+// waiting.
+func signalInit(p *Process, sig syscall.Signal, started time.Time, log *slog.Logger) error {
+	if !mayBeDropped(sig) || time.Since(started) > execWindow && !dropsSignal(p.Pid(), sig) {
 		return p.Signal(sig)
 	}
 	if p.exited() {
