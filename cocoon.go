@@ -23,11 +23,11 @@ package cocoon
 import (
 	"errors"
 	"fmt"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
 	"log/slog"
 	"path/filepath"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/persist"
 )
 
@@ -110,7 +110,7 @@ const (
 // sandbox ID names its VM): 1-64 letters, digits, '_', '.', '-', not
 // starting with punctuation; so an ID is always safe as a path component.
 func validateID(kind, id string) error {
-	if err := qemu.ValidateID(id); err != nil {
+	if err := hypervisor.ValidateID(id); err != nil {
 		return fmt.Errorf("%s id: %w: %w", kind, ErrInvalidConfig, err)
 	}
 	return nil

@@ -536,7 +536,7 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 		errs = append(errs, v.Stop(ctx))
 	}
 	// The VM may have been started by another process, or left half made.
-	errs = append(errs, vm.Remove(ctx, s.rt.vmStateDir(), s.id))
+	errs = append(errs, vm.Remove(ctx, s.rt.vmStateDir(), s.id, s.rt.vmOptions(0)))
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
 	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/guest/boot"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 	"github.com/cocoon-runtime/cocoon/image"
 )
 

@@ -26,7 +26,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
 	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"github.com/cocoon-runtime/cocoon/internal/guesttext"
@@ -58,7 +58,6 @@ type QEMU struct {
 	cfg    hypervisor.Config
 	launch launch
 	proc   *process
-	qmp    *qmp.Client
 	// ports maps hot-plugged device IDs to the root port they occupy.
 	ports map[string]int
 }
@@ -80,21 +79,10 @@ func New(opts Options) *QEMU {
 	return &QEMU{opts: opts, log: log, ports: make(map[string]int)}
 }
 
-var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
-
-// ValidateID reports whether id can name a VM: 1-64 characters of letters,
-// digits, '_', '.' and '-', not starting with a punctuation character.
-func ValidateID(id string) error {
-	if !validID.MatchString(id) || strings.Contains(id, "..") {
-		return fmt.Errorf("invalid id %q: use 1-64 letters, digits, '_', '.', '-'", id)
-	}
-	return nil
-}
-
 // CreateVM validates cfg, resolves defaults and the accelerator, and
 // creates the VM's runtime directory.
 func (q *QEMU) CreateVM(ctx context.Context, id string, cfg hypervisor.Config) error {
-	if err := ValidateID(id); err != nil {
+	if err := hypervisor.ValidateID(id); err != nil {
 		return &hypervisor.ConfigError{Field: "id", Err: err}
 	}
 	cfg, err := q.resolve(ctx, cfg)
@@ -323,15 +311,16 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 		case <-qctx.Done():
 		}
 	}()
-	q.qmp, err = qmp.Dial(qctx, l.files.qmp)
+	c, err := qmp.Dial(qctx, l.files.qmp)
 	if err != nil {
 		if !q.proc.alive() {
 			return &StartError{VM: q.id, Err: errors.New("qemu exited"), Output: tail(l.files.log, 2048)}
 		}
 		return fmt.Errorf("start vm %s: %w", q.id, err)
 	}
+	defer c.Close()
 	if !l.incoming {
-		if err := q.qmp.Cont(ctx); err != nil {
+		if err := c.Cont(ctx); err != nil {
 			return fmt.Errorf("start vm %s: %w", q.id, err)
 		}
 	}
@@ -416,13 +405,16 @@ func (q *QEMU) stopLocked(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
 		defer cancel()
 	}
-	if q.qmp != nil {
-		qctx, cancel := context.WithTimeout(ctx, time.Second)
-		if err := q.qmp.Quit(qctx); err != nil {
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	if c, err := qmp.Dial(qctx, q.launch.files.qmp); err != nil {
+		q.log.Debug("qmp unreachable to quit", "vm", q.id, "err", err)
+	} else {
+		if err := c.Quit(qctx); err != nil {
 			q.log.Debug("qmp quit failed", "vm", q.id, "err", err)
 		}
-		cancel()
+		c.Close()
 	}
+	cancel()
 	select {
 	case <-q.proc.done:
 		return nil
@@ -442,10 +434,11 @@ func (q *QEMU) stopLocked(ctx context.Context) error {
 
 // PauseVM stops the guest's vCPUs.
 func (q *QEMU) PauseVM(ctx context.Context) error {
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("pause vm: %w", err)
 	}
+	defer release()
 	if err := c.Stop(ctx); err != nil {
 		return fmt.Errorf("pause vm %s: %w", q.id, err)
 	}
@@ -454,37 +447,80 @@ func (q *QEMU) PauseVM(ctx context.Context) error {
 
 // ResumeVM restarts the guest's vCPUs.
 func (q *QEMU) ResumeVM(ctx context.Context) error {
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("resume vm: %w", err)
 	}
+	defer release()
 	if err := c.Cont(ctx); err != nil {
 		return fmt.Errorf("resume vm %s: %w", q.id, err)
 	}
 	return nil
 }
 
-// Status reports QEMU's run state ("running", "paused", ...).
-func (q *QEMU) Status(ctx context.Context) (string, error) {
-	c, err := q.client()
+// Status reports QEMU's run state.
+func (q *QEMU) Status(ctx context.Context) (hypervisor.RunState, error) {
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return "", err
 	}
+	defer release()
 	s, err := c.QueryStatus(ctx)
 	if err != nil {
 		return "", fmt.Errorf("query status of vm %s: %w", q.id, err)
 	}
-	return s.Status, nil
+	return runState(s.Status), nil
 }
 
-// client returns the QMP client of a running VM.
-func (q *QEMU) client() (*qmp.Client, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.proc == nil || !q.proc.alive() || q.qmp == nil {
-		return nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+// runState maps a QMP run state to the contract's.
+func runState(qmpState string) hypervisor.RunState {
+	switch qmpState {
+	case "running":
+		return hypervisor.StateRunning
+	case "paused":
+		return hypervisor.StatePaused
+	case "shutdown":
+		return hypervisor.StateShutdown
+	case "internal-error", "guest-panicked", "io-error":
+		return hypervisor.StateCrashed
 	}
-	return q.qmp, nil
+	return hypervisor.StateOther
+}
+
+// qmpDialTimeout bounds the wait for QEMU's QMP socket, which serves one
+// connection at a time: another operation, of this or another process,
+// may hold it for a moment.
+const qmpDialTimeout = 10 * time.Second
+
+// client connects to the QMP socket of a running VM for one operation;
+// release closes the connection. No connection outlives its operation, so
+// every process that opened the VM can drive it (QEMU serves one QMP
+// client at a time). A client must be released before the next is asked
+// for.
+func (q *QEMU) client(ctx context.Context) (c *qmp.Client, release func(), err error) {
+	q.mu.Lock()
+	proc, path := q.proc, q.launch.files.qmp
+	q.mu.Unlock()
+	if proc == nil || !proc.alive() {
+		return nil, nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+	}
+	dctx, cancel := context.WithTimeout(ctx, qmpDialTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-proc.done:
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	c, err = qmp.Dial(dctx, path)
+	if err != nil {
+		if !proc.alive() {
+			return nil, nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+		}
+		return nil, nil, fmt.Errorf("vm %s: %w", q.id, err)
+	}
+	return c, func() { c.Close() }, nil
 }
 
 // validStatePath is what a saved state's path may contain: it is passed
@@ -502,10 +538,11 @@ func (q *QEMU) SaveVM(ctx context.Context, path string) error {
 	if !validStatePath.MatchString(path) {
 		return fmt.Errorf("save vm %s: invalid state path %q", q.id, path)
 	}
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("save vm: %w", err)
 	}
+	defer release()
 	if err := c.Stop(ctx); err != nil {
 		return fmt.Errorf("save vm %s: %w", q.id, err)
 	}
@@ -548,10 +585,23 @@ func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
 			q.mu.Unlock()
 		}
 	}()
-	c, err := q.client()
+	if err := q.incoming(ctx, path); err != nil {
+		return err
+	}
+	if q.cfg.SharedFSSocket != "" {
+		return q.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceSharedFS, ID: "sharedfs", Path: q.cfg.SharedFSSocket})
+	}
+	return nil
+}
+
+// incoming loads the saved state at path into a QEMU waiting for it and
+// lets the guest run.
+func (q *QEMU) incoming(ctx context.Context, path string) error {
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("restore vm: %w", err)
 	}
+	defer release()
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("restore vm %s: %w", q.id, err)
@@ -564,9 +614,6 @@ func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
 		if err := c.Cont(ctx); err != nil {
 			return fmt.Errorf("restore vm %s: %w", q.id, err)
 		}
-	}
-	if q.cfg.SharedFSSocket != "" {
-		return q.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceSharedFS, ID: "sharedfs", Path: q.cfg.SharedFSSocket})
 	}
 	return nil
 }
@@ -678,10 +725,6 @@ func (q *QEMU) teardownLocked(ctx context.Context) error {
 	var errs []error
 	if err := q.stopLocked(ctx); err != nil {
 		errs = append(errs, err)
-	}
-	if q.qmp != nil {
-		q.qmp.Close()
-		q.qmp = nil
 	}
 	if q.proc != nil {
 		if q.proc.alive() {
@@ -796,7 +839,7 @@ func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("open vm %s: parse state: %w", dir, err)
 	}
-	if err := ValidateID(s.ID); err != nil || filepath.Base(dir) != s.ID {
+	if err := hypervisor.ValidateID(s.ID); err != nil || filepath.Base(dir) != s.ID {
 		return nil, fmt.Errorf("open vm %s: state names vm %q", dir, s.ID)
 	}
 	q.id, q.cfg = s.ID, s.Config
@@ -810,11 +853,6 @@ func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 		return q, nil
 	}
 	q.proc = p
-	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if q.qmp, err = qmp.Dial(qctx, f.qmp); err != nil {
-		q.log.Debug("cannot reach qmp", "vm", s.ID, "err", err)
-	}
 	return q, nil
 }
 
@@ -822,10 +860,6 @@ func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 func (q *QEMU) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.qmp != nil {
-		q.qmp.Close()
-		q.qmp = nil
-	}
 	if q.proc != nil {
 		q.proc.release()
 		q.proc = nil

@@ -4,7 +4,7 @@ package testutil
 import (
 	"context"
 	"fmt"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,8 +43,12 @@ func NeedVM(t testing.TB) *Env {
 	if os.Geteuid() != 0 {
 		skip("not root")
 	}
-	if _, err := exec.LookPath(qemu.DefaultPath); err != nil {
-		skip("no %s", qemu.DefaultPath)
+	drv, err := drivers.Lookup("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath(drv.Binary); err != nil {
+		skip("no %s", drv.Binary)
 	}
 	env := &Env{Kernel: os.Getenv("COCOON_KERNEL"), Initrd: os.Getenv("COCOON_INITRD")}
 	dataDir := os.Getenv("COCOON_DATA_DIR")
