@@ -11,7 +11,6 @@ package qemu
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +30,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	"github.com/cocoon-runtime/cocoon/internal/safefs"
+	"github.com/cocoon-runtime/cocoon/internal/vmmproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,7 +57,7 @@ type QEMU struct {
 	id     string
 	cfg    hypervisor.Config
 	launch launch
-	proc   *process
+	proc   *vmmproc.Process
 	// ports maps hot-plugged device IDs to the root port they occupy.
 	ports map[string]int
 }
@@ -295,7 +295,7 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	cmd.Process.Release()
 	// Our child, not reaped yet: its pid is its own (and its command line
 	// may not be readable yet, right after exec).
-	q.proc, err = attach(pid, "", 0)
+	q.proc, err = vmmproc.Attach(pid, "", 0)
 	if err != nil {
 		unix.Kill(pid, unix.SIGKILL)
 		return fmt.Errorf("start vm %s: %w", q.id, err)
@@ -306,14 +306,14 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	defer cancel()
 	go func() {
 		select {
-		case <-q.proc.done:
+		case <-q.proc.Done():
 			cancel()
 		case <-qctx.Done():
 		}
 	}()
 	c, err := qmp.Dial(qctx, l.files.qmp)
 	if err != nil {
-		if !q.proc.alive() {
+		if !q.proc.Alive() {
 			return &StartError{VM: q.id, Err: errors.New("qemu exited"), Output: tail(l.files.log, 2048)}
 		}
 		return fmt.Errorf("start vm %s: %w", q.id, err)
@@ -397,7 +397,7 @@ func (q *QEMU) StopVM(ctx context.Context) error {
 }
 
 func (q *QEMU) stopLocked(ctx context.Context) error {
-	if q.proc == nil || !q.proc.alive() {
+	if q.proc == nil || !q.proc.Alive() {
 		return nil
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -416,19 +416,19 @@ func (q *QEMU) stopLocked(ctx context.Context) error {
 	}
 	cancel()
 	select {
-	case <-q.proc.done:
+	case <-q.proc.Done():
 		return nil
 	case <-ctx.Done():
 	}
-	q.log.Warn("qemu did not quit; killing it", "vm", q.id, "pid", q.proc.pid)
-	if err := q.proc.signal(unix.SIGKILL); err != nil {
+	q.log.Warn("qemu did not quit; killing it", "vm", q.id, "pid", q.proc.Pid())
+	if err := q.proc.Signal(unix.SIGKILL); err != nil {
 		return fmt.Errorf("stop vm %s: kill qemu: %w", q.id, err)
 	}
 	select {
-	case <-q.proc.done:
+	case <-q.proc.Done():
 		return nil
 	case <-time.After(5 * time.Second):
-		return fmt.Errorf("stop vm %s: qemu pid %d did not exit after SIGKILL", q.id, q.proc.pid)
+		return fmt.Errorf("stop vm %s: qemu pid %d did not exit after SIGKILL", q.id, q.proc.Pid())
 	}
 }
 
@@ -501,21 +501,21 @@ func (q *QEMU) client(ctx context.Context) (c *qmp.Client, release func(), err e
 	q.mu.Lock()
 	proc, path := q.proc, q.launch.files.qmp
 	q.mu.Unlock()
-	if proc == nil || !proc.alive() {
+	if proc == nil || !proc.Alive() {
 		return nil, nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
 	}
 	dctx, cancel := context.WithTimeout(ctx, qmpDialTimeout)
 	defer cancel()
 	go func() {
 		select {
-		case <-proc.done:
+		case <-proc.Done():
 			cancel()
 		case <-dctx.Done():
 		}
 	}()
 	c, err = qmp.Dial(dctx, path)
 	if err != nil {
-		if !proc.alive() {
+		if !proc.Alive() {
 			return nil, nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
 		}
 		return nil, nil, fmt.Errorf("vm %s: %w", q.id, err)
@@ -688,7 +688,7 @@ func (q *QEMU) PIDs() []int {
 	if q.proc == nil {
 		return nil
 	}
-	return []int{q.proc.pid}
+	return []int{q.proc.Pid()}
 }
 
 // AgentEndpoint tells the host how to reach the guest agent.
@@ -710,7 +710,7 @@ func (q *QEMU) Wait() <-chan struct{} {
 		close(c)
 		return c
 	}
-	return q.proc.done
+	return q.proc.Done()
 }
 
 // Cleanup stops QEMU if it still runs and removes the VM's runtime
@@ -727,11 +727,11 @@ func (q *QEMU) teardownLocked(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if q.proc != nil {
-		if q.proc.alive() {
+		if q.proc.Alive() {
 			// Stopping failed: keep the state so a later Cleanup can retry.
 			return errors.Join(errs...)
 		}
-		q.proc.release()
+		q.proc.Release()
 		q.proc = nil
 	}
 	if dir := q.launch.files.dir; dir != "" {
@@ -760,21 +760,21 @@ func Remove(ctx context.Context, dir string, opts Options) error {
 		// No usable state: adopt what the directory holds.
 		q = New(opts)
 		q.launch.files = vmFiles(dir)
-		for _, pid := range findByPidFile(q.launch.files.pid) {
-			p, err := attach(pid, q.launch.files.pid, 0)
+		for _, pid := range vmmproc.FindByArg(q.launch.files.pid) {
+			p, err := vmmproc.Attach(pid, q.launch.files.pid, 0)
 			if err != nil {
 				continue
 			}
 			// Nobody talks to this QEMU any more: no need to ask it to quit.
-			p.signal(unix.SIGKILL)
+			p.Signal(unix.SIGKILL)
 			kctx, cancel := context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
 			select {
-			case <-p.done:
+			case <-p.Done():
 			case <-kctx.Done():
 			}
 			cancel()
-			p.release()
-			if p.alive() {
+			p.Release()
+			if p.Alive() {
 				return fmt.Errorf("remove vm %s: qemu %d did not exit after SIGKILL", dir, pid)
 			}
 		}
@@ -808,20 +808,9 @@ func (q *QEMU) saveLocked() error {
 		Config: l.cfg, Ports: q.ports, StartedAt: time.Now().UTC(),
 	}
 	if q.proc != nil {
-		s.Pid, s.PidStart = q.proc.pid, q.proc.start
+		s.Pid, s.PidStart = q.proc.Pid(), q.proc.StartTime()
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := l.files.state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("save vm state: %w", err)
-	}
-	if err := os.Rename(tmp, l.files.state); err != nil {
-		return fmt.Errorf("save vm state: %w", err)
-	}
-	return nil
+	return vmmproc.WriteState(l.files.state, s)
 }
 
 // Open re-attaches to the VM whose runtime directory is dir, as started by
@@ -831,13 +820,9 @@ func (q *QEMU) saveLocked() error {
 func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 	q := New(opts)
 	f := vmFiles(dir)
-	b, err := os.ReadFile(f.state)
-	if err != nil {
-		return nil, fmt.Errorf("open vm %s: %w", dir, err)
-	}
 	var s state
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("open vm %s: parse state: %w", dir, err)
+	if err := vmmproc.ReadState(f.state, &s); err != nil {
+		return nil, fmt.Errorf("open vm %s: %w", dir, err)
 	}
 	if err := hypervisor.ValidateID(s.ID); err != nil || filepath.Base(dir) != s.ID {
 		return nil, fmt.Errorf("open vm %s: state names vm %q", dir, s.ID)
@@ -847,7 +832,7 @@ func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 	if s.Ports != nil {
 		q.ports = s.Ports
 	}
-	p, err := attach(s.Pid, f.pid, s.PidStart)
+	p, err := vmmproc.Attach(s.Pid, f.pid, s.PidStart)
 	if err != nil {
 		q.log.Debug("vm process is gone", "vm", s.ID, "err", err)
 		return q, nil
@@ -861,7 +846,7 @@ func (q *QEMU) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.proc != nil {
-		q.proc.release()
+		q.proc.Release()
 		q.proc = nil
 	}
 	return nil
