@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/persist"
 )
 
@@ -65,10 +66,10 @@ type Runtime struct {
 // New returns a Runtime.
 func New(opts Options) (*Runtime, error) {
 	if opts.StateDir == "" {
-		opts.StateDir = "/run/cocoon"
+		opts.StateDir = layout.StateDir
 	}
 	if opts.DataDir == "" {
-		opts.DataDir = "/var/lib/cocoon"
+		opts.DataDir = layout.DataDir
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
