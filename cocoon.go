@@ -23,11 +23,12 @@ package cocoon
 import (
 	"errors"
 	"fmt"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
 	"log/slog"
 	"path/filepath"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/persist"
 )
 
@@ -65,10 +66,10 @@ type Runtime struct {
 // New returns a Runtime.
 func New(opts Options) (*Runtime, error) {
 	if opts.StateDir == "" {
-		opts.StateDir = "/run/cocoon"
+		opts.StateDir = layout.StateDir
 	}
 	if opts.DataDir == "" {
-		opts.DataDir = "/var/lib/cocoon"
+		opts.DataDir = layout.DataDir
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -110,7 +111,7 @@ const (
 // sandbox ID names its VM): 1-64 letters, digits, '_', '.', '-', not
 // starting with punctuation; so an ID is always safe as a path component.
 func validateID(kind, id string) error {
-	if err := qemu.ValidateID(id); err != nil {
+	if err := hypervisor.ValidateID(id); err != nil {
 		return fmt.Errorf("%s id: %w: %w", kind, ErrInvalidConfig, err)
 	}
 	return nil

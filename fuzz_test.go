@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/hypervisor"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -74,7 +73,7 @@ func FuzzSandboxState(f *testing.F) {
 		{ID: "sb", State: StateStopped, Created: created, Containers: map[string]*containerState{
 			"c1": {ID: "c1", Bundle: "/b", Rootfs: "/b/rootfs", Created: created, Env: []string{"PATH=/bin"}, Execs: []string{"e1"}},
 		}},
-		{ID: "sb", State: StateRunning, Annotations: map[string]string{"a": "b"}, Hypervisor: hypervisor.Config{VCPUs: 1, MemoryMiB: 256}},
+		{ID: "sb", State: StateRunning, Annotations: map[string]string{"a": "b"}},
 		{ID: "other", State: "bogus"},
 	} {
 		b, err := json.Marshal(st)

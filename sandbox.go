@@ -16,6 +16,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/persist"
 	"github.com/cocoon-runtime/cocoon/storage"
 	"github.com/cocoon-runtime/cocoon/vm"
@@ -41,7 +42,6 @@ type sandboxState struct {
 	State       State                      `json:"state"`
 	Created     time.Time                  `json:"created"`
 	Annotations map[string]string          `json:"annotations,omitempty"`
-	Hypervisor  hypervisor.Config          `json:"hypervisor"`
 	Containers  map[string]*containerState `json:"containers"`
 	// PodContainer is the container whose namespaces the pod's other
 	// containers join: the first one created (see namespaces.go).
@@ -84,7 +84,7 @@ type Sandbox struct {
 func (r *Runtime) sandboxDir(id string) string {
 	return filepath.Join(r.opts.StateDir, "sandboxes", id)
 }
-func (r *Runtime) vmStateDir() string { return filepath.Join(r.opts.StateDir, "vm") }
+func (r *Runtime) vmStateDir() string { return layout.VMStateDir(r.opts.StateDir) }
 
 func (s *Sandbox) sharedDir() string  { return filepath.Join(s.dir, "shared") }
 func (s *Sandbox) vfsSocket() string  { return filepath.Join(s.dir, "vfs.sock") }
@@ -118,17 +118,8 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	hv := cfg.Hypervisor
-	if hv.Kernel == "" || hv.Initrd == "" {
-		img, err := image.Current(r.opts.DataDir)
-		if err != nil {
-			return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
-		}
-		if hv.Kernel == "" {
-			hv.Kernel = img.Kernel
-		}
-		if hv.Initrd == "" {
-			hv.Initrd = img.Initrd
-		}
+	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	s := &Sandbox{rt: r, id: cfg.ID, dir: r.sandboxDir(cfg.ID)}
 	// The record comes first, in state creating, under the lock: whatever
@@ -162,7 +153,6 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	}
 	hv.StateDir = r.vmStateDir()
 	hv.SharedFSSocket = s.vfsSocket()
-	s.state.Hypervisor = hv
 	vopts := r.vmOptions(cfg.BootTimeout)
 	if r.opts.VMTemplates {
 		s.vm, err = r.factory(vopts).VM(ctx, cfg.ID, hv)
@@ -187,7 +177,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 
 // vmOptions are the options of the runtime's VMs.
 func (r *Runtime) vmOptions(bootTimeout time.Duration) vm.Options {
-	return vm.Options{Log: r.log, CacheDir: filepath.Join(r.opts.DataDir, "cache"), BootTimeout: bootTimeout}
+	return vm.Options{Log: r.log, CacheDir: layout.CacheDir(r.opts.DataDir), BootTimeout: bootTimeout}
 }
 
 // factory is the runtime's VM template factory.
@@ -539,7 +529,7 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 		errs = append(errs, v.Stop(ctx))
 	}
 	// The VM may have been started by another process, or left half made.
-	errs = append(errs, vm.Remove(ctx, s.rt.vmStateDir(), s.id))
+	errs = append(errs, vm.Remove(ctx, s.rt.vmStateDir(), s.id, s.rt.vmOptions(0)))
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
 	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)

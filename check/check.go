@@ -14,7 +14,8 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 )
 
 // Status is the outcome of one check.
@@ -59,7 +60,6 @@ func (r Report) Failed() []Result {
 // Defaults for Options.
 const (
 	DefaultQEMUPath = accel.DefaultQEMUPath
-	DefaultDataDir  = "/var/lib/cocoon"
 )
 
 // Options configures Run.
@@ -68,7 +68,7 @@ type Options struct {
 	QEMUPath string
 	// VirtiofsdPath is the virtiofsd binary; empty searches the usual places.
 	VirtiofsdPath string
-	// DataDir holds guest images; empty selects DefaultDataDir.
+	// DataDir holds guest images; empty selects layout.DataDir.
 	DataDir string
 	// CacheDir holds the accelerator probe cache; empty selects
 	// <DataDir>/cache.
@@ -127,10 +127,10 @@ func Run(ctx context.Context, opts Options) Report {
 		opts.QEMUPath = DefaultQEMUPath
 	}
 	if opts.DataDir == "" {
-		opts.DataDir = DefaultDataDir
+		opts.DataDir = layout.DataDir
 	}
 	if opts.CacheDir == "" {
-		opts.CacheDir = filepath.Join(opts.DataDir, "cache")
+		opts.CacheDir = layout.CacheDir(opts.DataDir)
 	}
 	if opts.Accelerator == "" {
 		opts.Accelerator = hypervisor.AccelAuto

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 )
 
 const (

@@ -28,6 +28,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 )
 
 // DefaultPath is the configuration file the shim reads when it is given
@@ -92,12 +93,9 @@ type Agent struct {
 
 // Factory configures the VM factory ([factory]): with enable_template,
 // pods start from a saved template VM instead of booting (package
-// factory). The cache of booted VMs (vm_cache_number) is not available
-// yet: Validate refuses a configuration that asks for it.
+// factory).
 type Factory struct {
-	EnableTemplate bool   `toml:"enable_template"`
-	TemplatePath   string `toml:"template_path"`
-	VMCacheNumber  int    `toml:"vm_cache_number"`
+	EnableTemplate bool `toml:"enable_template"`
 	// TemplateLimit is the most templates kept at once (1 to 64): making
 	// one more evicts the least recently used template not in use.
 	TemplateLimit int `toml:"template_limit"`
@@ -158,8 +156,8 @@ func Default() *Config {
 		// 256 MiB VMs that touched all their memory.
 		Factory: Factory{EnableTemplate: true, TemplateLimit: 4, MemoryMiB: 5120},
 		Runtime: Runtime{
-			StateDir: "/run/cocoon",
-			DataDir:  "/var/lib/cocoon",
+			StateDir: layout.StateDir,
+			DataDir:  layout.DataDir,
 			LogLevel: "info",
 		},
 	}
@@ -326,12 +324,6 @@ func (c *Config) Validate() error {
 		bad("agent.boot_timeout", "%s is not a positive duration", c.Agent.BootTimeout.Duration)
 	}
 
-	if c.Factory.VMCacheNumber != 0 {
-		bad("factory.vm_cache_number", "the VM factory's cache of booted VMs is not available yet; set it to 0 (enable_template works)")
-	}
-	if c.Factory.TemplatePath != "" {
-		bad("factory.template_path", "templates live under runtime.state_dir (a tmpfs: template RAM is a file there); leave it empty")
-	}
 	if n := c.Factory.TemplateLimit; n < 1 || n > maxTemplateLimit {
 		bad("factory.template_limit", "%d is out of range (1 to %d)", n, maxTemplateLimit)
 	}
@@ -384,7 +376,7 @@ func (c *Config) HypervisorConfig() hypervisor.Config {
 		MachineType:    h.MachineType,
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: hypervisor.Transport(c.Agent.Transport),
-		StateDir:       filepath.Join(c.Runtime.StateDir, "vm"),
+		StateDir:       layout.VMStateDir(c.Runtime.StateDir),
 		HotplugSlots:   h.HotplugSlots,
 		Debug:          h.Debug,
 	}

@@ -246,8 +246,6 @@ func TestValidate(t *testing.T) {
 		{"empty state dir", func(c *Config) { c.Runtime.StateDir = "" }, "runtime.state_dir"},
 		{"relative data dir", func(c *Config) { c.Runtime.DataDir = "data" }, "runtime.data_dir"},
 		{"factory template allowed", func(c *Config) { c.Factory.EnableTemplate = true }, ""},
-		{"factory cache refused", func(c *Config) { c.Factory.VMCacheNumber = 2 }, "cache of booted VMs is not available yet"},
-		{"factory template path refused", func(c *Config) { c.Factory.TemplatePath = "/var/lib/cocoon/template" }, "leave it empty"},
 		{"enable every overridable key", func(c *Config) {
 			c.Runtime.EnableAnnotations = []string{"hypervisor.machine_type", "hypervisor.accelerator",
 				"hypervisor.kernel_params", "hypervisor.vcpus", "hypervisor.memory_mib",
@@ -262,7 +260,7 @@ func TestValidate(t *testing.T) {
 	// is refused.
 	for _, k := range []string{"hypervisor.path", "hypervisor.kernel", "hypervisor.initrd", "hypervisor.virtiofsd",
 		"runtime.state_dir", "runtime.data_dir", "runtime.log_level", "runtime.enable_annotations",
-		"factory.enable_template", "factory.template_path", "factory.vm_cache_number",
+		"factory.enable_template",
 		"factory.template_limit", "factory.memory_mib", "agent.transport"} {
 		tests = append(tests, struct {
 			name   string
@@ -303,13 +301,14 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 }
 
-func TestFactoryRefusedInFile(t *testing.T) {
+// The cache of booted VMs does not exist: its key is unknown.
+func TestFactoryCacheKeyUnknown(t *testing.T) {
 	for _, doc := range []string{
 		"[factory]\nvm_cache_number = 3\n",
 	} {
 		_, err := Parse([]byte(doc))
-		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "not available yet") {
-			t.Errorf("Parse(%q) error = %v, want the VM factory refused", doc, err)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "unknown key factory.vm_cache_number") {
+			t.Errorf("Parse(%q) error = %v, want the key unknown", doc, err)
 		}
 	}
 }
@@ -522,7 +521,7 @@ func TestWithAnnotations(t *testing.T) {
 func TestAnnotationsRefusePathKeys(t *testing.T) {
 	keys := []string{"hypervisor.path", "hypervisor.kernel", "hypervisor.initrd", "hypervisor.virtiofsd",
 		"runtime.state_dir", "runtime.data_dir", "runtime.log_level", "runtime.enable_annotations",
-		"factory.enable_template", "factory.template_path", "factory.vm_cache_number"}
+		"factory.enable_template", "factory.template_limit"}
 	for _, k := range keys {
 		t.Run(k, func(t *testing.T) {
 			c := withEnabled(keys...)
@@ -556,8 +555,8 @@ func TestOverridableKeys(t *testing.T) {
 			t.Errorf("overridable key %s is not a file key", k)
 		}
 	}
-	if n := len(fileKeys()); n != 11+3+5+4 {
-		t.Errorf("fileKeys() has %d keys, want 23: %v", n, fileKeys())
+	if n := len(fileKeys()); n != 11+3+3+4 {
+		t.Errorf("fileKeys() has %d keys, want 21: %v", n, fileKeys())
 	}
 }
 

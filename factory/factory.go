@@ -41,7 +41,6 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
 	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/flock"
@@ -248,7 +247,7 @@ func (f *Factory) sweepClones(stateDir string) {
 	}
 	for _, e := range entries {
 		id, ok := strings.CutSuffix(e.Name(), ".guest.mem")
-		if !ok || qemu.ValidateID(id) != nil {
+		if !ok || hypervisor.ValidateID(id) != nil {
 			continue
 		}
 		if _, err := os.Lstat(filepath.Join(stateDir, id)); errors.Is(err, os.ErrNotExist) {
@@ -392,7 +391,7 @@ func (f *Factory) cleanupPartial(ctx context.Context, t template) error {
 // removeVMDir stops and removes a template VM left in runtime directory
 // dir by a maker that died, however far its start got.
 func (f *Factory) removeVMDir(ctx context.Context, dir string) error {
-	return qemu.Remove(ctx, dir, qemu.Options{Log: f.opts.Log, CacheDir: f.opts.CacheDir})
+	return vm.Remove(ctx, filepath.Dir(dir), filepath.Base(dir), f.opts)
 }
 
 // removeTemplate removes template t, whose lock the caller holds

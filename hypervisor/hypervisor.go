@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 )
 
@@ -54,9 +56,54 @@ type Hypervisor interface {
 	AgentEndpoint() AgentEndpoint
 	// Wait returns a channel closed when the VMM process exits.
 	Wait() <-chan struct{}
+	// Status reports the VM's run state; it fails with ErrNotRunning when
+	// the VMM process is not running.
+	Status(ctx context.Context) (RunState, error)
+	// ConsoleTail returns the last n bytes the guest printed on its
+	// console, or "" where the driver keeps no console.
+	ConsoleTail(n int64) string
+	// ReclaimBootMemory gives back to the host what the VMM holds only
+	// for the guest's boot (the pages of kernel and initrd); called once
+	// the agent answered. A driver that cannot returns ErrNotSupported.
+	ReclaimBootMemory() error
 	// Cleanup removes every host resource of the VM: processes, sockets,
 	// state files. It is idempotent.
 	Cleanup(ctx context.Context) error
+	// Close releases this process's handles on the VM (connections,
+	// process handles) and leaves it running.
+	Close() error
+}
+
+// RunState is a VM's run state as the core branches on it.
+type RunState string
+
+// Run states.
+const (
+	StateRunning RunState = "running"
+	StatePaused  RunState = "paused"
+	// StateShutdown: the guest powered off or was shut down.
+	StateShutdown RunState = "shutdown"
+	// StateCrashed: the guest cannot go on (a panic, an emulation or I/O
+	// error of the VMM).
+	StateCrashed RunState = "crashed"
+	// StateOther is any state between those (starting, migrating).
+	StateOther RunState = "other"
+)
+
+var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+// ErrInvalidID is wrapped by ValidateID's error.
+var ErrInvalidID = errors.New("invalid id")
+
+// ValidateID reports whether id can name a VM (and a sandbox): 1-64
+// characters of letters, digits, '_', '.' and '-', not starting with a
+// punctuation character and without "..". Every driver's files and
+// sockets are named by it.
+func ValidateID(id string) error {
+	if !validID.MatchString(id) || strings.Contains(id, "..") {
+		return fmt.Errorf("%w %q: use 1-64 letters, digits, '_', '.', '-'", ErrInvalidID, id)
+	}
+	return nil
 }
 
 // Config describes a VM to launch.

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"io"
 	"io/fs"
 	"os"
@@ -29,7 +30,6 @@ import (
 
 // Defaults for BuildOptions.
 const (
-	DefaultDataDir       = "/var/lib/cocoon"
 	DefaultKernelPackage = "linux-image-cloud-amd64"
 	DefaultAgentName     = "cocoon-agent"
 )
@@ -49,7 +49,7 @@ const FormatVersion = 1
 // BuildOptions configure Build. The zero value builds the default image.
 type BuildOptions struct {
 	// DataDir is the directory holding images and the package cache.
-	// Default: DefaultDataDir.
+	// Default: layout.DataDir.
 	DataDir string
 	// AgentPath is the statically linked guest agent to install as /init.
 	// Default: DefaultAgentName in the directory of the running executable.
@@ -148,7 +148,7 @@ func Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 	}
 	dataDir := opts.DataDir
 	if dataDir == "" {
-		dataDir = DefaultDataDir
+		dataDir = layout.DataDir
 	}
 	dataDir, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -449,6 +449,26 @@ func writeManifest(dir string, m *manifest) error {
 		_, err := w.Write(b)
 		return err
 	})
+}
+
+// OrCurrent returns kernel and initrd, each one left empty replaced by
+// the current image's under dataDir: how every caller that boots a VM
+// picks its guest.
+func OrCurrent(dataDir, kernel, initrd string) (string, string, error) {
+	if kernel != "" && initrd != "" {
+		return kernel, initrd, nil
+	}
+	img, err := Current(dataDir)
+	if err != nil {
+		return "", "", err
+	}
+	if kernel == "" {
+		kernel = img.Kernel
+	}
+	if initrd == "" {
+		initrd = img.Initrd
+	}
+	return kernel, initrd, nil
 }
 
 // Current returns the image that <dataDir>/images/current points to. The

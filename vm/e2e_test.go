@@ -14,7 +14,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -347,7 +347,11 @@ func TestConsoleFloodIsBounded(t *testing.T) {
 	id := testutil.UniqueID(t)
 	env.Cleanup(t, id)
 	ctx := context.Background()
-	hv := qemu.New(qemu.Options{CacheDir: env.CacheDir})
+	drv, err := drivers.Lookup("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hv := drv.New(drivers.Options{CacheDir: env.CacheDir})
 	if err := hv.CreateVM(ctx, id, cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
 	"github.com/cocoon-runtime/cocoon/internal/sparse"
 )
 
@@ -28,6 +28,10 @@ const DefaultBootTimeout = 30 * time.Second
 // Options configure Start and Open.
 type Options struct {
 	Log *slog.Logger
+	// Driver names the hypervisor driver (see package drivers); empty is
+	// the default. Open and Remove must name the driver that started the
+	// VM.
+	Driver string
 	// CacheDir holds host-wide caches (the accelerator probe's result).
 	CacheDir string
 	// BootTimeout bounds the wait for the agent; 0 means DefaultBootTimeout.
@@ -42,17 +46,10 @@ func (o Options) Logger() *slog.Logger {
 	return o.Log
 }
 
-// Driver is what a VM needs from its hypervisor: the whole lifecycle plus
-// a way to release this process's handles without stopping the VM.
-type Driver interface {
-	hypervisor.Hypervisor
-	Close() error
-}
-
 // VM is a running sandbox VM with a connected agent.
 type VM struct {
 	ID    string
-	HV    Driver
+	HV    hypervisor.Hypervisor
 	Agent *agent.Client
 	log   *slog.Logger
 }
@@ -80,13 +77,10 @@ func (e *BootError) Error() string {
 
 func (e *BootError) Unwrap() error { return e.Err }
 
-// consoleReader is implemented by drivers that capture the guest console.
-type consoleReader interface{ ConsoleTail(n int64) string }
-
 // Start creates and boots a VM and waits for its agent. On any error every
 // resource of the VM is removed again.
 func Start(ctx context.Context, id string, cfg hypervisor.Config, opts Options) (*VM, error) {
-	return launch(ctx, id, cfg, opts, func(hv *qemu.QEMU) (*VM, error) {
+	return launch(ctx, id, cfg, opts, func(hv hypervisor.Hypervisor) (*VM, error) {
 		// An emulating nested KVM can fail QEMU itself (it aborts setting
 		// MSRs) or the guest: either way, name the likely culprit.
 		kvmHint := func() string {
@@ -120,7 +114,7 @@ func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options
 	if cfg.MemoryFile == "" {
 		cfg.MemoryFile = filepath.Join(cfg.StateDir, id, "guest.mem")
 	}
-	return launch(ctx, id, cfg, opts, func(hv *qemu.QEMU) (*VM, error) {
+	return launch(ctx, id, cfg, opts, func(hv hypervisor.Hypervisor) (*VM, error) {
 		// Removed in every case: on success QEMU holds it mapped.
 		defer os.Remove(cfg.MemoryFile)
 		if err := sparse.Copy(memory, cfg.MemoryFile); err != nil {
@@ -135,9 +129,13 @@ func Restore(ctx context.Context, id string, cfg hypervisor.Config, opts Options
 
 // launch creates VM id and runs start on its driver; if start fails,
 // every resource of the VM is removed again.
-func launch(ctx context.Context, id string, cfg hypervisor.Config, opts Options, start func(*qemu.QEMU) (*VM, error)) (_ *VM, err error) {
+func launch(ctx context.Context, id string, cfg hypervisor.Config, opts Options, start func(hypervisor.Hypervisor) (*VM, error)) (_ *VM, err error) {
 	log := opts.Logger()
-	hv := qemu.New(qemu.Options{Log: log, CacheDir: opts.CacheDir})
+	d, err := drivers.Lookup(opts.Driver)
+	if err != nil {
+		return nil, err
+	}
+	hv := d.New(opts.driverOptions())
 	if err := hv.CreateVM(ctx, id, cfg); err != nil {
 		return nil, err
 	}
@@ -152,7 +150,7 @@ func launch(ctx context.Context, id string, cfg hypervisor.Config, opts Options,
 }
 
 // awaitAgent waits for the agent of a launched VM and connects to it.
-func awaitAgent(ctx context.Context, id string, hv *qemu.QEMU, opts Options, hint func() string) (*VM, error) {
+func awaitAgent(ctx context.Context, id string, hv hypervisor.Hypervisor, opts Options, hint func() string) (*VM, error) {
 	log := opts.Logger()
 	timeout := opts.BootTimeout
 	if timeout == 0 {
@@ -176,16 +174,15 @@ func awaitAgent(ctx context.Context, id string, hv *qemu.QEMU, opts Options, hin
 		c.Close()
 		return nil, err
 	}
-	if err := hv.ReclaimBootMemory(); err != nil {
+	if err := hv.ReclaimBootMemory(); err != nil && !errors.Is(err, hypervisor.ErrNotSupported) {
 		log.Debug("reclaim boot memory", "vm", id, "err", err)
 	}
 	return &VM{ID: id, HV: hv, Agent: c, log: log}, nil
 }
 
-// statusReader is implemented by drivers that can report the VMM's run
-// state.
+// statusReader is the part of a driver watchBoot uses.
 type statusReader interface {
-	Status(ctx context.Context) (string, error)
+	Status(ctx context.Context) (hypervisor.RunState, error)
 }
 
 // watchBoot polls the VMM's run state while the guest boots and stops the
@@ -205,7 +202,7 @@ func watchBoot(ctx context.Context, hv statusReader, stop context.CancelCauseFun
 			continue
 		}
 		switch st {
-		case "internal-error", "guest-panicked", "shutdown", "io-error":
+		case hypervisor.StateCrashed, hypervisor.StateShutdown:
 			stop(fmt.Errorf("%w: vm entered state %q during boot", ErrGuestCrashed, st))
 			return
 		}
@@ -221,11 +218,15 @@ var ErrGuestCrashed = errors.New("guest crashed")
 // VM died, or the guest does not answer), Open returns the error together
 // with a VM that is still usable for Stop, which removes what is left.
 func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
-	if err := qemu.ValidateID(id); err != nil {
+	if err := hypervisor.ValidateID(id); err != nil {
 		return nil, err
 	}
 	log := opts.Logger()
-	hv, err := qemu.Open(ctx, filepath.Join(stateDir, id), qemu.Options{Log: log, CacheDir: opts.CacheDir})
+	d, err := drivers.Lookup(opts.Driver)
+	if err != nil {
+		return nil, err
+	}
+	hv, err := d.Open(ctx, filepath.Join(stateDir, id), opts.driverOptions())
 	if err != nil {
 		return nil, err
 	}
@@ -243,11 +244,20 @@ func Open(ctx context.Context, stateDir, id string, opts Options) (*VM, error) {
 // whoever started it and however far its start got (a process killed while
 // it launched the VM leaves no state to open). A VM that does not exist is
 // not an error.
-func Remove(ctx context.Context, stateDir, id string) error {
-	if err := qemu.ValidateID(id); err != nil {
+func Remove(ctx context.Context, stateDir, id string, opts Options) error {
+	if err := hypervisor.ValidateID(id); err != nil {
 		return err
 	}
-	return qemu.Remove(ctx, filepath.Join(stateDir, id), qemu.Options{})
+	d, err := drivers.Lookup(opts.Driver)
+	if err != nil {
+		return err
+	}
+	return d.Remove(ctx, filepath.Join(stateDir, id), opts.driverOptions())
+}
+
+// driverOptions are the driver's options of o.
+func (o Options) driverOptions() drivers.Options {
+	return drivers.Options{Log: o.Logger(), CacheDir: o.CacheDir}
 }
 
 // Stop powers the guest off through its agent, waits for the hypervisor

@@ -23,6 +23,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/specutil"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -33,7 +34,7 @@ func main() {
 	sizeMB := flag.Int("size", 100, "MB written to stdout in the throughput run")
 	catRuns := flag.Int("cats", 5, "throughput runs")
 	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
-	dataDir := flag.String("data-dir", "/var/lib/cocoon", "Cocoon data directory (guest image)")
+	dataDir := flag.String("data-dir", layout.DataDir, "Cocoon data directory (guest image)")
 	params := flag.String("kernel-params", "", "extra guest kernel parameters, space-separated")
 	slots := flag.Int("hotplug-slots", 0, "PCIe root ports for hotplug (q35); any turns the guest's ACPI on")
 	templates := flag.Bool("templates", false, "make sandbox VMs from a VM template (the first run makes it and is not counted)")

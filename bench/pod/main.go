@@ -23,6 +23,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/bench/internal/measure"
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/ctrtest"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/storage"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -33,7 +34,7 @@ func main() {
 	idle := flag.Duration("idle", 10*time.Second, "idle time before measuring a pod's memory")
 	handlers := flag.String("handlers", "cocoon,runc", "CRI runtime handlers to measure")
 	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
-	dataDir := flag.String("data-dir", "/var/lib/cocoon", "Cocoon data directory (guest image)")
+	dataDir := flag.String("data-dir", layout.DataDir, "Cocoon data directory (guest image)")
 	templates := flag.Bool("templates", false, "start Cocoon pods from a VM template (factory.enable_template); the template is made before measuring")
 	flag.Parse()
 

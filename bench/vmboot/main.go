@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"github.com/cocoon-runtime/cocoon/bench/internal/measure"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
 
@@ -28,7 +28,7 @@ func main() {
 	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
 	memMiB := flag.Uint("memory", 256, "guest memory in MiB")
 	idle := flag.Duration("idle", 10*time.Second, "how long to let the VM idle before measuring memory and CPU")
-	dataDir := flag.String("data-dir", "/var/lib/cocoon", "Cocoon data directory (guest image)")
+	dataDir := flag.String("data-dir", layout.DataDir, "Cocoon data directory (guest image)")
 	flag.Parse()
 
 	img, err := image.Current(*dataDir)
@@ -46,7 +46,7 @@ func main() {
 		os.RemoveAll(stateDir)
 		fatal(err)
 	}
-	opts := vm.Options{CacheDir: filepath.Join(*dataDir, "cache")}
+	opts := vm.Options{CacheDir: layout.CacheDir(*dataDir)}
 	ctx := context.Background()
 
 	fmt.Printf("guest image %s (kernel %s), %d MiB guest, accelerator %s\n", img.ID, img.KernelRelease, *memMiB, *accel)

@@ -3,12 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/cocoon-runtime/cocoon/check"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/spf13/cobra"
 )
 
@@ -39,7 +39,7 @@ check failed.`,
 				QEMUPath:      qemuPath,
 				VirtiofsdPath: virtiofsdPath,
 				DataDir:       g.dataDir,
-				CacheDir:      filepath.Join(g.dataDir, "cache"),
+				CacheDir:      layout.CacheDir(g.dataDir),
 				Accelerator:   acc,
 			})
 			out := cmd.OutOrStdout()

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,7 +88,7 @@ func dataDir() string {
 	if d := os.Getenv("COCOON_DATA_DIR"); d != "" {
 		return d
 	}
-	return "/var/lib/cocoon"
+	return layout.DataDir
 }
 
 // needVM skips the test unless this host can boot sandbox VMs: root, QEMU

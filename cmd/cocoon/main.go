@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/spf13/cobra"
 )
 
@@ -44,8 +45,8 @@ func newRootCommand() *cobra.Command {
 			}
 		},
 	}
-	root.PersistentFlags().StringVar(&g.root, "root", "/run/cocoon", "directory for runtime state (sockets, pid files)")
-	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "/var/lib/cocoon", "directory for persistent data (guest images, caches)")
+	root.PersistentFlags().StringVar(&g.root, "root", layout.StateDir, "directory for runtime state (sockets, pid files)")
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", layout.DataDir, "directory for persistent data (guest images, caches)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print data as JSON")
 	root.PersistentFlags().BoolVar(&g.templates, "vm-templates", false, "make new sandbox VMs from a saved VM template (made by the first, under --root) instead of booting each")

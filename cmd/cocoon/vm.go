@@ -10,6 +10,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/vm"
 	"github.com/spf13/cobra"
 )
@@ -45,23 +46,13 @@ func (f *vmFlags) config(g *globalOptions) (hypervisor.Config, error) {
 		VCPUs: f.vcpus, MemoryMiB: f.memory, HotplugSlots: f.hotplugSlots, Debug: f.debug,
 		StateDir: g.bareVMDir(),
 	}
-	if cfg.Kernel == "" || cfg.Initrd == "" {
-		img, err := image.Current(g.dataDir)
-		if err != nil {
-			return cfg, err
-		}
-		if cfg.Kernel == "" {
-			cfg.Kernel = img.Kernel
-		}
-		if cfg.Initrd == "" {
-			cfg.Initrd = img.Initrd
-		}
-	}
-	return cfg, nil
+	var err error
+	cfg.Kernel, cfg.Initrd, err = image.OrCurrent(g.dataDir, cfg.Kernel, cfg.Initrd)
+	return cfg, err
 }
 
 func (g *globalOptions) vmOptions(bootTimeout time.Duration) vm.Options {
-	return vm.Options{Log: g.logger(), CacheDir: filepath.Join(g.dataDir, "cache"), BootTimeout: bootTimeout}
+	return vm.Options{Log: g.logger(), CacheDir: layout.CacheDir(g.dataDir), BootTimeout: bootTimeout}
 }
 
 func newVMCommand(g *globalOptions) *cobra.Command {

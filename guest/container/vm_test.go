@@ -20,8 +20,9 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/guest/boot"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 )
 
 // vmEnv is set on the guest kernel's command line, which hands it to the
@@ -86,7 +87,7 @@ func TestInGuestVM(t *testing.T) {
 	}
 	dataDir := os.Getenv("COCOON_DATA_DIR")
 	if dataDir == "" {
-		dataDir = image.DefaultDataDir
+		dataDir = layout.DataDir
 	}
 	img, err := image.Current(dataDir)
 	if err != nil {

@@ -133,15 +133,14 @@ func TestArgsSharedFSNeedsSharedMemory(t *testing.T) {
 	}
 }
 
-func TestValidateID(t *testing.T) {
-	for _, ok := range []string{"a", "pod-1", "A.b_c", strings.Repeat("x", 64)} {
-		if err := ValidateID(ok); err != nil {
-			t.Errorf("ValidateID(%q) = %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", "../x", "a/b", ".a", "-a", "a..b", strings.Repeat("x", 65), "a b", "a\x00"} {
-		if err := ValidateID(bad); err == nil {
-			t.Errorf("ValidateID(%q) accepted", bad)
+func TestRunState(t *testing.T) {
+	for qmp, want := range map[string]hypervisor.RunState{
+		"running": hypervisor.StateRunning, "paused": hypervisor.StatePaused, "shutdown": hypervisor.StateShutdown,
+		"internal-error": hypervisor.StateCrashed, "guest-panicked": hypervisor.StateCrashed, "io-error": hypervisor.StateCrashed,
+		"inmigrate": hypervisor.StateOther, "prelaunch": hypervisor.StateOther,
+	} {
+		if got := runState(qmp); got != want {
+			t.Errorf("runState(%q) = %q, want %q", qmp, got, want)
 		}
 	}
 }

@@ -18,10 +18,11 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 	if !validDeviceID.MatchString(dev.ID) {
 		return fmt.Errorf("add device: invalid id %q", dev.ID)
 	}
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("add device %s: %w", dev.ID, err)
 	}
+	defer release()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if _, ok := q.ports[dev.ID]; ok {
@@ -116,10 +117,11 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 // RemoveDevice hot-unplugs a device added with AddDevice and waits until
 // the guest released it.
 func (q *QEMU) RemoveDevice(ctx context.Context, dev hypervisor.Device) error {
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("remove device %s: %w", dev.ID, err)
 	}
+	defer release()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if _, ok := q.ports[dev.ID]; !ok {

@@ -11,7 +11,6 @@ package qemu
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,11 +25,12 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
 	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	"github.com/cocoon-runtime/cocoon/internal/safefs"
+	"github.com/cocoon-runtime/cocoon/internal/vmmproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,8 +57,7 @@ type QEMU struct {
 	id     string
 	cfg    hypervisor.Config
 	launch launch
-	proc   *process
-	qmp    *qmp.Client
+	proc   *vmmproc.Process
 	// ports maps hot-plugged device IDs to the root port they occupy.
 	ports map[string]int
 }
@@ -80,21 +79,10 @@ func New(opts Options) *QEMU {
 	return &QEMU{opts: opts, log: log, ports: make(map[string]int)}
 }
 
-var validID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
-
-// ValidateID reports whether id can name a VM: 1-64 characters of letters,
-// digits, '_', '.' and '-', not starting with a punctuation character.
-func ValidateID(id string) error {
-	if !validID.MatchString(id) || strings.Contains(id, "..") {
-		return fmt.Errorf("invalid id %q: use 1-64 letters, digits, '_', '.', '-'", id)
-	}
-	return nil
-}
-
 // CreateVM validates cfg, resolves defaults and the accelerator, and
 // creates the VM's runtime directory.
 func (q *QEMU) CreateVM(ctx context.Context, id string, cfg hypervisor.Config) error {
-	if err := ValidateID(id); err != nil {
+	if err := hypervisor.ValidateID(id); err != nil {
 		return &hypervisor.ConfigError{Field: "id", Err: err}
 	}
 	cfg, err := q.resolve(ctx, cfg)
@@ -307,7 +295,7 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	cmd.Process.Release()
 	// Our child, not reaped yet: its pid is its own (and its command line
 	// may not be readable yet, right after exec).
-	q.proc, err = attach(pid, "", 0)
+	q.proc, err = vmmproc.Attach(pid, "", 0)
 	if err != nil {
 		unix.Kill(pid, unix.SIGKILL)
 		return fmt.Errorf("start vm %s: %w", q.id, err)
@@ -318,20 +306,21 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	defer cancel()
 	go func() {
 		select {
-		case <-q.proc.done:
+		case <-q.proc.Done():
 			cancel()
 		case <-qctx.Done():
 		}
 	}()
-	q.qmp, err = qmp.Dial(qctx, l.files.qmp)
+	c, err := qmp.Dial(qctx, l.files.qmp)
 	if err != nil {
-		if !q.proc.alive() {
+		if !q.proc.Alive() {
 			return &StartError{VM: q.id, Err: errors.New("qemu exited"), Output: tail(l.files.log, 2048)}
 		}
 		return fmt.Errorf("start vm %s: %w", q.id, err)
 	}
+	defer c.Close()
 	if !l.incoming {
-		if err := q.qmp.Cont(ctx); err != nil {
+		if err := c.Cont(ctx); err != nil {
 			return fmt.Errorf("start vm %s: %w", q.id, err)
 		}
 	}
@@ -408,7 +397,7 @@ func (q *QEMU) StopVM(ctx context.Context) error {
 }
 
 func (q *QEMU) stopLocked(ctx context.Context) error {
-	if q.proc == nil || !q.proc.alive() {
+	if q.proc == nil || !q.proc.Alive() {
 		return nil
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -416,36 +405,40 @@ func (q *QEMU) stopLocked(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
 		defer cancel()
 	}
-	if q.qmp != nil {
-		qctx, cancel := context.WithTimeout(ctx, time.Second)
-		if err := q.qmp.Quit(qctx); err != nil {
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	if c, err := qmp.Dial(qctx, q.launch.files.qmp); err != nil {
+		q.log.Debug("qmp unreachable to quit", "vm", q.id, "err", err)
+	} else {
+		if err := c.Quit(qctx); err != nil {
 			q.log.Debug("qmp quit failed", "vm", q.id, "err", err)
 		}
-		cancel()
+		c.Close()
 	}
+	cancel()
 	select {
-	case <-q.proc.done:
+	case <-q.proc.Done():
 		return nil
 	case <-ctx.Done():
 	}
-	q.log.Warn("qemu did not quit; killing it", "vm", q.id, "pid", q.proc.pid)
-	if err := q.proc.signal(unix.SIGKILL); err != nil {
+	q.log.Warn("qemu did not quit; killing it", "vm", q.id, "pid", q.proc.Pid())
+	if err := q.proc.Signal(unix.SIGKILL); err != nil {
 		return fmt.Errorf("stop vm %s: kill qemu: %w", q.id, err)
 	}
 	select {
-	case <-q.proc.done:
+	case <-q.proc.Done():
 		return nil
 	case <-time.After(5 * time.Second):
-		return fmt.Errorf("stop vm %s: qemu pid %d did not exit after SIGKILL", q.id, q.proc.pid)
+		return fmt.Errorf("stop vm %s: qemu pid %d did not exit after SIGKILL", q.id, q.proc.Pid())
 	}
 }
 
 // PauseVM stops the guest's vCPUs.
 func (q *QEMU) PauseVM(ctx context.Context) error {
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("pause vm: %w", err)
 	}
+	defer release()
 	if err := c.Stop(ctx); err != nil {
 		return fmt.Errorf("pause vm %s: %w", q.id, err)
 	}
@@ -454,37 +447,80 @@ func (q *QEMU) PauseVM(ctx context.Context) error {
 
 // ResumeVM restarts the guest's vCPUs.
 func (q *QEMU) ResumeVM(ctx context.Context) error {
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("resume vm: %w", err)
 	}
+	defer release()
 	if err := c.Cont(ctx); err != nil {
 		return fmt.Errorf("resume vm %s: %w", q.id, err)
 	}
 	return nil
 }
 
-// Status reports QEMU's run state ("running", "paused", ...).
-func (q *QEMU) Status(ctx context.Context) (string, error) {
-	c, err := q.client()
+// Status reports QEMU's run state.
+func (q *QEMU) Status(ctx context.Context) (hypervisor.RunState, error) {
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return "", err
 	}
+	defer release()
 	s, err := c.QueryStatus(ctx)
 	if err != nil {
 		return "", fmt.Errorf("query status of vm %s: %w", q.id, err)
 	}
-	return s.Status, nil
+	return runState(s.Status), nil
 }
 
-// client returns the QMP client of a running VM.
-func (q *QEMU) client() (*qmp.Client, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.proc == nil || !q.proc.alive() || q.qmp == nil {
-		return nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+// runState maps a QMP run state to the contract's.
+func runState(qmpState string) hypervisor.RunState {
+	switch qmpState {
+	case "running":
+		return hypervisor.StateRunning
+	case "paused":
+		return hypervisor.StatePaused
+	case "shutdown":
+		return hypervisor.StateShutdown
+	case "internal-error", "guest-panicked", "io-error":
+		return hypervisor.StateCrashed
 	}
-	return q.qmp, nil
+	return hypervisor.StateOther
+}
+
+// qmpDialTimeout bounds the wait for QEMU's QMP socket, which serves one
+// connection at a time: another operation, of this or another process,
+// may hold it for a moment.
+const qmpDialTimeout = 10 * time.Second
+
+// client connects to the QMP socket of a running VM for one operation;
+// release closes the connection. No connection outlives its operation, so
+// every process that opened the VM can drive it (QEMU serves one QMP
+// client at a time). A client must be released before the next is asked
+// for.
+func (q *QEMU) client(ctx context.Context) (c *qmp.Client, release func(), err error) {
+	q.mu.Lock()
+	proc, path := q.proc, q.launch.files.qmp
+	q.mu.Unlock()
+	if proc == nil || !proc.Alive() {
+		return nil, nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+	}
+	dctx, cancel := context.WithTimeout(ctx, qmpDialTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-proc.Done():
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	c, err = qmp.Dial(dctx, path)
+	if err != nil {
+		if !proc.Alive() {
+			return nil, nil, fmt.Errorf("vm %s: %w", q.id, hypervisor.ErrNotRunning)
+		}
+		return nil, nil, fmt.Errorf("vm %s: %w", q.id, err)
+	}
+	return c, func() { c.Close() }, nil
 }
 
 // validStatePath is what a saved state's path may contain: it is passed
@@ -502,10 +538,11 @@ func (q *QEMU) SaveVM(ctx context.Context, path string) error {
 	if !validStatePath.MatchString(path) {
 		return fmt.Errorf("save vm %s: invalid state path %q", q.id, path)
 	}
-	c, err := q.client()
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("save vm: %w", err)
 	}
+	defer release()
 	if err := c.Stop(ctx); err != nil {
 		return fmt.Errorf("save vm %s: %w", q.id, err)
 	}
@@ -548,10 +585,23 @@ func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
 			q.mu.Unlock()
 		}
 	}()
-	c, err := q.client()
+	if err := q.incoming(ctx, path); err != nil {
+		return err
+	}
+	if q.cfg.SharedFSSocket != "" {
+		return q.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceSharedFS, ID: "sharedfs", Path: q.cfg.SharedFSSocket})
+	}
+	return nil
+}
+
+// incoming loads the saved state at path into a QEMU waiting for it and
+// lets the guest run.
+func (q *QEMU) incoming(ctx context.Context, path string) error {
+	c, release, err := q.client(ctx)
 	if err != nil {
 		return fmt.Errorf("restore vm: %w", err)
 	}
+	defer release()
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("restore vm %s: %w", q.id, err)
@@ -564,9 +614,6 @@ func (q *QEMU) RestoreVM(ctx context.Context, path string) (err error) {
 		if err := c.Cont(ctx); err != nil {
 			return fmt.Errorf("restore vm %s: %w", q.id, err)
 		}
-	}
-	if q.cfg.SharedFSSocket != "" {
-		return q.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceSharedFS, ID: "sharedfs", Path: q.cfg.SharedFSSocket})
 	}
 	return nil
 }
@@ -641,7 +688,7 @@ func (q *QEMU) PIDs() []int {
 	if q.proc == nil {
 		return nil
 	}
-	return []int{q.proc.pid}
+	return []int{q.proc.Pid()}
 }
 
 // AgentEndpoint tells the host how to reach the guest agent.
@@ -663,7 +710,7 @@ func (q *QEMU) Wait() <-chan struct{} {
 		close(c)
 		return c
 	}
-	return q.proc.done
+	return q.proc.Done()
 }
 
 // Cleanup stops QEMU if it still runs and removes the VM's runtime
@@ -679,16 +726,12 @@ func (q *QEMU) teardownLocked(ctx context.Context) error {
 	if err := q.stopLocked(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	if q.qmp != nil {
-		q.qmp.Close()
-		q.qmp = nil
-	}
 	if q.proc != nil {
-		if q.proc.alive() {
+		if q.proc.Alive() {
 			// Stopping failed: keep the state so a later Cleanup can retry.
 			return errors.Join(errs...)
 		}
-		q.proc.release()
+		q.proc.Release()
 		q.proc = nil
 	}
 	if dir := q.launch.files.dir; dir != "" {
@@ -717,21 +760,21 @@ func Remove(ctx context.Context, dir string, opts Options) error {
 		// No usable state: adopt what the directory holds.
 		q = New(opts)
 		q.launch.files = vmFiles(dir)
-		for _, pid := range findByPidFile(q.launch.files.pid) {
-			p, err := attach(pid, q.launch.files.pid, 0)
+		for _, pid := range vmmproc.FindByArg(q.launch.files.pid) {
+			p, err := vmmproc.Attach(pid, q.launch.files.pid, 0)
 			if err != nil {
 				continue
 			}
 			// Nobody talks to this QEMU any more: no need to ask it to quit.
-			p.signal(unix.SIGKILL)
+			p.Signal(unix.SIGKILL)
 			kctx, cancel := context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
 			select {
-			case <-p.done:
+			case <-p.Done():
 			case <-kctx.Done():
 			}
 			cancel()
-			p.release()
-			if p.alive() {
+			p.Release()
+			if p.Alive() {
 				return fmt.Errorf("remove vm %s: qemu %d did not exit after SIGKILL", dir, pid)
 			}
 		}
@@ -765,20 +808,9 @@ func (q *QEMU) saveLocked() error {
 		Config: l.cfg, Ports: q.ports, StartedAt: time.Now().UTC(),
 	}
 	if q.proc != nil {
-		s.Pid, s.PidStart = q.proc.pid, q.proc.start
+		s.Pid, s.PidStart = q.proc.Pid(), q.proc.StartTime()
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := l.files.state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("save vm state: %w", err)
-	}
-	if err := os.Rename(tmp, l.files.state); err != nil {
-		return fmt.Errorf("save vm state: %w", err)
-	}
-	return nil
+	return vmmproc.WriteState(l.files.state, s)
 }
 
 // Open re-attaches to the VM whose runtime directory is dir, as started by
@@ -788,15 +820,11 @@ func (q *QEMU) saveLocked() error {
 func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 	q := New(opts)
 	f := vmFiles(dir)
-	b, err := os.ReadFile(f.state)
-	if err != nil {
+	var s state
+	if err := vmmproc.ReadState(f.state, &s); err != nil {
 		return nil, fmt.Errorf("open vm %s: %w", dir, err)
 	}
-	var s state
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("open vm %s: parse state: %w", dir, err)
-	}
-	if err := ValidateID(s.ID); err != nil || filepath.Base(dir) != s.ID {
+	if err := hypervisor.ValidateID(s.ID); err != nil || filepath.Base(dir) != s.ID {
 		return nil, fmt.Errorf("open vm %s: state names vm %q", dir, s.ID)
 	}
 	q.id, q.cfg = s.ID, s.Config
@@ -804,17 +832,12 @@ func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 	if s.Ports != nil {
 		q.ports = s.Ports
 	}
-	p, err := attach(s.Pid, f.pid, s.PidStart)
+	p, err := vmmproc.Attach(s.Pid, f.pid, s.PidStart)
 	if err != nil {
 		q.log.Debug("vm process is gone", "vm", s.ID, "err", err)
 		return q, nil
 	}
 	q.proc = p
-	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if q.qmp, err = qmp.Dial(qctx, f.qmp); err != nil {
-		q.log.Debug("cannot reach qmp", "vm", s.ID, "err", err)
-	}
 	return q, nil
 }
 
@@ -822,12 +845,8 @@ func Open(ctx context.Context, dir string, opts Options) (*QEMU, error) {
 func (q *QEMU) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.qmp != nil {
-		q.qmp.Close()
-		q.qmp = nil
-	}
 	if q.proc != nil {
-		q.proc.release()
+		q.proc.Release()
 		q.proc = nil
 	}
 	return nil

@@ -21,7 +21,7 @@ import (
 func (q *QEMU) ReclaimBootMemory() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.proc == nil || !q.proc.alive() {
+	if q.proc == nil || !q.proc.Alive() {
 		return nil
 	}
 	var paths []string
@@ -34,7 +34,7 @@ func (q *QEMU) ReclaimBootMemory() error {
 		}
 		paths = append(paths, p)
 	}
-	ranges, err := fileMappings(q.proc.pid, paths)
+	ranges, err := fileMappings(q.proc.Pid(), paths)
 	if err != nil {
 		return fmt.Errorf("reclaim boot memory of vm %s: %w", q.id, err)
 	}
@@ -48,7 +48,7 @@ func (q *QEMU) ReclaimBootMemory() error {
 	for i, r := range ranges {
 		iov[i] = remoteIovec{r[0], r[1] - r[0]}
 	}
-	_, _, errno := unix.Syscall6(unix.SYS_PROCESS_MADVISE, uintptr(q.proc.pidfd),
+	_, _, errno := unix.Syscall6(unix.SYS_PROCESS_MADVISE, uintptr(q.proc.Pidfd()),
 		uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), unix.MADV_PAGEOUT, 0, 0)
 	if errno != 0 {
 		return fmt.Errorf("reclaim boot memory of vm %s: process_madvise: %w", q.id, errno)

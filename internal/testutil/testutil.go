@@ -4,7 +4,7 @@ package testutil
 import (
 	"context"
 	"fmt"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/storage"
 	"github.com/cocoon-runtime/cocoon/vm"
 )
@@ -43,22 +44,23 @@ func NeedVM(t testing.TB) *Env {
 	if os.Geteuid() != 0 {
 		skip("not root")
 	}
-	if _, err := exec.LookPath(qemu.DefaultPath); err != nil {
-		skip("no %s", qemu.DefaultPath)
+	drv, err := drivers.Lookup("")
+	if err != nil {
+		t.Fatal(err)
 	}
-	env := &Env{Kernel: os.Getenv("COCOON_KERNEL"), Initrd: os.Getenv("COCOON_INITRD")}
+	if _, err := exec.LookPath(drv.Binary); err != nil {
+		skip("no %s", drv.Binary)
+	}
+	env := &Env{}
 	dataDir := os.Getenv("COCOON_DATA_DIR")
 	if dataDir == "" {
-		dataDir = "/var/lib/cocoon"
+		dataDir = layout.DataDir
 	}
-	if env.Kernel == "" || env.Initrd == "" {
-		img, err := image.Current(dataDir)
-		if err != nil {
-			skip("%v", err)
-		}
-		env.Kernel, env.Initrd = img.Kernel, img.Initrd
+	env.Kernel, env.Initrd, err = image.OrCurrent(dataDir, os.Getenv("COCOON_KERNEL"), os.Getenv("COCOON_INITRD"))
+	if err != nil {
+		skip("%v", err)
 	}
-	env.CacheDir = filepath.Join(dataDir, "cache")
+	env.CacheDir = layout.CacheDir(dataDir)
 	// A short path: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("/run", "cocoon-test-")
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/layout"
 )
 
 // fakeQEMU writes a shell script that plays QEMU. It records the pid of a
@@ -209,7 +210,7 @@ func testKernel(t *testing.T) string {
 	}
 	dataDir := os.Getenv("COCOON_DATA_DIR")
 	if dataDir == "" {
-		dataDir = "/var/lib/cocoon"
+		dataDir = layout.DataDir
 	}
 	if k := filepath.Join(dataDir, "images", "current", "vmlinux"); fileExists(k) {
 		return k
