@@ -86,7 +86,7 @@ func main() {
 		}
 		var times, removals []time.Duration
 		var last, lastCtr string
-		b.phases = [3][]time.Duration{}
+		b.phases, b.stops = [3][]time.Duration{}, [3][]time.Duration{}
 		for i := 0; i < *runs; i++ {
 			if last != "" {
 				d, err := b.stopAndRemove(ctx, last, lastCtr)
@@ -106,6 +106,8 @@ func main() {
 			measure.Median(b.phases[0]), measure.Median(b.phases[1]), measure.Median(b.phases[2]))
 		if len(removals) > 0 {
 			fmt.Printf("%s: stop and remove a pod (StopContainer, StopPodSandbox, RemovePodSandbox), median of %d: %v (all: %v)\n", h, len(removals), measure.Median(removals), round(removals))
+			fmt.Printf("%s:   StopContainer %v, StopPodSandbox %v, RemovePodSandbox %v (medians)\n", h,
+				measure.Median(b.stops[0]), measure.Median(b.stops[1]), measure.Median(b.stops[2]))
 		}
 		fmt.Printf("%s: idle pod PSS after %v: %.1f MiB (%s)\n", h, *idle, float64(pss)/1024, parts)
 
@@ -145,6 +147,9 @@ type bench struct {
 	// phases of the sequential pods: RunPodSandbox, CreateContainer,
 	// StartContainer.
 	phases [3][]time.Duration
+	// stops: phases of their deletion: StopContainer, StopPodSandbox,
+	// RemovePodSandbox.
+	stops [3][]time.Duration
 }
 
 // pod runs a pod with one busybox container and returns the time until
@@ -202,10 +207,21 @@ func (b *bench) stopAndRemove(ctx context.Context, id, cid string) (time.Duratio
 	if _, err := b.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cid, Timeout: 30}); err != nil {
 		return 0, fmt.Errorf("StopContainer: %w", err)
 	}
-	if err := b.remove(ctx, id); err != nil {
-		return 0, err
+	stopped := time.Now()
+	if _, err := b.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		return 0, fmt.Errorf("StopPodSandbox: %w", err)
 	}
-	return time.Since(start), nil
+	podStopped := time.Now()
+	if _, err := b.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		return 0, fmt.Errorf("RemovePodSandbox: %w", err)
+	}
+	end := time.Now()
+	b.mu.Lock()
+	b.stops[0] = append(b.stops[0], stopped.Sub(start))
+	b.stops[1] = append(b.stops[1], podStopped.Sub(stopped))
+	b.stops[2] = append(b.stops[2], end.Sub(podStopped))
+	b.mu.Unlock()
+	return end.Sub(start), nil
 }
 
 func (b *bench) remove(ctx context.Context, id string) error {
