@@ -81,7 +81,7 @@ func testReadOnlyNotRecursive(t *testing.T, handler string) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 
 	vol := e.volumeDir(t, "ro-"+handler)
 	if err := os.WriteFile(filepath.Join(vol, "top"), []byte("top\n"), 0o644); err != nil {
@@ -151,7 +151,7 @@ func testMountPropagation(t *testing.T, handler string) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 
 	vol := e.volumeDir(t, "prop-"+handler)
 	hostTmpfs(t, vol, true) // Bidirectional and HostToContainer need a shared mount
@@ -221,21 +221,7 @@ func runPrivilegedPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.R
 	t.Helper()
 	cfg := e.podConfig(t, name)
 	cfg.Linux.SecurityContext.Privileged = true
-	if handler == "cocoon" {
-		return runPodConfig(t, ctx, e, rs, cfg)
-	}
-	r, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
-	if err != nil {
-		return nil, err
-	}
-	p := &criPod{rs: rs, id: r.PodSandboxId, config: cfg}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
-		rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
-	})
-	return p, nil
+	return runPodConfig(t, ctx, e, rs, handler, cfg)
 }
 
 func TestCtrReadOnlyRecursive(t *testing.T)     { testCtrReadOnlyRecursive(t, true) }

@@ -76,7 +76,7 @@ func TestCRIPodNamespaces(t *testing.T) {
 				"net.ipv4.ip_forward":    "1",
 			}
 			cfg.Linux.SecurityContext.NamespaceOptions.Pid = mode
-			pod, err := runPodConfig(t, ctx, e, rs, cfg)
+			pod, err := runPodConfig(t, ctx, e, rs, "cocoon", cfg)
 			if err != nil {
 				t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
 			}
@@ -244,7 +244,7 @@ func TestCRIHostNamespacesRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := e.podConfig(t, tc.name)
 			tc.set(cfg.Linux.SecurityContext.NamespaceOptions)
-			_, err := runPodConfig(t, ctx, e, rs, cfg)
+			_, err := runPodConfig(t, ctx, e, rs, "cocoon", cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("RunPodSandbox: %v, want an error naming %s", err, tc.want)
 			}

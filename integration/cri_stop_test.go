@@ -15,17 +15,6 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// criConn connects to the shared containerd's CRI for one test.
-func criConn(t *testing.T, ctx context.Context, e *env) runtimeapi.RuntimeServiceClient {
-	t.Helper()
-	rs, _, closeConn, err := e.ctrd.CRI(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { closeConn() })
-	return rs
-}
-
 // stopContainer calls StopContainer with a grace period of timeout
 // seconds and returns how long the call took.
 func (p *criPod) stopContainer(t *testing.T, ctx context.Context, cid string, timeout int64) time.Duration {
@@ -60,36 +49,10 @@ func (p *criPod) remove(t *testing.T, ctx context.Context, stop bool) {
 	}
 }
 
-// runPodWith runs a pod with runtime handler handler.
+// runPodWith runs a pod named name with runtime handler handler.
 func runPodWith(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, handler, name string) (*criPod, error) {
 	t.Helper()
-	if handler == "cocoon" {
-		return runPod(t, ctx, e, rs, name, nil)
-	}
-	logDir := filepath.Join(e.dir, "pod-logs", name)
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: "uid-" + name, Namespace: "cocoon-test"},
-		Hostname:     name,
-		LogDirectory: logDir,
-		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD},
-		}},
-	}
-	r, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
-	if err != nil {
-		return nil, err
-	}
-	p := &criPod{rs: rs, id: r.PodSandboxId, config: cfg}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
-		rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
-	})
-	return p, nil
+	return runPodConfig(t, ctx, e, rs, handler, e.podConfig(t, name))
 }
 
 // stopBound is far below the grace periods the tests give StopContainer
@@ -109,7 +72,7 @@ func testStopContainerTERM(t *testing.T, handler string) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPodWith(t, ctx, e, rs, handler, "pod-stop-term-"+handler)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -169,7 +132,7 @@ func TestCRIStopTimeoutThenRemovePod(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-stop-timeout", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -191,7 +154,7 @@ func TestCRIRemoveRunningPod(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-remove-running", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -208,7 +171,7 @@ func TestCRIStopOneOfTwo(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-stop-one", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -236,7 +199,7 @@ func TestCRIReopenContainerLog(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-reopen-log", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -338,7 +301,7 @@ func TestCRIFailedContainerThenRemovePod(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-failed-ctr", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -372,7 +335,7 @@ func TestCRIStopAbandonedThenRemovePod(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-stop-abandoned", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
@@ -393,7 +356,7 @@ func TestCRIRunPodAbandoned(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	for _, after := range []time.Duration{500 * time.Millisecond, 1500 * time.Millisecond} {
 		name := fmt.Sprintf("pod-abandoned-%d", after.Milliseconds())
 		rctx, rcancel := context.WithTimeout(ctx, after)
@@ -433,7 +396,7 @@ func TestCRIRemovePodAbandoned(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := criConn(t, ctx, e)
+	rs := criAPI(t, ctx, e)
 	pod, err := runPod(t, ctx, e, rs, "pod-remove-abandoned", nil)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))

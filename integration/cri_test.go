@@ -45,14 +45,14 @@ func runPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServ
 	t.Helper()
 	cfg := e.podConfig(t, name)
 	cfg.Annotations = ann
-	return runPodConfig(t, ctx, e, rs, cfg)
+	return runPodConfig(t, ctx, e, rs, "cocoon", cfg)
 }
 
-// runPodConfig runs the pod cfg with runtime handler cocoon; it is stopped
-// and removed when the test ends.
-func runPodConfig(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, cfg *runtimeapi.PodSandboxConfig) (*criPod, error) {
+// runPodConfig runs the pod cfg with runtime handler handler; it is
+// stopped and removed when the test ends.
+func runPodConfig(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, handler string, cfg *runtimeapi.PodSandboxConfig) (*criPod, error) {
 	t.Helper()
-	r, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: "cocoon"})
+	r, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
 	if err != nil {
 		return nil, err
 	}
