@@ -7,12 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/vmmproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -138,7 +138,7 @@ func TestCleanupPartialStopsLeftoverVM(t *testing.T) {
 	if err := f.cleanupPartial(ctx, tp); err != nil {
 		t.Fatalf("cleanupPartial: %v", err)
 	}
-	if running(pid) {
+	if vmmproc.Running(pid) {
 		t.Error("the leftover template VM still runs")
 	}
 	for _, p := range []string{tp.path(vmDir), tp.memory, tp.path(stateFile + ".tmp"), tp.path(sourcesFile)} {
@@ -155,17 +155,6 @@ func TestCleanupPartialStopsLeftoverVM(t *testing.T) {
 			t.Error("the console tmpfs is still mounted")
 		}
 	}
-}
-
-// running reports whether pid runs (a zombie does not).
-func running(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || !strings.HasPrefix(s[i+1:], " Z")
 }
 
 // TestFakeQEMU is the stand-in QEMU process of the tests above.

@@ -7,7 +7,6 @@ package hvtest
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/vmmproc"
 )
 
 // Harness is what the suite needs of a driver.
@@ -74,10 +74,7 @@ func testMissingKernel(t *testing.T, h Harness) {
 	if !errors.As(err, &ce) {
 		t.Errorf("a missing kernel: %v, want a *hypervisor.ConfigError", err)
 	}
-	if err := hv.Cleanup(ctx); err != nil {
-		t.Errorf("Cleanup: %v", err)
-	}
-	assertEmpty(t, cfg.StateDir)
+	assertCleanup(t, hv, cfg.StateDir, nil)
 }
 
 // Cleanup of a VM created but never started removes what CreateVM made.
@@ -91,12 +88,7 @@ func testCleanupBeforeStart(t *testing.T, h Harness) {
 	if len(hv.PIDs()) != 0 {
 		t.Errorf("a VM not started has processes %v", hv.PIDs())
 	}
-	for range 2 {
-		if err := hv.Cleanup(ctx); err != nil {
-			t.Errorf("Cleanup: %v", err)
-		}
-	}
-	assertEmpty(t, cfg.StateDir)
+	assertCleanup(t, hv, cfg.StateDir, nil)
 }
 
 // A VM starts, runs, pauses, resumes, is opened by another process, stops
@@ -105,20 +97,9 @@ func testLifecycle(t *testing.T, h Harness) {
 	ctx := context.Background()
 	cfg := h.Config(t)
 	const id = "lifecycle"
-	hv := h.New()
-	if err := hv.CreateVM(ctx, id, cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hv.Cleanup(context.Background()) })
-	if err := hv.StartVM(ctx); err != nil {
-		t.Fatal(err)
-	}
-	pids := hv.PIDs()
-	if len(pids) == 0 {
-		t.Fatal("a started VM reports no processes")
-	}
+	hv, pids := start(t, h, id, cfg)
 	for _, pid := range pids {
-		if !alive(pid) {
+		if !vmmproc.Running(pid) {
 			t.Errorf("process %d of the VM is not running", pid)
 		}
 	}
@@ -167,13 +148,7 @@ func testLifecycle(t *testing.T, h Harness) {
 	if _, err := hv.Status(ctx); !errors.Is(err, hypervisor.ErrNotRunning) {
 		t.Errorf("Status of a stopped VM: %v, want ErrNotRunning", err)
 	}
-	for range 2 {
-		if err := hv.Cleanup(ctx); err != nil {
-			t.Errorf("Cleanup: %v", err)
-		}
-	}
-	assertGone(t, pids)
-	assertEmpty(t, cfg.StateDir)
+	assertCleanup(t, hv, cfg.StateDir, pids)
 }
 
 // A VMM killed from outside ends Wait; the driver then reports it not
@@ -181,8 +156,24 @@ func testLifecycle(t *testing.T, h Harness) {
 func testVMMKilled(t *testing.T, h Harness) {
 	ctx := context.Background()
 	cfg := h.Config(t)
+	hv, pids := start(t, h, "killed", cfg)
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, hv)
+	if _, err := hv.Status(ctx); !errors.Is(err, hypervisor.ErrNotRunning) {
+		t.Errorf("Status after the VMM was killed: %v, want ErrNotRunning", err)
+	}
+	assertCleanup(t, hv, cfg.StateDir, pids)
+}
+
+// start creates and starts VM id, removed when the test ends, and
+// returns it with its processes.
+func start(t *testing.T, h Harness, id string, cfg hypervisor.Config) (hypervisor.Hypervisor, []int) {
+	t.Helper()
+	ctx := context.Background()
 	hv := h.New()
-	if err := hv.CreateVM(ctx, "killed", cfg); err != nil {
+	if err := hv.CreateVM(ctx, id, cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hv.Cleanup(context.Background()) })
@@ -193,18 +184,20 @@ func testVMMKilled(t *testing.T, h Harness) {
 	if len(pids) == 0 {
 		t.Fatal("a started VM reports no processes")
 	}
-	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitExit(t, hv)
-	if _, err := hv.Status(ctx); !errors.Is(err, hypervisor.ErrNotRunning) {
-		t.Errorf("Status after the VMM was killed: %v, want ErrNotRunning", err)
-	}
-	if err := hv.Cleanup(ctx); err != nil {
-		t.Errorf("Cleanup: %v", err)
+	return hv, pids
+}
+
+// assertCleanup runs Cleanup twice (it is idempotent) and fails t if a
+// process of pids still runs or anything is left in stateDir.
+func assertCleanup(t *testing.T, hv hypervisor.Hypervisor, stateDir string, pids []int) {
+	t.Helper()
+	for range 2 {
+		if err := hv.Cleanup(context.Background()); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
 	}
 	assertGone(t, pids)
-	assertEmpty(t, cfg.StateDir)
+	assertEmpty(t, stateDir)
 }
 
 // waitState waits until hv reports state want.
@@ -230,25 +223,11 @@ func waitExit(t *testing.T, hv hypervisor.Hypervisor) {
 	}
 }
 
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// A zombie holds nothing.
-	for i := len(b) - 1; i > 0; i-- {
-		if b[i] == ')' {
-			return i+2 < len(b) && b[i+2] != 'Z'
-		}
-	}
-	return true
-}
-
 // assertGone fails t if a process of pids still runs.
 func assertGone(t *testing.T, pids []int) {
 	t.Helper()
 	for _, pid := range pids {
-		if alive(pid) {
+		if vmmproc.Running(pid) {
 			t.Errorf("process %d of the VM still runs", pid)
 		}
 	}

@@ -134,24 +134,40 @@ func (p *Process) Release() {
 	})
 }
 
-// StartTime reads a process's start time (field 22 of /proc/pid/stat).
-func StartTime(pid int) (uint64, error) {
+// statFields returns the fields of /proc/<pid>/stat from field 3 (the
+// state) on.
+func statFields(pid int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	// The command name (field 2) may contain spaces and parentheses; the
 	// fields after it start after the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+		return nil, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
-	f := strings.Fields(string(b[i+1:]))
+	return strings.Fields(string(b[i+1:])), nil
+}
+
+// StartTime reads a process's start time (field 22 of /proc/pid/stat).
+func StartTime(pid int) (uint64, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
 	// f[0] is field 3 (state), so field 22 is f[19].
 	if len(f) < 20 {
 		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// Running reports whether process pid exists and is neither a zombie nor
+// dead: a zombie holds nothing but its pid.
+func Running(pid int) bool {
+	f, err := statFields(pid)
+	return err == nil && len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
 
 // ReadPidFile reads a pid file as VMMs write them.

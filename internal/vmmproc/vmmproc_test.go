@@ -37,6 +37,9 @@ func TestAttachSignalDone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Release()
+	if !Running(pid) {
+		t.Errorf("Running(%d) = false for a live child", pid)
+	}
 	if !p.Alive() || p.Pid() != pid || p.StartTime() != st {
 		t.Fatalf("attached process: alive %v, pid %d, start %d", p.Alive(), p.Pid(), p.StartTime())
 	}
@@ -50,6 +53,9 @@ func TestAttachSignalDone(t *testing.T) {
 	}
 	if p.Alive() {
 		t.Error("Alive after the process exited")
+	}
+	if Running(pid) {
+		t.Errorf("Running(%d) = true after it exited and was reaped", pid)
 	}
 	if err := p.Signal(unix.SIGTERM); err != nil {
 		t.Errorf("Signal to an exited process: %v", err)

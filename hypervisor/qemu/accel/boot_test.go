@@ -15,6 +15,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
+	"github.com/cocoon-runtime/cocoon/internal/vmmproc"
 )
 
 // fakeQEMU writes a shell script that plays QEMU. It records the pid of a
@@ -37,18 +38,6 @@ func fakeQEMU(t *testing.T, body string) (path, childPidFile string) {
 	return path, childPidFile
 }
 
-// running reports whether pid is a live (not zombie) process.
-func running(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// pid (comm) S ...: the state follows the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
-}
-
 // processesWith lists live processes whose command line contains marker.
 func processesWith(t *testing.T, marker string) []int {
 	t.Helper()
@@ -60,7 +49,7 @@ func processesWith(t *testing.T, marker string) []int {
 			continue
 		}
 		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if pid != os.Getpid() && running(pid) {
+		if pid != os.Getpid() && vmmproc.Running(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -86,10 +75,10 @@ func assertGone(t *testing.T, name, childPidFile string) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	// Killed processes may take a moment to be reaped by init.
 	deadline := time.Now().Add(2 * time.Second)
-	for running(pid) && time.Now().Before(deadline) {
+	for vmmproc.Running(pid) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if running(pid) {
+	if vmmproc.Running(pid) {
 		t.Errorf("child %d of the probe's process group still running", pid)
 	}
 }
