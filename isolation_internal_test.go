@@ -21,6 +21,22 @@ func needRoot(t *testing.T) {
 }
 
 // A runtime of its own, with no VM: for host-side behaviour.
+// sharedSandbox is sandbox "sb" of a runtime of hostRuntime's, with no
+// container and no VM, but its shared tree.
+func sharedSandbox(t *testing.T) *Sandbox {
+	t.Helper()
+	needRoot(t)
+	r := hostRuntime(t)
+	s := &Sandbox{rt: r, id: "sb", dir: r.sandboxDir("sb"), state: &sandboxState{Containers: map[string]*containerState{}}}
+	os.MkdirAll(s.dir, 0o700)
+	sh, err := storage.NewShared(s.sharedDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.shared = sh
+	return s
+}
+
 func hostRuntime(t *testing.T) *Runtime {
 	t.Helper()
 	dir := t.TempDir()
@@ -36,15 +52,8 @@ func hostRuntime(t *testing.T) *Runtime {
 // what the spec allows the container: root.readonly and "ro" make the
 // host's bind read-only, "rro" its whole tree.
 func TestSharedAccessFollowsSpec(t *testing.T) {
-	needRoot(t)
-	r := hostRuntime(t)
-	s := &Sandbox{rt: r, id: "sb", dir: r.sandboxDir("sb")}
-	os.MkdirAll(s.dir, 0o700)
-	sh, err := storage.NewShared(s.sharedDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.shared = sh
+	s := sharedSandbox(t)
+	sh := s.shared
 	base := t.TempDir()
 	rootfs := filepath.Join(base, "rootfs")
 	vol := filepath.Join(base, "vol")

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cocoon-runtime/cocoon/storage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -15,15 +14,8 @@ import (
 // pod-wide bind, released with the last of them; a private bind stays the
 // container's own; the host's mounts below a bind source are announced.
 func TestShareContainerPodWideVolumes(t *testing.T) {
-	needRoot(t)
-	r := hostRuntime(t)
-	s := &Sandbox{rt: r, id: "sb", dir: r.sandboxDir("sb"), state: &sandboxState{Containers: map[string]*containerState{}}}
-	os.MkdirAll(s.dir, 0o700)
-	sh, err := storage.NewShared(s.sharedDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.shared = sh
+	s := sharedSandbox(t)
+	sh := s.shared
 	base := t.TempDir()
 	vol := filepath.Join(base, "vol")
 	os.MkdirAll(filepath.Join(vol, "sub"), 0o755)
