@@ -59,6 +59,21 @@ func sandboxConfig(env *testutil.Env, id, bundle string) cocoon.SandboxConfig {
 type output struct {
 	stdout, stderr bytes.Buffer
 	wg             sync.WaitGroup
+	// firstOut is when stdout's first bytes arrived.
+	firstOut time.Time
+}
+
+// stampedWriter records when its first write came.
+type stampedWriter struct {
+	w     io.Writer
+	first *time.Time
+}
+
+func (s stampedWriter) Write(b []byte) (int, error) {
+	if s.first.IsZero() {
+		*s.first = time.Now()
+	}
+	return s.w.Write(b)
 }
 
 func attach(t *testing.T, sb *cocoon.Sandbox, id, execID string, stdin io.Reader) *output {
@@ -69,7 +84,11 @@ func attach(t *testing.T, sb *cocoon.Sandbox, id, execID string, stdin io.Reader
 	}
 	o := &output{}
 	o.wg.Add(2)
-	go func() { defer o.wg.Done(); io.Copy(&o.stdout, out); out.Close() }()
+	go func() {
+		defer o.wg.Done()
+		io.Copy(stampedWriter{&o.stdout, &o.firstOut}, out)
+		out.Close()
+	}()
 	go func() {
 		defer o.wg.Done()
 		if errs != nil {
