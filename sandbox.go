@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent"
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/factory"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
@@ -146,6 +147,13 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	}
 	if s.shared, err = storage.NewShared(s.sharedDir()); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	// The guest image's on-demand kernel modules, read-only, for the
+	// guest to load when its kernel asks for one.
+	if tree := image.ModuleTree(hv.Initrd); tree != "" {
+		if err := s.shared.Bind(tree, protocol.ModulesTree, storage.RecursiveReadOnly); err != nil {
+			return nil, fmt.Errorf("create sandbox %s: share kernel modules: %w", cfg.ID, err)
+		}
 	}
 	failpoint.Hit(failpoint.CreateBeforeBoot)
 	if _, err := storage.StartVirtiofsd(ctx, r.opts.Virtiofsd, s.shared.ExportDir(), s.vfsSocket(), s.vfsPidFile(), filepath.Join(s.dir, "virtiofsd.log")); err != nil {

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"path"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cocoon-runtime/cocoon/internal/modindex"
 )
 
 // kernelFiles is what Build takes from a kernel package.
@@ -20,6 +23,10 @@ type kernelFiles struct {
 	Release string
 	Vmlinuz []byte
 	Modules []moduleFile // in load order
+	// OnDemand are the modules of the on-demand tree, sorted by name, and
+	// Index is its index.
+	OnDemand []moduleFile
+	Index    *modindex.Index
 }
 
 // errStopStream ends streamDeb early without an error.
@@ -111,12 +118,14 @@ func modulePathRelease(name string) (release, rest string, ok bool) {
 // maxModuleSize bounds the size of one kernel module read into memory.
 const maxModuleSize = 64 << 20
 
-// extractKernel reads kernel package deb and returns its bzImage and the
-// modules roots need with their dependencies, in load order. It reads the
-// package once, keeping only the modules known to be needed so far, and a
-// second time only for dependencies it had passed before it knew they were
-// needed.
-func extractKernel(ctx context.Context, deb string, roots []string) (*kernelFiles, error) {
+// extractKernel reads kernel package deb and returns its bzImage, the
+// modules roots need with their dependencies, in load order, and the
+// on-demand tree: every module whose path below the package's "kernel/"
+// directory matches one of the onDemand patterns (path.Match), with its
+// dependencies, and their index. It reads the package once, keeping only
+// the modules known to be needed so far, and a second time only for
+// dependencies it had passed before it knew they were needed.
+func extractKernel(ctx context.Context, deb string, roots, onDemand []string) (*kernelFiles, error) {
 	kf := &kernelFiles{}
 	index := map[string]*moduleInfo{}
 	data := map[string][]byte{}
@@ -125,6 +134,7 @@ func extractKernel(ctx context.Context, deb string, roots []string) (*kernelFile
 	for _, r := range roots {
 		want[moduleName(r)] = true
 	}
+	var onDemandRoots []string
 	var releases []string
 	setRelease := func(r string) {
 		if !slices.Contains(releases, r) {
@@ -175,11 +185,11 @@ func extractKernel(ctx context.Context, deb string, roots []string) (*kernelFile
 			if _, err := io.Copy(&buf, r); err != nil {
 				return fmt.Errorf("read %s: %w", name, err)
 			}
-			n, deps, vermagic, err := parseModinfo(buf.Bytes())
-			if n != "" {
-				m.Name = n
+			info, err := parseModinfo(buf.Bytes())
+			if info.Name != "" {
+				m.Name = info.Name
 			}
-			m.Depends, m.Vermagic = deps, vermagic
+			m.Depends, m.Vermagic, m.Aliases = info.Depends, info.Vermagic, info.Aliases
 			if err != nil {
 				// Only an error if the module is needed.
 				m.Invalid = err.Error()
@@ -189,6 +199,10 @@ func extractKernel(ctx context.Context, deb string, roots []string) (*kernelFile
 			return nil // keep the first; packages do not ship duplicates
 		}
 		index[m.Name] = m
+		if matchesAny(onDemand, strings.TrimPrefix(rest, "kernel/")) {
+			onDemandRoots = append(onDemandRoots, m.Name)
+			want[m.Name] = true
+		}
 		if want[m.Name] && compressed == "" && m.Invalid == "" {
 			data[m.Name] = bytes.Clone(buf.Bytes())
 			for _, d := range m.Depends {
@@ -216,8 +230,13 @@ func extractKernel(ctx context.Context, deb string, roots []string) (*kernelFile
 	if err != nil {
 		return nil, fmt.Errorf("read package %s: %w", deb, err)
 	}
+	slices.Sort(onDemandRoots)
+	tree, err := resolveModules(onDemandRoots, index)
+	if err != nil {
+		return nil, fmt.Errorf("read package %s: on-demand modules: %w", deb, err)
+	}
 	missing := map[string]string{} // path -> module name
-	for _, m := range order {
+	for _, m := range slices.Concat(order, tree) {
 		if _, ok := data[m.Name]; !ok {
 			missing[m.Path] = m.Name
 		}
@@ -246,13 +265,37 @@ func extractKernel(ctx context.Context, deb string, roots []string) (*kernelFile
 			return nil, fmt.Errorf("read package %s: modules vanished on second read", deb)
 		}
 	}
-	for _, m := range order {
+	for _, m := range slices.Concat(order, tree) {
 		if v, _, _ := strings.Cut(m.Vermagic, " "); v != kf.Release {
 			return nil, fmt.Errorf("read package %s: module %s is built for kernel %q, not %s", deb, m.Name, v, kf.Release)
 		}
+	}
+	for _, m := range order {
 		kf.Modules = append(kf.Modules, moduleFile{Name: m.Name, Data: data[m.Name]})
 	}
+	if len(tree) > 0 {
+		kf.Index = &modindex.Index{Release: kf.Release}
+		slices.SortFunc(tree, func(a, b *moduleInfo) int { return strings.Compare(a.Name, b.Name) })
+		for _, m := range tree {
+			// Built-in dependencies are not files of the tree.
+			deps := slices.DeleteFunc(slices.Clone(m.Depends), func(d string) bool { return index[d].Builtin })
+			if err := kf.Index.Add(m.Name, deps, m.Aliases); err != nil {
+				return nil, fmt.Errorf("read package %s: %w", deb, err)
+			}
+			kf.OnDemand = append(kf.OnDemand, moduleFile{Name: m.Name, Data: data[m.Name]})
+		}
+	}
 	return kf, nil
+}
+
+// matchesAny reports whether name matches one of the path.Match patterns.
+func matchesAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // readAllLimit reads the size bytes of a file from r, failing if size is

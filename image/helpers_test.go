@@ -108,8 +108,13 @@ func elfNote(name string, typ uint32, desc []byte) []byte {
 
 // fakeModule returns a kernel module ELF whose .modinfo holds the fields.
 func fakeModule(t testing.TB, name, release string, depends ...string) []byte {
-	info := fmt.Sprintf("license=GPL\x00depends=%s\x00retpoline=Y\x00intree=Y\x00name=%s\x00vermagic=%s SMP preempt mod_unload modversions \x00",
-		strings.Join(depends, ","), name, release)
+	info := fmt.Sprintf("license=GPL\x00alias=fake:%s\x00depends=%s\x00retpoline=Y\x00intree=Y\x00name=%s\x00vermagic=%s SMP preempt mod_unload modversions \x00",
+		name, strings.Join(depends, ","), name, release)
+	return fakeModuleInfo(t, info)
+}
+
+// fakeModuleInfo returns a kernel module ELF with the .modinfo info.
+func fakeModuleInfo(t testing.TB, info string) []byte {
 	return buildELF(t, elf.ET_REL, elf.EM_X86_64, []testSection{
 		{".text", elf.SHT_PROGBITS, []byte{0xc3}},
 		{".modinfo", elf.SHT_PROGBITS, []byte(info)},
@@ -195,6 +200,10 @@ func fakeKernelDeb(t testing.TB, dir, release, version string) string {
 		write(mods+m.Path, fakeModule(t, m.Name, release, m.Depends...))
 	}
 	write(mods+"drivers/block/unused-thing.ko", fakeModule(t, "unused_thing", release, "virtio"))
+	// On-demand: tun (default patterns match it) with static node aliases,
+	// and a dependency outside the patterns.
+	write(mods+"drivers/net/tun.ko", fakeModuleInfo(t, "alias=devname:net/tun\x00alias=char-major-10-200\x00depends=tap_helper\x00name=tun\x00vermagic="+release+" SMP \x00"))
+	write(mods+"lib/tap_helper.ko", fakeModule(t, "tap_helper", release))
 	write(mods+"drivers/misc/broken.ko", []byte("not a module, and not needed"))
 	write("lib/modules/"+release+"/modules.builtin", []byte("kernel/drivers/char/hw_random/rng-core.ko\n"))
 	deb := filepath.Join(dir, pkg+"_"+version+"_amd64.deb")

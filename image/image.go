@@ -18,14 +18,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cocoon-runtime/cocoon/internal/layout"
+	"github.com/cocoon-runtime/cocoon/internal/modindex"
 )
 
 // Defaults for BuildOptions.
@@ -40,11 +43,15 @@ const (
 	VmlinuxFile   = "vmlinux"
 	VmlinuzFile   = "vmlinuz"
 	InitramfsFile = "initramfs.cpio"
+	// ModulesDir holds the on-demand module tree: <name>.ko files and
+	// their index (modindex.FileName), which the guest loads from when its
+	// kernel asks for a module.
+	ModulesDir = "modules"
 )
 
 // FormatVersion is the version of the image layout and build procedure.
 // Changing it changes every image id, so that images are rebuilt.
-const FormatVersion = 1
+const FormatVersion = 2
 
 // BuildOptions configure Build. The zero value builds the default image.
 type BuildOptions struct {
@@ -63,6 +70,11 @@ type BuildOptions struct {
 	// Modules are the names of the kernel modules to load at boot; their
 	// dependencies are added. Default: DefaultModules().
 	Modules []string
+	// OnDemandModules are path.Match patterns of module paths below the
+	// kernel package's lib/modules/<release>/kernel/ for the on-demand
+	// tree; their dependencies are added. Default: DefaultOnDemandModules();
+	// an empty, non-nil list builds no tree.
+	OnDemandModules []string
 	// Progress, if not nil, is called with messages about the progress of
 	// the build.
 	Progress func(format string, args ...any)
@@ -70,17 +82,19 @@ type BuildOptions struct {
 
 // Image is a built guest image.
 type Image struct {
-	ID            string    `json:"id"`             // first 16 hex digits of the content key
-	Dir           string    `json:"dir"`            // directory holding the image files
-	Kernel        string    `json:"kernel"`         // uncompressed ELF kernel (vmlinux) for qemu -kernel
-	KernelBzImage string    `json:"kernel_bzimage"` // compressed kernel (bzImage) as shipped
-	Initrd        string    `json:"initrd"`         // uncompressed newc initramfs
-	KernelRelease string    `json:"kernel_release"` // e.g. "6.1.0-56-cloud-amd64"
-	KernelPackage string    `json:"kernel_package"`
-	KernelVersion string    `json:"kernel_version"` // Debian package version
-	Modules       []string  `json:"modules"`        // module names in load order
-	AgentSHA256   string    `json:"agent_sha256"`
-	Built         time.Time `json:"built"`
+	ID            string   `json:"id"`             // first 16 hex digits of the content key
+	Dir           string   `json:"dir"`            // directory holding the image files
+	Kernel        string   `json:"kernel"`         // uncompressed ELF kernel (vmlinux) for qemu -kernel
+	KernelBzImage string   `json:"kernel_bzimage"` // compressed kernel (bzImage) as shipped
+	Initrd        string   `json:"initrd"`         // uncompressed newc initramfs
+	KernelRelease string   `json:"kernel_release"` // e.g. "6.1.0-56-cloud-amd64"
+	KernelPackage string   `json:"kernel_package"`
+	KernelVersion string   `json:"kernel_version"` // Debian package version
+	Modules       []string `json:"modules"`        // module names in load order
+	// ModulesDir is the on-demand module tree, "" when the image has none.
+	ModulesDir  string    `json:"modules_dir,omitempty"`
+	AgentSHA256 string    `json:"agent_sha256"`
+	Built       time.Time `json:"built"`
 }
 
 // manifest is the content of an image's manifest.json.
@@ -94,6 +108,8 @@ type manifest struct {
 	AgentSHA256     string         `json:"agent_sha256"`
 	ModuleRoots     []string       `json:"module_roots"`
 	Modules         []string       `json:"modules"`
+	OnDemandRoots   []string       `json:"on_demand_roots"`
+	OnDemand        []string       `json:"on_demand_modules"`
 	Files           []manifestFile `json:"files"`
 	Built           time.Time      `json:"built"`
 	BuildSeconds    float64        `json:"build_seconds"`
@@ -107,12 +123,13 @@ type manifestFile struct {
 
 // cacheKey returns the content key of an image: a SHA-256 digest over
 // everything that determines its files.
-func cacheKey(debSHA256, agentSHA256 string, roots []string) string {
+func cacheKey(debSHA256, agentSHA256 string, roots, onDemand []string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "cocoon guest image format %d\n", FormatVersion)
 	fmt.Fprintf(h, "kernel package sha256 %s\n", debSHA256)
 	fmt.Fprintf(h, "agent sha256 %s\n", agentSHA256)
 	fmt.Fprintf(h, "modules %s\n", strings.Join(roots, ","))
+	fmt.Fprintf(h, "on-demand modules %s\n", strings.Join(onDemand, ","))
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -161,6 +178,15 @@ func Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 	roots, err = normalizeModules(roots)
 	if err != nil {
 		return nil, fmt.Errorf("build image: %w", err)
+	}
+	onDemand := opts.OnDemandModules
+	if onDemand == nil {
+		onDemand = DefaultOnDemandModules()
+	}
+	for _, p := range onDemand {
+		if _, err := path.Match(p, ""); err != nil || p == "" || strings.ContainsAny(p, ", \t\n") {
+			return nil, fmt.Errorf("build image: invalid on-demand module pattern %q", p)
+		}
 	}
 	agentPath := opts.AgentPath
 	if agentPath == "" {
@@ -213,7 +239,7 @@ func Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 		}
 	}
 
-	key := cacheKey(deb.SHA256, agentSHA, roots)
+	key := cacheKey(deb.SHA256, agentSHA, roots, onDemand)
 	id := imageID(key)
 	dir := filepath.Join(imagesDir, id)
 	if m, err := loadManifest(dir); err == nil && m.Key == key {
@@ -233,7 +259,7 @@ func Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, fmt.Errorf("build image: %w", err)
 	}
-	m, err := buildInto(ctx, tmp, deb, agent, agentMachine, roots, progress)
+	m, err := buildInto(ctx, tmp, deb, agent, agentMachine, roots, onDemand, progress)
 	if err != nil {
 		return nil, fmt.Errorf("build image %s: %w", id, err)
 	}
@@ -267,13 +293,13 @@ func Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 
 // buildInto writes the image files into dir and returns the manifest
 // without the fields that Build fills in.
-func buildInto(ctx context.Context, dir string, deb *debPackage, agent []byte, agentMachine elf.Machine, roots []string, progress func(string, ...any)) (*manifest, error) {
+func buildInto(ctx context.Context, dir string, deb *debPackage, agent []byte, agentMachine elf.Machine, roots, onDemand []string, progress func(string, ...any)) (*manifest, error) {
 	pkg, version, err := debFields(ctx, deb.Path)
 	if err != nil {
 		return nil, err
 	}
 	progress("extracting kernel from %s %s", pkg, version)
-	kf, err := extractKernel(ctx, deb.Path, roots)
+	kf, err := extractKernel(ctx, deb.Path, roots, onDemand)
 	if err != nil {
 		return nil, err
 	}
@@ -334,8 +360,21 @@ func buildInto(ctx context.Context, dir string, deb *debPackage, agent []byte, a
 		KernelDebSHA256: deb.SHA256,
 		ModuleRoots:     roots,
 		Modules:         names,
+		OnDemandRoots:   onDemand,
 	}
-	for _, name := range []string{VmlinuxFile, VmlinuzFile, InitramfsFile} {
+	files := []string{VmlinuxFile, VmlinuzFile, InitramfsFile}
+	if kf.Index != nil {
+		size, err := writeModuleTree(filepath.Join(dir, ModulesDir), kf)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range kf.OnDemand {
+			m.OnDemand = append(m.OnDemand, f.Name)
+		}
+		progress("wrote %d on-demand modules (%.1f MB)", len(kf.OnDemand), float64(size)/1e6)
+		files = append(files, path.Join(ModulesDir, modindex.FileName))
+	}
+	for _, name := range files {
 		p := filepath.Join(dir, name)
 		fi, err := os.Stat(p)
 		if err != nil {
@@ -407,7 +446,11 @@ func loadManifest(dir string) (*manifest, error) {
 	for _, f := range m.Files {
 		have[f.Name] = f.Size
 	}
-	for _, name := range []string{VmlinuxFile, VmlinuzFile, InitramfsFile} {
+	required := []string{VmlinuxFile, VmlinuzFile, InitramfsFile}
+	if len(m.OnDemand) > 0 {
+		required = append(required, path.Join(ModulesDir, modindex.FileName))
+	}
+	for _, name := range required {
 		size, ok := have[name]
 		if !ok {
 			return nil, fmt.Errorf("load image %s: manifest lists no %s", dir, name)
@@ -424,6 +467,10 @@ func loadManifest(dir string) (*manifest, error) {
 }
 
 func (m *manifest) image(dir string) *Image {
+	var modulesDir string
+	if len(m.OnDemand) > 0 {
+		modulesDir = filepath.Join(dir, ModulesDir)
+	}
 	return &Image{
 		ID:            imageID(m.Key),
 		Dir:           dir,
@@ -434,6 +481,7 @@ func (m *manifest) image(dir string) *Image {
 		KernelPackage: m.KernelPackage,
 		KernelVersion: m.KernelVersion,
 		Modules:       m.Modules,
+		ModulesDir:    modulesDir,
 		AgentSHA256:   m.AgentSHA256,
 		Built:         m.Built,
 	}
@@ -449,6 +497,21 @@ func writeManifest(dir string, m *manifest) error {
 		_, err := w.Write(b)
 		return err
 	})
+}
+
+// ModuleTree returns the on-demand module tree of the image whose
+// initramfs is initrd, or "" when initrd is not an image's or the image
+// has no tree.
+func ModuleTree(initrd string) string {
+	abs, err := filepath.Abs(initrd)
+	if err != nil {
+		return ""
+	}
+	img, err := Load(filepath.Dir(abs))
+	if err != nil || img.Initrd != abs {
+		return ""
+	}
+	return img.ModulesDir
 }
 
 // OrCurrent returns kernel and initrd, each one left empty replaced by

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/internal/modindex"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,16 +16,19 @@ import (
 )
 
 func TestCacheKey(t *testing.T) {
-	base := cacheKey("deb1", "agent1", []string{"a", "b"})
-	if base != cacheKey("deb1", "agent1", []string{"a", "b"}) {
+	od := []string{"net/*.ko"}
+	base := cacheKey("deb1", "agent1", []string{"a", "b"}, od)
+	if base != cacheKey("deb1", "agent1", []string{"a", "b"}, od) {
 		t.Fatal("cache key not stable")
 	}
 	for name, k := range map[string]string{
-		"kernel":       cacheKey("deb2", "agent1", []string{"a", "b"}),
-		"agent":        cacheKey("deb1", "agent2", []string{"a", "b"}),
-		"modules":      cacheKey("deb1", "agent1", []string{"a", "b", "c"}),
-		"module order": cacheKey("deb1", "agent1", []string{"b", "a"}),
-		"module split": cacheKey("deb1", "agent1", []string{"ab"}),
+		"kernel":       cacheKey("deb2", "agent1", []string{"a", "b"}, od),
+		"agent":        cacheKey("deb1", "agent2", []string{"a", "b"}, od),
+		"modules":      cacheKey("deb1", "agent1", []string{"a", "b", "c"}, od),
+		"module order": cacheKey("deb1", "agent1", []string{"b", "a"}, od),
+		"module split": cacheKey("deb1", "agent1", []string{"ab"}, od),
+		"on-demand":    cacheKey("deb1", "agent1", []string{"a", "b"}, []string{"fs/*.ko"}),
+		"no on-demand": cacheKey("deb1", "agent1", []string{"a", "b"}, nil),
 	} {
 		if k == base {
 			t.Errorf("key unchanged when the %s changes", name)
@@ -195,6 +199,41 @@ func TestBuildFakeKernel(t *testing.T) {
 		t.Errorf("progress: %q", rec.msgs)
 	}
 
+	// The on-demand tree: the modules the default patterns match (overlay,
+	// tun and its dependency), not the others, and an index the guest
+	// resolves the kernel's requests with.
+	if img.ModulesDir != filepath.Join(img.Dir, ModulesDir) {
+		t.Fatalf("modules dir %q", img.ModulesDir)
+	}
+	b, err := os.ReadFile(filepath.Join(img.ModulesDir, "index"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := modindex.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tree []string
+	ents, _ := os.ReadDir(img.ModulesDir)
+	for _, e := range ents {
+		tree = append(tree, e.Name())
+	}
+	if want := []string{"index", "overlay.ko", "tap_helper.ko", "tun.ko"}; !slices.Equal(tree, want) {
+		t.Errorf("module tree %v, want %v", tree, want)
+	}
+	if order, err := ix.Resolve("char-major-10-200"); err != nil || !slices.Equal(order, []string{"tap_helper", "tun"}) {
+		t.Errorf("Resolve(char-major-10-200) = %v, %v", order, err)
+	}
+	if len(ix.Nodes) != 1 || ix.Nodes[0].Name != "net/tun" || ix.Release != "6.1.0-99-test" {
+		t.Errorf("index %+v", ix)
+	}
+	if got := ModuleTree(img.Initrd); got != img.ModulesDir {
+		t.Errorf("ModuleTree(%s) = %q", img.Initrd, got)
+	}
+	if got := ModuleTree(filepath.Join(dir, "elsewhere", InitramfsFile)); got != "" {
+		t.Errorf("ModuleTree of an initrd outside an image = %q", got)
+	}
+
 	cur, err := Current(data)
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +299,7 @@ func TestBuildSkipsWhenUpToDate(t *testing.T) {
 
 	debSum, _ := sha256File(deb)
 	agentSum, _ := sha256File(agent)
-	key := cacheKey(debSum, agentSum, DefaultModules())
+	key := cacheKey(debSum, agentSum, DefaultModules(), DefaultOnDemandModules())
 	imgDir := filepath.Join(data, "images", imageID(key))
 	if err := os.MkdirAll(imgDir, 0o755); err != nil {
 		t.Fatal(err)

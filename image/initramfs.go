@@ -6,6 +6,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 )
 
 // Paths inside the initramfs.
@@ -26,7 +28,7 @@ func modulePath(release, name string) string {
 }
 
 // writeInitramfs writes an uncompressed newc initramfs to w holding the
-// agent as /init, the basic directories and device nodes, the modules in
+// agent as /init (and linked as protocol.ModprobeHelper), the basic directories and device nodes, the modules in
 // /lib/modules/<release>/ and their load order in /etc/cocoon/modules.
 // Entries are sorted by name and carry no timestamps or owners, so equal
 // inputs give equal bytes. It returns the number of bytes written.
@@ -55,6 +57,8 @@ func writeInitramfs(w io.Writer, agent []byte, release string, modules []moduleF
 	var list strings.Builder
 	files := []newcEntry{
 		{Name: initPath, Mode: cpioTypeReg | 0o755, Data: agent},
+		// The agent serves the kernel's module requests under this name.
+		{Name: protocol.ModprobeHelper, Mode: cpioTypeLink | 0o777, Data: []byte(initPath)},
 		{Name: "/dev/console", Mode: cpioTypeChar | 0o600, RdevMajor: 5, RdevMinor: 1},
 		{Name: "/dev/null", Mode: cpioTypeChar | 0o666, RdevMajor: 1, RdevMinor: 3},
 	}

@@ -63,6 +63,9 @@ func TestInitramfsContents(t *testing.T) {
 	if m := check("init", 0o100755, 0, 0); !bytes.Equal(m.Data, agent) {
 		t.Error("/init is not the agent")
 	}
+	if m := check("sbin/cocoon-modprobe", 0o120777, 0, 0); string(m.Data) != "/init" {
+		t.Errorf("sbin/cocoon-modprobe links to %q", m.Data)
+	}
 	check("dev/console", 0o020600, 5, 1)
 	check("dev/null", 0o020666, 1, 3)
 	for _, d := range []string{"dev", "proc", "sys", "run", "etc", "etc/cocoon", "lib", "lib/modules", "lib/modules/6.1.0-test"} {

@@ -5,9 +5,14 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/cocoon-runtime/cocoon/internal/modindex"
 )
 
 // DefaultModules returns the kernel modules a guest needs, as module names.
@@ -31,12 +36,61 @@ func DefaultModules() []string {
 	}
 }
 
+// DefaultOnDemandModules returns the patterns (path.Match, below the
+// kernel package's lib/modules/<release>/kernel/) of the modules the
+// on-demand tree holds: what a privileged or NET_ADMIN container in a pod
+// reasonably uses. Bridges, veth, tun/tap, vxlan, geneve, macvlan, ipvlan,
+// dummy, bonding, vrf and wireguard links; 802.1q; every netfilter,
+// iptables, nftables, ebtables and ipvs module; traffic control; xfs and
+// overlay; loop and device mapper. ext4 is built into Debian's kernel.
+func DefaultOnDemandModules() []string {
+	return []string{
+		"net/bridge/*.ko", "net/bridge/netfilter/*.ko", "net/8021q/*.ko",
+		"net/netfilter/*.ko", "net/netfilter/ipvs/*.ko",
+		"net/ipv4/netfilter/*.ko", "net/ipv6/netfilter/*.ko",
+		"net/sched/*.ko",
+		"drivers/net/veth.ko", "drivers/net/tun.ko", "drivers/net/tap.ko",
+		"drivers/net/dummy.ko", "drivers/net/ifb.ko", "drivers/net/vrf.ko",
+		"drivers/net/macvlan.ko", "drivers/net/macvtap.ko", "drivers/net/geneve.ko",
+		"drivers/net/vxlan/*.ko", "drivers/net/ipvlan/*.ko",
+		"drivers/net/bonding/*.ko", "drivers/net/wireguard/*.ko",
+		"fs/xfs/*.ko", "fs/overlayfs/*.ko",
+		"drivers/block/loop.ko", "drivers/md/dm-*.ko", "drivers/md/persistent-data/*.ko",
+	}
+}
+
+// writeModuleTree writes kf's on-demand modules and their index into dir,
+// a new directory, and returns the bytes of module files written.
+func writeModuleTree(dir string, kf *kernelFiles) (int64, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return 0, fmt.Errorf("write module tree: %w", err)
+	}
+	var size int64
+	for _, m := range kf.OnDemand {
+		if !modindex.ValidName(m.Name) || len(m.Data) > modindex.MaxModuleSize {
+			return 0, fmt.Errorf("write module tree: module %q cannot be stored", m.Name)
+		}
+		if err := writeFileFunc(filepath.Join(dir, m.Name+".ko"), func(w io.Writer) error {
+			_, err := w.Write(m.Data)
+			return err
+		}); err != nil {
+			return 0, err
+		}
+		size += int64(len(m.Data))
+	}
+	if err := writeFileFunc(filepath.Join(dir, modindex.FileName), kf.Index.Write); err != nil {
+		return 0, err
+	}
+	return size, syncDir(dir)
+}
+
 // moduleInfo describes one kernel module found in a kernel package.
 type moduleInfo struct {
 	Name       string   // module name, with '-' folded to '_'
 	Path       string   // path inside the package, without a leading "./"
 	Depends    []string // module names from the modinfo "depends=" field
 	Vermagic   string   // modinfo "vermagic=" field
+	Aliases    []string // modinfo "alias=" fields
 	Compressed string   // ".xz", ".zst" or ".gz" for a compressed module, else ""
 	Builtin    bool     // built into the kernel image: nothing to load
 	Invalid    string   // why the module's info could not be read, if it could not
@@ -66,20 +120,21 @@ func moduleNameFromPath(p string) (name, compressed string, ok bool) {
 
 // parseModinfo reads the ".modinfo" section of an uncompressed kernel
 // module and returns its name (empty if the module does not record one),
-// dependencies and vermagic string.
-func parseModinfo(data []byte) (name string, depends []string, vermagic string, err error) {
+// dependencies, vermagic string and aliases.
+func parseModinfo(data []byte) (moduleInfo, error) {
+	var m moduleInfo
 	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
-		return "", nil, "", err
+		return m, err
 	}
 	defer f.Close()
 	sec := f.Section(".modinfo")
 	if sec == nil {
-		return "", nil, "", errors.New("no .modinfo section")
+		return m, errors.New("no .modinfo section")
 	}
 	info, err := sec.Data()
 	if err != nil {
-		return "", nil, "", fmt.Errorf("read .modinfo section: %w", err)
+		return m, fmt.Errorf("read .modinfo section: %w", err)
 	}
 	for _, field := range bytes.Split(info, []byte{0}) {
 		key, value, ok := strings.Cut(string(field), "=")
@@ -88,18 +143,20 @@ func parseModinfo(data []byte) (name string, depends []string, vermagic string, 
 		}
 		switch key {
 		case "name":
-			name = moduleName(value)
+			m.Name = moduleName(value)
 		case "vermagic":
-			vermagic = value
+			m.Vermagic = value
+		case "alias":
+			m.Aliases = append(m.Aliases, value)
 		case "depends":
 			for _, d := range strings.Split(value, ",") {
 				if d = moduleName(d); d != "" {
-					depends = append(depends, d)
+					m.Depends = append(m.Depends, d)
 				}
 			}
 		}
 	}
-	return name, depends, vermagic, nil
+	return m, nil
 }
 
 // resolveModules computes the load order of roots and everything they

@@ -136,18 +136,21 @@ func TestModuleNameFromPath(t *testing.T) {
 }
 
 func TestParseModinfo(t *testing.T) {
-	name, deps, vermagic, err := parseModinfo(fakeModule(t, "virtio_net", "6.1.0-56-cloud-amd64", "net_failover", "virtio", "virtio_ring"))
+	m, err := parseModinfo(fakeModule(t, "virtio_net", "6.1.0-56-cloud-amd64", "net_failover", "virtio", "virtio_ring"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if name != "virtio_net" || !slices.Equal(deps, []string{"net_failover", "virtio", "virtio_ring"}) || !strings.HasPrefix(vermagic, "6.1.0-56-cloud-amd64 ") {
-		t.Errorf("got %q %q %q", name, deps, vermagic)
+	if m.Name != "virtio_net" || !slices.Equal(m.Depends, []string{"net_failover", "virtio", "virtio_ring"}) || !strings.HasPrefix(m.Vermagic, "6.1.0-56-cloud-amd64 ") {
+		t.Errorf("got %+v", m)
 	}
-	_, deps, _, err = parseModinfo(fakeModule(t, "overlay", "6.1.0"))
-	if err != nil || len(deps) != 0 {
-		t.Errorf("empty depends= gave %q, %v", deps, err)
+	if !slices.Equal(m.Aliases, []string{"fake:virtio_net"}) {
+		t.Errorf("aliases %q", m.Aliases)
 	}
-	if _, _, _, err := parseModinfo([]byte("not an elf")); err == nil {
+	m, err = parseModinfo(fakeModule(t, "overlay", "6.1.0"))
+	if err != nil || len(m.Depends) != 0 {
+		t.Errorf("empty depends= gave %q, %v", m.Depends, err)
+	}
+	if _, err := parseModinfo([]byte("not an elf")); err == nil {
 		t.Error("no error for a non-ELF module")
 	}
 }

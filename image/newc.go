@@ -20,6 +20,7 @@ const (
 	cpioTypeDir  = 0o040000
 	cpioTypeReg  = 0o100000
 	cpioTypeChar = 0o020000
+	cpioTypeLink = 0o120000 // a symbolic link; its data is the target
 )
 
 // newcEntry is one member of a newc archive. Ownership is always root and
@@ -30,7 +31,7 @@ type newcEntry struct {
 	Mode      uint32 // file type and permission bits, as in st_mode
 	RdevMajor uint32 // for device nodes
 	RdevMinor uint32
-	Data      []byte // contents of a regular file
+	Data      []byte // contents of a regular file, target of a link
 }
 
 // newcWriter writes a newc ("070701") cpio archive.

@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"debug/elf"
+	"github.com/cocoon-runtime/cocoon/internal/modindex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +86,44 @@ func TestBuildDebianKernel(t *testing.T) {
 	if !found["init"] || !found["dev/console"] {
 		t.Error("initramfs lacks /init or /dev/console")
 	}
+
+	// The on-demand tree answers what the kernel asks for when a
+	// privileged or NET_ADMIN container uses bridges, veth, vxlan, tun,
+	// iptables, nftables, ipvs, xfs, loop or device mapper.
+	b, err := os.ReadFile(filepath.Join(img.ModulesDir, modindex.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := modindex.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for req, want := range map[string]string{
+		"rtnl-link-bridge": "bridge", "bridge": "bridge", "rtnl-link-veth": "veth", "rtnl-link-vxlan": "vxlan",
+		"char-major-10-200": "tun", "nfnetlink-subsys-10": "nf_tables", "nft-chain-2-nat": "nft_chain_nat",
+		"ip_tables": "ip_tables", "iptable_nat": "iptable_nat", "ipt_MASQUERADE": "xt_MASQUERADE",
+		"ip_vs": "ip_vs", "fs-xfs": "xfs", "char-major-10-237": "loop", "block-major-7-0": "loop",
+		"char-major-10-236": "dm_mod", "sch_htb": "sch_htb",
+	} {
+		order, err := ix.Resolve(req)
+		if err != nil || !slices.Contains(order, want) {
+			t.Errorf("on-demand tree: %s resolves to %v, %v; want %s", req, order, err, want)
+			continue
+		}
+		for _, m := range order {
+			if _, err := os.Stat(filepath.Join(img.ModulesDir, m+".ko")); err != nil {
+				t.Errorf("on-demand tree: %v", err)
+			}
+		}
+	}
+	var treeSize int64
+	ents, _ := os.ReadDir(img.ModulesDir)
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			treeSize += fi.Size()
+		}
+	}
+	t.Logf("on-demand tree: %d modules, %.1f MB", len(ix.Modules), float64(treeSize)/1e6)
 
 	// Second build: nothing to do.
 	before, _ := os.Stat(img.Kernel)

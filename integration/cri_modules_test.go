@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func TestCRIPrivilegedModules(t *testing.T) {
 
 	cfg := e.podConfig(t, "pod-modules")
 	cfg.Linux.SecurityContext.Privileged = true
-	pod, err := runPodConfig(t, ctx, e, rs, cfg)
+	pod, err := runPodConfig(t, ctx, e, rs, "cocoon", cfg)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
 	}
@@ -51,7 +52,7 @@ func TestCRIPrivilegedModules(t *testing.T) {
 	for _, cmd := range [][]string{
 		{"brctl", "addbr", "br0"},
 		{"ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"},
-		{"ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "dev", "eth0", "dstport", "4789"},
+		{"ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789"},
 		{"test", "-c", "/dev/net/tun"},
 		{"tunctl", "-t", "tap0"},
 		{"test", "-c", "/dev/loop-control"},
@@ -65,6 +66,19 @@ func TestCRIPrivilegedModules(t *testing.T) {
 	if code, out := pod.execResult(t, ctx, priv, "ip", "-o", "link", "show", "br0"); code != 0 || !strings.Contains(out, "br0") {
 		failed = append(failed, "br0 not listed: "+out)
 	}
+
+	// The VM's devices, not the host's: the host's root disk is not there
+	// (the VM has no disk; its root is the host's shared directory).
+	if src, err := exec.Command("findmnt", "-n", "-o", "SOURCE", "/").Output(); err == nil && strings.HasPrefix(string(src), "/dev/") {
+		dev := strings.TrimSpace(string(src))
+		if code, out := pod.execResult(t, ctx, priv, "ls", dev); code == 0 {
+			t.Errorf("the privileged container has the host's root device %s: %s", dev, out)
+		}
+	}
+	_, devs := pod.execResult(t, ctx, priv, "sh", "-c", "ls /dev | tr '\\n' ' '")
+	t.Logf("/dev of the privileged container: %s", devs)
+	_, mods := pod.execResult(t, ctx, priv, "sh", "-c", "cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' '")
+	t.Logf("modules loaded in the VM: %s", mods)
 
 	netAdmin := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: "net-admin"},

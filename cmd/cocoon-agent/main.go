@@ -6,24 +6,33 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/guest/agent"
 	"github.com/cocoon-runtime/cocoon/guest/boot"
 	"github.com/cocoon-runtime/cocoon/guest/channel"
 	"github.com/cocoon-runtime/cocoon/guest/container"
+	"github.com/cocoon-runtime/cocoon/guest/modprobe"
 	"github.com/cocoon-runtime/cocoon/guest/reaper"
 	"github.com/containerd/ttrpc"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
 	// libcontainer starts container processes by re-executing this binary.
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		container.Init() // never returns
+	}
+	// The kernel runs it to load a module (see guest/modprobe).
+	if modprobe.IsHelper(os.Args) {
+		os.Exit(modprobe.Main(os.Args, moduleTree(), kernelLog()))
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := run(log); err != nil {
@@ -83,11 +92,38 @@ func run(log *slog.Logger) error {
 		BootToServe: boot.SinceBoot(),
 		PowerOff:    func() { boot.PowerOff() },
 		Containers:  containers,
-		SharedMount: "/run/cocoon/shared",
+		SharedMount: sharedMount,
+		SharedMounted: func(string) {
+			var uts unix.Utsname
+			unix.Uname(&uts)
+			ok, err := modprobe.Enable(moduleTree(), unix.ByteSliceToString(uts.Release[:]), "/dev", "/proc/sys/kernel/modprobe")
+			if err != nil {
+				log.Warn("on-demand kernel modules unavailable", "err", err)
+			} else if ok {
+				log.Debug("on-demand kernel modules enabled")
+			}
+		},
 	})
 	a.Register(srv)
 	log.Info("agent serving", "transport", params.Transport, "since_boot", boot.SinceBoot())
 	return srv.Serve(ctx, channel.Demux(l, a.AttachStream))
+}
+
+// sharedMount is where the agent mounts the host's shared directory.
+const sharedMount = "/run/cocoon/shared"
+
+// moduleTree is the on-demand module tree the host shares.
+func moduleTree() modprobe.Tree {
+	return modprobe.Tree{Dir: filepath.Join(sharedMount, protocol.ModulesTree), SysModule: "/sys/module"}
+}
+
+// kernelLog is where the module helper reports: the kernel log (the VM's
+// console), or standard error when that cannot be opened.
+func kernelLog() io.Writer {
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		return f
+	}
+	return os.Stderr
 }
 
 func listen(ctx context.Context, params boot.Params, log *slog.Logger) (net.Listener, error) {

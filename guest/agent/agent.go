@@ -53,13 +53,16 @@ type Config struct {
 	Containers *container.Manager
 	// SharedMount is where the host's shared directory is mounted.
 	SharedMount string
+	// SharedMounted, if not nil, is called once the shared directory is
+	// mounted, with its mount point, before any container uses it.
+	SharedMounted func(mountPoint string)
 }
 
 // New returns an Agent.
 func New(cfg Config) *Agent {
 	return &Agent{
 		log: cfg.Log, modules: cfg.Modules, bootServe: cfg.BootToServe, powerOff: cfg.PowerOff,
-		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount},
+		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount, mounted: cfg.SharedMounted},
 	}
 }
 

@@ -30,6 +30,7 @@ const SharedFSTag = "cocoon"
 // sharedFS mounts the host's shared directory on first use.
 type sharedFS struct {
 	mountPoint string
+	mounted    func(string) // called once mounted, if not nil
 	once       sync.Once
 	err        error
 }
@@ -55,6 +56,10 @@ func (s *sharedFS) mount() error {
 		// propagation (rshared, rslave) says.
 		if err := unix.Mount("", s.mountPoint, "", unix.MS_SHARED, ""); err != nil {
 			s.err = fmt.Errorf("make %s shared: %w", s.mountPoint, err)
+			return
+		}
+		if s.mounted != nil {
+			s.mounted(s.mountPoint)
 		}
 	})
 	return s.err

@@ -122,6 +122,13 @@ func prepareSpec(id string, spec *specs.Spec, rootfs string, terminal bool, log 
 		}
 	}
 
+	// A privileged container gets the VM's devices, not the host's.
+	if allowsAllDevices(l.Resources) {
+		if l.Devices, err = vmDevices("/dev"); err != nil {
+			return nil, fmt.Errorf("list the VM's devices: %w", err)
+		}
+	}
+
 	if l.CgroupsPath == "" {
 		l.CgroupsPath = cgroupParent + "/" + id
 	}

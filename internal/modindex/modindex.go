@@ -469,3 +469,54 @@ func matchClass(pattern string, p int, c byte) (matched bool, next int, valid bo
 	}
 	return false, 0, false
 }
+
+// Add adds module name with its dependencies and the aliases of its
+// modinfo. An alias "devname:<path>" together with "char-major-M-m" or
+// "block-major-M-m" becomes a node record, as depmod's modules.devname;
+// aliases that cannot be recorded (too long, or with spaces) are left out.
+func (ix *Index) Add(name string, depends, aliases []string) error {
+	if !ValidName(name) {
+		return fmt.Errorf("module index: bad module name %q", name)
+	}
+	if ix.Modules == nil {
+		ix.Modules = map[string]*Module{}
+	}
+	if _, dup := ix.Modules[name]; dup {
+		return fmt.Errorf("module index: module %s added twice", name)
+	}
+	for _, d := range depends {
+		if !ValidName(d) {
+			return fmt.Errorf("module index: module %s: bad dependency %q", name, d)
+		}
+	}
+	ix.Modules[name] = &Module{Name: name, Depends: slices.Clone(depends)}
+	var devname string
+	var typ byte
+	var major, minor uint64
+	for _, a := range aliases {
+		if v, ok := strings.CutPrefix(a, "devname:"); ok {
+			devname = v
+			continue
+		}
+		for _, k := range []struct {
+			prefix string
+			typ    byte
+		}{{"char-major-", 'c'}, {"block-major-", 'b'}} {
+			if rest, ok := strings.CutPrefix(a, k.prefix); ok {
+				maj, min, ok := strings.Cut(rest, "-")
+				m1, err1 := strconv.ParseUint(maj, 10, 12)
+				m2, err2 := strconv.ParseUint(min, 10, 20)
+				if ok && err1 == nil && err2 == nil {
+					typ, major, minor = k.typ, m1, m2
+				}
+			}
+		}
+		if ValidAlias(a) {
+			ix.Aliases = append(ix.Aliases, Alias{Pattern: Normalize(a), Module: name})
+		}
+	}
+	if devname != "" && typ != 0 && ValidNodeName(devname) {
+		ix.Nodes = append(ix.Nodes, Node{Type: typ, Major: uint32(major), Minor: uint32(minor), Name: devname, Module: name})
+	}
+	return nil
+}

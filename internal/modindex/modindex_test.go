@@ -179,3 +179,54 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+// Add turns a module's modinfo aliases into alias records and, for a
+// devname with its device number, a node record, as depmod does.
+func TestAddFromModinfo(t *testing.T) {
+	var ix Index
+	ix.Release = "6.1.0-57-cloud-amd64"
+	if err := ix.Add("tun", nil, []string{"devname:net/tun", "char-major-10-200", "rtnl-link-tun", "bad alias"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.Add("loop", nil, []string{"block-major-7-*", "char-major-10-237", "devname:loop-control"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.Add("bridge", []string{"stp"}, []string{"rtnl-link-bridge"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.Add("stp", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []struct {
+		name string
+		deps []string
+	}{{"tun", nil}, {"a-b", nil}, {"x", []string{"../y"}}} {
+		if err := ix.Add(bad.name, bad.deps, nil); err == nil {
+			t.Errorf("Add(%q, %q) succeeded", bad.name, bad.deps)
+		}
+	}
+	var b bytes.Buffer
+	if err := ix.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(b.Bytes())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b.String())
+	}
+	want := []Node{
+		{Type: 'c', Major: 10, Minor: 237, Name: "loop-control", Module: "loop"},
+		{Type: 'c', Major: 10, Minor: 200, Name: "net/tun", Module: "tun"},
+	}
+	if !slices.Equal(got.Nodes, want) {
+		t.Errorf("nodes %+v, want %+v", got.Nodes, want)
+	}
+	for req, mod := range map[string]string{"char-major-10-200": "tun", "block-major-7-3": "loop", "rtnl-link-bridge": "bridge"} {
+		order, err := got.Resolve(req)
+		if err != nil || order[len(order)-1] != mod {
+			t.Errorf("Resolve(%s) = %v, %v; want it to end with %s", req, order, err, mod)
+		}
+	}
+	if _, err := got.Resolve("bad alias"); err == nil {
+		t.Error("an alias with a space was recorded")
+	}
+}
