@@ -151,7 +151,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 			s.unshare(cfg.ID, sc.newVolumes)
 		}
 	}()
-	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, cfg.ID+"/rootfs", join, sc.submounts); err != nil {
+	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, cfg.ID+"/rootfs", join, sc.storages); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.ContainerCreate)
@@ -175,10 +175,10 @@ type sharedContainer struct {
 	// spec is the spec the guest runs: bind sources rewritten to shared
 	// paths, host-only settings dropped.
 	spec *specs.Spec
-	// submounts are, by mount index, the host's mounts below each bind
-	// source (see storage.Submounts), which the guest mounts before the
-	// container's.
-	submounts map[int][]string
+	// storages are where the guest finds the bind sources, with the
+	// host's mounts below each (see storage.Submounts), which the guest
+	// mounts before the container's.
+	storages []agent.Storage
 	// volumes are the pod-wide binds the container uses (see volumeRel),
 	// newVolumes those of them it bound first.
 	volumes, newVolumes []string
@@ -242,17 +242,13 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc
 				sc.newVolumes = append(sc.newVolumes, rel)
 			}
 		}
-		m.Source = sharedMountPrefix + rel
+		// The host's path means nothing in the guest and is not its to know.
+		m.Source = ""
 		subs, err := storage.Submounts(spec.Mounts[i].Source)
 		if err != nil {
 			return sc, err
 		}
-		if len(subs) > 0 {
-			if sc.submounts == nil {
-				sc.submounts = map[int][]string{}
-			}
-			sc.submounts[i] = subs
-		}
+		sc.storages = append(sc.storages, agent.Storage{Mount: i, Path: rel, Submounts: subs})
 	}
 	if spec.Linux != nil {
 		l := *spec.Linux
@@ -373,10 +369,6 @@ func mountAccess(opts []string) storage.Access {
 	return a
 }
 
-// sharedMountPrefix marks a bind mount source the guest finds below its
-// shared directory (see guest/agent).
-const sharedMountPrefix = "shared:"
-
 // StartContainer starts a created container's program.
 func (s *Sandbox) StartContainer(ctx context.Context, id string) error {
 	c, err := s.containerClient(id)
@@ -412,8 +404,8 @@ func (s *Sandbox) StopContainer(ctx context.Context, id string, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	if st.Status == "stopped" || st.Status == "created" {
-		if st.Status == "created" {
+	if st.Status == agent.ContainerStopped || st.Status == agent.ContainerCreated {
+		if st.Status == agent.ContainerCreated {
 			return c.SignalProcess(ctx, id, "", uint32(syscall.SIGKILL), true)
 		}
 		return nil
@@ -524,11 +516,11 @@ func (s *Sandbox) StatusContainer(ctx context.Context, id string) (ContainerStat
 	}
 	out.PID = st.Pid
 	switch st.Status {
-	case "created":
+	case agent.ContainerCreated:
 		out.State = StateReady
-	case "running":
+	case agent.ContainerRunning:
 		out.State = StateRunning
-	case "paused":
+	case agent.ContainerPaused:
 		out.State = StatePaused
 	}
 	return out, nil

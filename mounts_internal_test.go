@@ -40,20 +40,30 @@ func TestShareContainerPodWideVolumes(t *testing.T) {
 		return sc
 	}
 	a, b, c := share("a", "rshared"), share("b", "rslave"), share("c", "rprivate")
-	src := func(sc sharedContainer) string { return sc.spec.Mounts[0].Source }
-	if src(a) != src(b) || !strings.HasPrefix(src(a), sharedMountPrefix+volumesDir+"/") {
+	// The guest's spec names no host path; the storage says where the
+	// guest finds the source.
+	for _, sc := range []sharedContainer{a, b, c} {
+		if got := sc.spec.Mounts[0].Source; got != "" {
+			t.Errorf("guest spec names the host source %q", got)
+		}
+		if len(sc.storages) != 1 || sc.storages[0].Mount != 0 {
+			t.Fatalf("storages %+v, want one for mount 0", sc.storages)
+		}
+	}
+	src := func(sc sharedContainer) string { return sc.storages[0].Path }
+	if src(a) != src(b) || !strings.HasPrefix(src(a), volumesDir+"/") {
 		t.Errorf("rshared and rslave binds of one directory: sources %q and %q, want one pod-wide bind", src(a), src(b))
 	}
 	if len(a.newVolumes) != 1 || len(b.newVolumes) != 0 {
 		t.Errorf("new pod-wide binds: %q then %q, want one then none", a.newVolumes, b.newVolumes)
 	}
-	if src(c) != sharedMountPrefix+"c/mounts/0" {
+	if src(c) != "c/mounts/0" {
 		t.Errorf("rprivate bind: source %q, want the container's own", src(c))
 	}
-	if got := c.submounts[0]; len(got) != 1 || got[0] != "sub" {
+	if got := c.storages[0].Submounts; len(got) != 1 || got[0] != "sub" {
 		t.Errorf("submounts announced: %q, want [sub]", got)
 	}
-	volDir := filepath.Join(sh.HostDir(), strings.TrimPrefix(src(a), sharedMountPrefix))
+	volDir := filepath.Join(sh.HostDir(), src(a))
 	if err := s.unshare("a", a.volumes); err != nil {
 		t.Fatal(err)
 	}

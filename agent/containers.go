@@ -23,12 +23,21 @@ const (
 	maxProcessState = 8
 )
 
+// Storage is where the guest finds the source of the spec's bind mount
+// number Mount: Path below the shared directory, with the host's mounts
+// below it at Submounts (paths relative to it).
+type Storage struct {
+	Mount     int
+	Path      string
+	Submounts []string
+}
+
 // CreateContainer asks the agent to create a container from spec, whose
 // root filesystem is rootfs relative to the shared directory. join maps
 // namespace types the container shares to the container whose namespace
-// of that type it joins. submounts lists, by index of a bind mount in the
-// spec, the paths relative to its source where the host has mounts.
-func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, submounts map[int][]string) error {
+// of that type it joins. storages say where the guest finds the sources
+// of the spec's bind mounts.
+func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []Storage) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", id, err)
@@ -37,8 +46,8 @@ func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spe
 	for _, typ := range slices.Sorted(maps.Keys(join)) {
 		req.JoinNamespaces = append(req.JoinNamespaces, &protocol.JoinNamespace{Type: string(typ), ContainerId: join[typ]})
 	}
-	for _, i := range slices.Sorted(maps.Keys(submounts)) {
-		req.Submounts = append(req.Submounts, &protocol.Submounts{Mount: uint32(i), Paths: submounts[i]})
+	for _, st := range storages {
+		req.Storages = append(req.Storages, &protocol.Storage{Mount: uint32(st.Mount), Kind: protocol.Storage_SHARED, Path: st.Path, Submounts: st.Submounts})
 	}
 	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
 		_, err := c.agent.CreateContainer(ctx, req)
@@ -217,7 +226,7 @@ func checkStats(s *Stats) error {
 
 // ContainerState is a container's state in the guest.
 type ContainerState struct {
-	Status  string
+	Status  ContainerStatus
 	Pid     int
 	Created time.Time
 }
@@ -236,13 +245,24 @@ func (c *Client) StateContainer(ctx context.Context, id string) (ContainerState,
 	return st, err
 }
 
+// ContainerStatus is a container's status.
+type ContainerStatus = protocol.ContainerState_Status
+
+// The statuses a container has.
+const (
+	ContainerCreated = protocol.ContainerState_CREATED
+	ContainerRunning = protocol.ContainerState_RUNNING
+	ContainerPaused  = protocol.ContainerState_PAUSED
+	ContainerStopped = protocol.ContainerState_STOPPED
+)
+
 // validateState checks a guest's container state: one of the four
 // statuses.
 func validateState(r *protocol.ContainerState) (ContainerState, error) {
 	switch r.Status {
-	case "created", "running", "paused", "stopped":
+	case ContainerCreated, ContainerRunning, ContainerPaused, ContainerStopped:
 	default:
-		return ContainerState{}, fmt.Errorf("%w: container status %q", ErrProtocol, guesttext.Line(r.Status, 16))
+		return ContainerState{}, fmt.Errorf("%w: container status %d", ErrProtocol, int32(r.Status))
 	}
 	return ContainerState{Status: r.Status, Pid: int(r.Pid), Created: time.Unix(0, r.CreatedUnixNano)}, nil
 }

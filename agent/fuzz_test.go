@@ -144,8 +144,9 @@ func FuzzValidateProcesses(f *testing.F) {
 func FuzzValidateReplies(f *testing.F) {
 	addMessage(f, &protocol.ExitStatus{Code: 3, Signal: 0, OomKilled: true, ExitedAtUnixNano: 1})
 	addMessage(f, &protocol.ExitStatus{Code: -1, Signal: 65})
-	addMessage(f, &protocol.ContainerState{Status: "running", Pid: 1, CreatedUnixNano: 1 << 62})
-	addMessage(f, &protocol.ContainerState{Status: "running\x00"})
+	addMessage(f, &protocol.ContainerState{Status: protocol.ContainerState_RUNNING, Pid: 1, CreatedUnixNano: 1 << 62})
+	addMessage(f, &protocol.ContainerState{Status: protocol.ContainerState_UNKNOWN})
+	addMessage(f, &protocol.ContainerState{Status: 99})
 	addMessage(f, &protocol.VersionResponse{AgentVersion: "v1\n\x1b", ProtocolVersion: protocol.Version})
 	addMessage(f, &protocol.VersionResponse{ProtocolVersion: protocol.Version + 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -163,7 +164,7 @@ func FuzzValidateReplies(f *testing.F) {
 		var cs protocol.ContainerState
 		if proto.Unmarshal(b, &cs) == nil {
 			st, err := validateState(&cs)
-			ok := cs.Status == "created" || cs.Status == "running" || cs.Status == "paused" || cs.Status == "stopped"
+			ok := cs.Status == ContainerCreated || cs.Status == ContainerRunning || cs.Status == ContainerPaused || cs.Status == ContainerStopped
 			if ok != (err == nil) || err != nil && !errors.Is(err, ErrProtocol) {
 				t.Fatalf("validateState(%v) = %v", &cs, err)
 			}

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
@@ -364,7 +365,7 @@ func (c *Config) HypervisorConfig() hypervisor.Config {
 	h := &c.Hypervisor
 	params := append([]string(nil), h.KernelParams...)
 	if c.Agent.Debug && !h.Debug {
-		params = append(params, "cocoon.debug=1")
+		params = append(params, protocol.ParamDebug+"=1")
 	}
 	return hypervisor.Config{
 		Path:           h.Path,

@@ -129,7 +129,7 @@ type Config struct {
 	// when the host supports it and virtio-serial otherwise.
 	AgentTransport Transport
 	// SharedFSSocket, when set, is the vhost-user socket of a running
-	// virtiofsd; the guest sees its directory as virtio-fs tag "cocoon".
+	// virtiofsd; the guest sees its directory as virtio-fs tag protocol.SharedFSTag.
 	SharedFSSocket string
 	// StateDir is the parent of the per-VM runtime directory.
 	StateDir string
@@ -203,7 +203,7 @@ const (
 	DeviceNet   DeviceKind = "net"
 	DeviceVFIO  DeviceKind = "vfio"
 	// DeviceSharedFS is a virtio-fs device served by the vhost-user
-	// socket Path, with the guest tag "cocoon".
+	// socket Path, with the guest tag protocol.SharedFSTag.
 	DeviceSharedFS DeviceKind = "shared-fs"
 )
 

@@ -28,6 +28,106 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Storage_Kind int32
+
+const (
+	// A directory or file the host bound into the directory it shares
+	// over virtio-fs: path is relative to that directory.
+	Storage_SHARED Storage_Kind = 0
+)
+
+// Enum value maps for Storage_Kind.
+var (
+	Storage_Kind_name = map[int32]string{
+		0: "SHARED",
+	}
+	Storage_Kind_value = map[string]int32{
+		"SHARED": 0,
+	}
+)
+
+func (x Storage_Kind) Enum() *Storage_Kind {
+	p := new(Storage_Kind)
+	*p = x
+	return p
+}
+
+func (x Storage_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Storage_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (Storage_Kind) Type() protoreflect.EnumType {
+	return &file_agent_proto_enumTypes[0]
+}
+
+func (x Storage_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Storage_Kind.Descriptor instead.
+func (Storage_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{3, 0}
+}
+
+type ContainerState_Status int32
+
+const (
+	ContainerState_UNKNOWN ContainerState_Status = 0
+	ContainerState_CREATED ContainerState_Status = 1
+	ContainerState_RUNNING ContainerState_Status = 2
+	ContainerState_PAUSED  ContainerState_Status = 3
+	ContainerState_STOPPED ContainerState_Status = 4
+)
+
+// Enum value maps for ContainerState_Status.
+var (
+	ContainerState_Status_name = map[int32]string{
+		0: "UNKNOWN",
+		1: "CREATED",
+		2: "RUNNING",
+		3: "PAUSED",
+		4: "STOPPED",
+	}
+	ContainerState_Status_value = map[string]int32{
+		"UNKNOWN": 0,
+		"CREATED": 1,
+		"RUNNING": 2,
+		"PAUSED":  3,
+		"STOPPED": 4,
+	}
+)
+
+func (x ContainerState_Status) Enum() *ContainerState_Status {
+	p := new(ContainerState_Status)
+	*p = x
+	return p
+}
+
+func (x ContainerState_Status) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ContainerState_Status) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_proto_enumTypes[1].Descriptor()
+}
+
+func (ContainerState_Status) Type() protoreflect.EnumType {
+	return &file_agent_proto_enumTypes[1]
+}
+
+func (x ContainerState_Status) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ContainerState_Status.Descriptor instead.
+func (ContainerState_Status) EnumDescriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{11, 0}
+}
+
 type CheckResponse_ServingStatus int32
 
 const (
@@ -61,11 +161,11 @@ func (x CheckResponse_ServingStatus) String() string {
 }
 
 func (CheckResponse_ServingStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_agent_proto_enumTypes[0].Descriptor()
+	return file_agent_proto_enumTypes[2].Descriptor()
 }
 
 func (CheckResponse_ServingStatus) Type() protoreflect.EnumType {
-	return &file_agent_proto_enumTypes[0]
+	return &file_agent_proto_enumTypes[2]
 }
 
 func (x CheckResponse_ServingStatus) Number() protoreflect.EnumNumber {
@@ -186,12 +286,10 @@ type CreateContainerRequest struct {
 	// Namespaces the container joins instead of getting its own: each
 	// one of another container of the sandbox, the pod's.
 	JoinNamespaces []*JoinNamespace `protobuf:"bytes,4,rep,name=join_namespaces,json=joinNamespaces,proto3" json:"join_namespaces,omitempty"`
-	// The host's mounts below the sources of the spec's bind mounts, which
-	// the guest sees as virtio-fs submounts: the guest mounts them before
-	// the container's mounts are made, so that each keeps its own flags
-	// instead of taking those of the container's bind (a tmpfs below a
-	// volume bound "ro" stays writable).
-	Submounts     []*Submounts `protobuf:"bytes,5,rep,name=submounts,proto3" json:"submounts,omitempty"`
+	// Where the guest finds the sources of the spec's bind mounts: the
+	// sources in the spec itself mean nothing in the guest and are
+	// ignored for the mounts listed here.
+	Storages      []*Storage `protobuf:"bytes,6,rep,name=storages,proto3" json:"storages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -254,37 +352,45 @@ func (x *CreateContainerRequest) GetJoinNamespaces() []*JoinNamespace {
 	return nil
 }
 
-func (x *CreateContainerRequest) GetSubmounts() []*Submounts {
+func (x *CreateContainerRequest) GetStorages() []*Storage {
 	if x != nil {
-		return x.Submounts
+		return x.Storages
 	}
 	return nil
 }
 
-// Submounts lists the paths, relative to the source of the spec's bind
-// mount number mount, where the host has mounts.
-type Submounts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mount         uint32                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
-	Paths         []string               `protobuf:"bytes,2,rep,name=paths,proto3" json:"paths,omitempty"`
+// Storage is where the guest finds the source of one of the spec's bind
+// mounts.
+type Storage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index of the mount in the spec's mounts.
+	Mount uint32       `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	Kind  Storage_Kind `protobuf:"varint,2,opt,name=kind,proto3,enum=cocoon.agent.v1.Storage_Kind" json:"kind,omitempty"`
+	Path  string       `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	// The host's mounts below the source, as paths relative to it, which
+	// the guest sees as virtio-fs submounts: the guest mounts them before
+	// the container's mounts are made, so that each keeps its own flags
+	// instead of taking those of the container's bind (a tmpfs below a
+	// volume bound "ro" stays writable).
+	Submounts     []string `protobuf:"bytes,4,rep,name=submounts,proto3" json:"submounts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *Submounts) Reset() {
-	*x = Submounts{}
+func (x *Storage) Reset() {
+	*x = Storage{}
 	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *Submounts) String() string {
+func (x *Storage) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*Submounts) ProtoMessage() {}
+func (*Storage) ProtoMessage() {}
 
-func (x *Submounts) ProtoReflect() protoreflect.Message {
+func (x *Storage) ProtoReflect() protoreflect.Message {
 	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -296,21 +402,35 @@ func (x *Submounts) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use Submounts.ProtoReflect.Descriptor instead.
-func (*Submounts) Descriptor() ([]byte, []int) {
+// Deprecated: Use Storage.ProtoReflect.Descriptor instead.
+func (*Storage) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *Submounts) GetMount() uint32 {
+func (x *Storage) GetMount() uint32 {
 	if x != nil {
 		return x.Mount
 	}
 	return 0
 }
 
-func (x *Submounts) GetPaths() []string {
+func (x *Storage) GetKind() Storage_Kind {
 	if x != nil {
-		return x.Paths
+		return x.Kind
+	}
+	return Storage_SHARED
+}
+
+func (x *Storage) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Storage) GetSubmounts() []string {
+	if x != nil {
+		return x.Submounts
 	}
 	return nil
 }
@@ -747,11 +867,10 @@ func (x *ProcessList) GetProcesses() []*ProcessInfo {
 }
 
 type ContainerState struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// "created", "running", "paused" or "stopped".
-	Status          string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
-	Pid             int32  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
-	CreatedUnixNano int64  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Status          ContainerState_Status  `protobuf:"varint,1,opt,name=status,proto3,enum=cocoon.agent.v1.ContainerState_Status" json:"status,omitempty"`
+	Pid             int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -786,11 +905,11 @@ func (*ContainerState) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
-func (x *ContainerState) GetStatus() string {
+func (x *ContainerState) GetStatus() ContainerState_Status {
 	if x != nil {
 		return x.Status
 	}
-	return ""
+	return ContainerState_UNKNOWN
 }
 
 func (x *ContainerState) GetPid() int32 {
@@ -1620,16 +1739,21 @@ const file_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"L\n" +
 	"\x0eProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\xea\x01\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\xec\x01\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x16\n" +
 	"\x06rootfs\x18\x03 \x01(\tR\x06rootfs\x12G\n" +
-	"\x0fjoin_namespaces\x18\x04 \x03(\v2\x1e.cocoon.agent.v1.JoinNamespaceR\x0ejoinNamespaces\x128\n" +
-	"\tsubmounts\x18\x05 \x03(\v2\x1a.cocoon.agent.v1.SubmountsR\tsubmounts\"7\n" +
-	"\tSubmounts\x12\x14\n" +
-	"\x05mount\x18\x01 \x01(\rR\x05mount\x12\x14\n" +
-	"\x05paths\x18\x02 \x03(\tR\x05paths\"F\n" +
+	"\x0fjoin_namespaces\x18\x04 \x03(\v2\x1e.cocoon.agent.v1.JoinNamespaceR\x0ejoinNamespaces\x124\n" +
+	"\bstorages\x18\x06 \x03(\v2\x18.cocoon.agent.v1.StorageR\bstoragesJ\x04\b\x05\x10\x06\"\x98\x01\n" +
+	"\aStorage\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\rR\x05mount\x121\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1d.cocoon.agent.v1.Storage.KindR\x04kind\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1c\n" +
+	"\tsubmounts\x18\x04 \x03(\tR\tsubmounts\"\x12\n" +
+	"\x04Kind\x12\n" +
+	"\n" +
+	"\x06SHARED\x10\x00\"F\n" +
 	"\rJoinNamespace\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12!\n" +
 	"\fcontainer_id\x18\x02 \x01(\tR\vcontainerId\"j\n" +
@@ -1660,11 +1784,18 @@ const file_agent_proto_rawDesc = "" +
 	"\acommand\x18\x03 \x01(\tR\acommand\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\"I\n" +
 	"\vProcessList\x12:\n" +
-	"\tprocesses\x18\x01 \x03(\v2\x1c.cocoon.agent.v1.ProcessInfoR\tprocesses\"f\n" +
-	"\x0eContainerState\x12\x16\n" +
-	"\x06status\x18\x01 \x01(\tR\x06status\x12\x10\n" +
+	"\tprocesses\x18\x01 \x03(\v2\x1c.cocoon.agent.v1.ProcessInfoR\tprocesses\"\xd8\x01\n" +
+	"\x0eContainerState\x12>\n" +
+	"\x06status\x18\x01 \x01(\x0e2&.cocoon.agent.v1.ContainerState.StatusR\x06status\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xec\x05\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"H\n" +
+	"\x06Status\x12\v\n" +
+	"\aUNKNOWN\x10\x00\x12\v\n" +
+	"\aCREATED\x10\x01\x12\v\n" +
+	"\aRUNNING\x10\x02\x12\n" +
+	"\n" +
+	"\x06PAUSED\x10\x03\x12\v\n" +
+	"\aSTOPPED\x10\x04\"\xec\x05\n" +
 	"\x0eContainerStats\x12 \n" +
 	"\fcpu_usage_ns\x18\x01 \x01(\x04R\n" +
 	"cpuUsageNs\x12\x1e\n" +
@@ -1765,86 +1896,90 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_agent_proto_goTypes = []any{
-	(CheckResponse_ServingStatus)(0), // 0: cocoon.agent.v1.CheckResponse.ServingStatus
-	(*ContainerRequest)(nil),         // 1: cocoon.agent.v1.ContainerRequest
-	(*ProcessRequest)(nil),           // 2: cocoon.agent.v1.ProcessRequest
-	(*CreateContainerRequest)(nil),   // 3: cocoon.agent.v1.CreateContainerRequest
-	(*Submounts)(nil),                // 4: cocoon.agent.v1.Submounts
-	(*JoinNamespace)(nil),            // 5: cocoon.agent.v1.JoinNamespace
-	(*ExecProcessRequest)(nil),       // 6: cocoon.agent.v1.ExecProcessRequest
-	(*SignalProcessRequest)(nil),     // 7: cocoon.agent.v1.SignalProcessRequest
-	(*ExitStatus)(nil),               // 8: cocoon.agent.v1.ExitStatus
-	(*ResizeTTYRequest)(nil),         // 9: cocoon.agent.v1.ResizeTTYRequest
-	(*ProcessInfo)(nil),              // 10: cocoon.agent.v1.ProcessInfo
-	(*ProcessList)(nil),              // 11: cocoon.agent.v1.ProcessList
-	(*ContainerState)(nil),           // 12: cocoon.agent.v1.ContainerState
-	(*ContainerStats)(nil),           // 13: cocoon.agent.v1.ContainerStats
-	(*UpdateContainerRequest)(nil),   // 14: cocoon.agent.v1.UpdateContainerRequest
-	(*RemoveContainerRequest)(nil),   // 15: cocoon.agent.v1.RemoveContainerRequest
-	(*Empty)(nil),                    // 16: cocoon.agent.v1.Empty
-	(*CheckRequest)(nil),             // 17: cocoon.agent.v1.CheckRequest
-	(*CheckResponse)(nil),            // 18: cocoon.agent.v1.CheckResponse
-	(*VersionRequest)(nil),           // 19: cocoon.agent.v1.VersionRequest
-	(*VersionResponse)(nil),          // 20: cocoon.agent.v1.VersionResponse
-	(*GetGuestDetailsRequest)(nil),   // 21: cocoon.agent.v1.GetGuestDetailsRequest
-	(*GuestDetails)(nil),             // 22: cocoon.agent.v1.GuestDetails
-	(*DestroySandboxRequest)(nil),    // 23: cocoon.agent.v1.DestroySandboxRequest
-	(*ReclaimMemoryRequest)(nil),     // 24: cocoon.agent.v1.ReclaimMemoryRequest
-	(*ReclaimMemoryResponse)(nil),    // 25: cocoon.agent.v1.ReclaimMemoryResponse
+	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
+	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
+	(CheckResponse_ServingStatus)(0), // 2: cocoon.agent.v1.CheckResponse.ServingStatus
+	(*ContainerRequest)(nil),         // 3: cocoon.agent.v1.ContainerRequest
+	(*ProcessRequest)(nil),           // 4: cocoon.agent.v1.ProcessRequest
+	(*CreateContainerRequest)(nil),   // 5: cocoon.agent.v1.CreateContainerRequest
+	(*Storage)(nil),                  // 6: cocoon.agent.v1.Storage
+	(*JoinNamespace)(nil),            // 7: cocoon.agent.v1.JoinNamespace
+	(*ExecProcessRequest)(nil),       // 8: cocoon.agent.v1.ExecProcessRequest
+	(*SignalProcessRequest)(nil),     // 9: cocoon.agent.v1.SignalProcessRequest
+	(*ExitStatus)(nil),               // 10: cocoon.agent.v1.ExitStatus
+	(*ResizeTTYRequest)(nil),         // 11: cocoon.agent.v1.ResizeTTYRequest
+	(*ProcessInfo)(nil),              // 12: cocoon.agent.v1.ProcessInfo
+	(*ProcessList)(nil),              // 13: cocoon.agent.v1.ProcessList
+	(*ContainerState)(nil),           // 14: cocoon.agent.v1.ContainerState
+	(*ContainerStats)(nil),           // 15: cocoon.agent.v1.ContainerStats
+	(*UpdateContainerRequest)(nil),   // 16: cocoon.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),   // 17: cocoon.agent.v1.RemoveContainerRequest
+	(*Empty)(nil),                    // 18: cocoon.agent.v1.Empty
+	(*CheckRequest)(nil),             // 19: cocoon.agent.v1.CheckRequest
+	(*CheckResponse)(nil),            // 20: cocoon.agent.v1.CheckResponse
+	(*VersionRequest)(nil),           // 21: cocoon.agent.v1.VersionRequest
+	(*VersionResponse)(nil),          // 22: cocoon.agent.v1.VersionResponse
+	(*GetGuestDetailsRequest)(nil),   // 23: cocoon.agent.v1.GetGuestDetailsRequest
+	(*GuestDetails)(nil),             // 24: cocoon.agent.v1.GuestDetails
+	(*DestroySandboxRequest)(nil),    // 25: cocoon.agent.v1.DestroySandboxRequest
+	(*ReclaimMemoryRequest)(nil),     // 26: cocoon.agent.v1.ReclaimMemoryRequest
+	(*ReclaimMemoryResponse)(nil),    // 27: cocoon.agent.v1.ReclaimMemoryResponse
 }
 var file_agent_proto_depIdxs = []int32{
-	5,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
-	4,  // 1: cocoon.agent.v1.CreateContainerRequest.submounts:type_name -> cocoon.agent.v1.Submounts
-	10, // 2: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
-	0,  // 3: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
-	17, // 4: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	19, // 5: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
-	21, // 6: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
-	23, // 7: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	3,  // 8: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	1,  // 9: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	6,  // 10: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	7,  // 11: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	2,  // 12: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	9,  // 13: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
-	2,  // 14: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	1,  // 15: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
-	1,  // 16: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	1,  // 17: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	1,  // 18: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	1,  // 19: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	14, // 20: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	15, // 21: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	2,  // 22: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	24, // 23: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	18, // 24: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	20, // 25: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	22, // 26: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	16, // 27: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.Empty
-	16, // 28: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	16, // 29: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	16, // 30: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	16, // 31: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	8,  // 32: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	16, // 33: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	16, // 34: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	11, // 35: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	13, // 36: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	12, // 37: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	16, // 38: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	16, // 39: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	16, // 40: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	16, // 41: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	16, // 42: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	25, // 43: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	24, // [24:44] is the sub-list for method output_type
-	4,  // [4:24] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
+	6,  // 1: cocoon.agent.v1.CreateContainerRequest.storages:type_name -> cocoon.agent.v1.Storage
+	0,  // 2: cocoon.agent.v1.Storage.kind:type_name -> cocoon.agent.v1.Storage.Kind
+	12, // 3: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
+	1,  // 4: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
+	2,  // 5: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
+	19, // 6: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	21, // 7: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
+	23, // 8: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
+	25, // 9: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	5,  // 10: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	3,  // 11: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	8,  // 12: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	9,  // 13: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	4,  // 14: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	11, // 15: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
+	4,  // 16: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	3,  // 17: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 18: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 19: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 20: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 21: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	16, // 22: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	17, // 23: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	4,  // 24: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	26, // 25: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	20, // 26: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	22, // 27: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	24, // 28: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	18, // 29: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.Empty
+	18, // 30: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 31: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 32: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	18, // 33: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	10, // 34: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	18, // 35: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	18, // 36: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	13, // 37: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	15, // 38: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	14, // 39: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	18, // 40: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 41: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 42: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 43: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 44: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	27, // 45: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	26, // [26:46] is the sub-list for method output_type
+	6,  // [6:26] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1857,7 +1992,7 @@ func file_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      3,
 			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,

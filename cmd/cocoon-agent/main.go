@@ -129,7 +129,7 @@ func kernelLog() io.Writer {
 func listen(ctx context.Context, params boot.Params, log *slog.Logger) (net.Listener, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if params.Transport == "vsock" {
+	if params.Transport == protocol.TransportVsock {
 		for {
 			l, err := channel.ListenVsock()
 			if err == nil {
@@ -142,7 +142,7 @@ func listen(ctx context.Context, params boot.Params, log *slog.Logger) (net.List
 			}
 		}
 	}
-	paths, err := channel.WaitSerialPorts(ctx, "/sys", "/dev", channel.SerialPortPrefix, params.AgentPorts, 2*time.Second)
+	paths, err := channel.WaitSerialPorts(ctx, "/sys", "/dev", protocol.SerialPortPrefix, params.AgentPorts, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}

@@ -19,13 +19,10 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/guest/container"
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
-
-// SharedFSTag is the virtio-fs tag of the directory the host shares with
-// the guest; containers' root filesystems live below it.
-const SharedFSTag = "cocoon"
 
 // sharedFS mounts the host's shared directory on first use.
 type sharedFS struct {
@@ -45,8 +42,8 @@ func (s *sharedFS) mount() error {
 		// volumes below it get the mount options their specs ask for, as
 		// under runc (a setuid program in an image works). The host's
 		// binds of them are nosuid,nodev on the host's side.
-		if err := unix.Mount(SharedFSTag, s.mountPoint, "virtiofs", 0, ""); err != nil {
-			s.err = fmt.Errorf("mount virtiofs %q on %s: %w", SharedFSTag, s.mountPoint, err)
+		if err := unix.Mount(protocol.SharedFSTag, s.mountPoint, "virtiofs", 0, ""); err != nil {
+			s.err = fmt.Errorf("mount virtiofs %q on %s: %w", protocol.SharedFSTag, s.mountPoint, err)
 			return
 		}
 		// Shared, and so are the virtio-fs submounts below it (the host's
@@ -106,10 +103,7 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
-	if err := a.resolveMounts(&spec); err != nil {
-		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
-	}
-	if err := mountSubmounts(&spec, r.Submounts); err != nil {
+	if err := a.resolveStorages(&spec, r.Storages); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
 	if err := joinNamespaces(m, &spec, r.JoinNamespaces); err != nil {
@@ -125,37 +119,10 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	return &protocol.Empty{}, nil
 }
 
-// SharedMountPrefix marks a bind mount source that the host shared through
-// virtio-fs: "shared:<path relative to the shared directory>".
-const SharedMountPrefix = "shared:"
-
-// resolveMounts turns bind mount sources the host shared into guest paths.
-func (a *Agent) resolveMounts(spec *specs.Spec) error {
-	for i := range spec.Mounts {
-		m := &spec.Mounts[i]
-		rel, ok := strings.CutPrefix(m.Source, SharedMountPrefix)
-		if !ok {
-			continue
-		}
-		p, err := a.shared.resolve(rel)
-		if err != nil {
-			return fmt.Errorf("mount %s: %w", m.Destination, err)
-		}
-		// The host's bind is a virtio-fs submount: mount it here, in the
-		// agent's namespace, so that every container binding it binds one
-		// mount (statx without AT_NO_AUTOMOUNT crosses the automount).
-		var st unix.Statx_t
-		if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_TYPE, &st); err != nil {
-			return fmt.Errorf("mount %s: %w", m.Destination, err)
-		}
-		m.Source = p
-	}
-	return nil
-}
-
-// mountSubmounts mounts, in the agent's mount namespace, the virtio-fs
-// submounts the host announced below bind mount sources of spec (the
-// host's mounts there), before the container's mounts are made.
+// resolveStorages sets the sources of spec's bind mounts to where the
+// host's storages say they are in the guest, and mounts the virtio-fs
+// submounts the host announced below them (the host's mounts there),
+// before the container's mounts are made.
 //
 // A virtio-fs submount is an automount: the kernel mounts it when a path
 // first crosses it, with the flags of the mount crossed. Crossed first
@@ -164,28 +131,44 @@ func (a *Agent) resolveMounts(spec *specs.Spec) error {
 // asked. Mounted here, below the agent's read-write shared mount, each
 // keeps its own flags and the container's (recursive) bind copies it;
 // "ro" then makes only the top read-only, and "rro" the whole tree.
-func mountSubmounts(spec *specs.Spec, subs []*protocol.Submounts) error {
-	for _, sm := range subs {
-		if int64(sm.Mount) >= int64(len(spec.Mounts)) {
-			return fmt.Errorf("submounts of mount %d: the spec has %d mounts", sm.Mount, len(spec.Mounts))
+func (a *Agent) resolveStorages(spec *specs.Spec, storages []*protocol.Storage) error {
+	seen := map[uint32]bool{}
+	for _, st := range storages {
+		if int64(st.Mount) >= int64(len(spec.Mounts)) {
+			return fmt.Errorf("storage of mount %d: the spec has %d mounts", st.Mount, len(spec.Mounts))
 		}
-		m := spec.Mounts[sm.Mount]
-		if !filepath.IsAbs(m.Source) {
-			return fmt.Errorf("submounts of mount %s: source %q is not a guest path", m.Destination, m.Source)
+		if seen[st.Mount] {
+			return fmt.Errorf("storage of mount %d given twice", st.Mount)
 		}
-		for _, rel := range sm.Paths {
+		seen[st.Mount] = true
+		m := &spec.Mounts[st.Mount]
+		if st.Kind != protocol.Storage_SHARED {
+			return fmt.Errorf("mount %s: storage kind %d is not known", m.Destination, int32(st.Kind))
+		}
+		p, err := a.shared.resolve(st.Path)
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", m.Destination, err)
+		}
+		// The host's bind is a virtio-fs submount: mount it here, in the
+		// agent's namespace, so that every container binding it binds one
+		// mount (statx without AT_NO_AUTOMOUNT crosses the automount).
+		var stx unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_TYPE, &stx); err != nil {
+			return fmt.Errorf("mount %s: %w", m.Destination, err)
+		}
+		m.Source = p
+		for _, rel := range st.Submounts {
 			if rel == "" || filepath.IsAbs(rel) {
 				return fmt.Errorf("submount %q of mount %s: want a relative path", rel, m.Destination)
 			}
-			p, err := securejoin.SecureJoin(m.Source, rel)
+			sp, err := securejoin.SecureJoin(p, rel)
 			if err != nil {
 				return fmt.Errorf("submount %q of mount %s: %w", rel, m.Destination, err)
 			}
 			// statx(2) without AT_NO_AUTOMOUNT crosses the automount, which
 			// mounts it (stat(2) would not: it implies AT_NO_AUTOMOUNT). A
 			// path gone meanwhile (the host unmounted it) is no error.
-			var st unix.Statx_t
-			if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_TYPE, &st); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := unix.Statx(unix.AT_FDCWD, sp, 0, unix.STATX_TYPE, &stx); err != nil && !errors.Is(err, unix.ENOENT) {
 				return fmt.Errorf("submount %q of mount %s: %w", rel, m.Destination, err)
 			}
 		}
@@ -396,7 +379,22 @@ func (a *Agent) StateContainer(ctx context.Context, r *protocol.ContainerRequest
 	if err != nil {
 		return nil, err
 	}
-	return &protocol.ContainerState{Status: st.Status, Pid: int32(st.Pid), CreatedUnixNano: st.Created.UnixNano()}, nil
+	return &protocol.ContainerState{Status: containerStatus(st.Status), Pid: int32(st.Pid), CreatedUnixNano: st.Created.UnixNano()}, nil
+}
+
+// containerStatus is the protocol's name for a container's status.
+func containerStatus(s libcontainer.Status) protocol.ContainerState_Status {
+	switch s {
+	case libcontainer.Created:
+		return protocol.ContainerState_CREATED
+	case libcontainer.Running:
+		return protocol.ContainerState_RUNNING
+	case libcontainer.Paused:
+		return protocol.ContainerState_PAUSED
+	case libcontainer.Stopped:
+		return protocol.ContainerState_STOPPED
+	}
+	return protocol.ContainerState_UNKNOWN
 }
 
 // PauseContainer freezes a container.

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 )
 
 // ModulesList is the file in the initramfs that lists the modules to load,
@@ -26,7 +28,7 @@ const ModulesList = "/etc/cocoon/modules"
 
 // Params are the cocoon.* parameters on the kernel command line.
 type Params struct {
-	Transport string // "virtio-serial" or "vsock"
+	Transport string // "virtio-serial" or protocol.TransportVsock
 	// AgentPorts is how many virtio-serial ports the host gave the agent.
 	AgentPorts int
 	Hostname   string
@@ -39,17 +41,17 @@ func ParseCmdline(cmdline string) Params {
 	for _, f := range strings.Fields(cmdline) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
-		case "cocoon.transport":
+		case protocol.ParamTransport:
 			p.Transport = v
-		case "cocoon.hostname":
+		case protocol.ParamHostname:
 			if validHostname(v) {
 				p.Hostname = v
 			}
-		case "cocoon.agent_ports":
-			if n, err := strconv.Atoi(v); err == nil && n > 0 && n <= 31 {
+		case protocol.ParamAgentPorts:
+			if n, err := strconv.Atoi(v); err == nil && n > 0 && n <= protocol.MaxAgentPorts {
 				p.AgentPorts = n
 			}
-		case "cocoon.debug":
+		case protocol.ParamDebug:
 			p.Debug = v == "1" || v == "true"
 		}
 	}

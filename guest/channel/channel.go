@@ -23,21 +23,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SerialPortPrefix starts the names of the virtio-serial ports the host
-// connects to: "agent.0", "agent.1", ... Each port carries one host
-// process's connection at a time.
-const SerialPortPrefix = "agent."
+// The virtio-serial ports the host connects to are named
+// protocol.SerialPortName(0), (1), ...; each carries one host process's
+// connection at a time. Over vsock the agent listens on protocol.VsockPort.
 
-// VsockPort is the vsock port the agent listens on.
-const VsockPort = 1024
-
-// ListenVsock listens for host connections on VsockPort. Only the host's
+// ListenVsock listens for host connections on protocol.VsockPort. Only the host's
 // connections are accepted: a process in this guest can reach the port
 // too, over the local CID, and must not drive the agent.
 func ListenVsock() (net.Listener, error) {
-	l, err := vsock.Listen(VsockPort, nil)
+	l, err := vsock.Listen(protocol.VsockPort, nil)
 	if err != nil {
-		return nil, fmt.Errorf("listen vsock port %d: %w", VsockPort, err)
+		return nil, fmt.Errorf("listen vsock port %d: %w", protocol.VsockPort, err)
 	}
 	return hostOnly(l), nil
 }

@@ -148,9 +148,8 @@ type ctr struct {
 
 // State describes a container.
 type State struct {
-	ID string
-	// Status is "created", "running", "paused" or "stopped".
-	Status string
+	ID     string
+	Status libcontainer.Status
 	// Pid is the init process's pid, or 0 once it has stopped.
 	Pid         int
 	Created     time.Time
@@ -716,7 +715,7 @@ func (m *Manager) State(ctx context.Context, id string) (State, error) {
 	}
 	s := State{
 		ID:      id,
-		Status:  st.String(),
+		Status:  st,
 		Created: ls.Created,
 		Bundle:  c.bundle,
 		Rootfs:  c.rootfs,

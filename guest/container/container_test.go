@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/seccomp"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -210,7 +211,7 @@ func TestExitCode(t *testing.T) {
 	if p.Pid() <= 0 {
 		t.Fatalf("Pid() = %d", p.Pid())
 	}
-	if st, err := h.m.State(h.ctx, "exit7"); err != nil || st.Status != "created" || st.Pid != p.Pid() {
+	if st, err := h.m.State(h.ctx, "exit7"); err != nil || st.Status != libcontainer.Created || st.Pid != p.Pid() {
 		t.Fatalf("State after Create = %+v, %v; want created with pid %d", st, err, p.Pid())
 	}
 	if err := h.m.Start(h.ctx, "exit7"); err != nil {
@@ -225,7 +226,7 @@ func TestExitCode(t *testing.T) {
 		t.Errorf("second Wait = %+v, want %+v", st2, st)
 	}
 	s, err := h.m.State(h.ctx, "exit7")
-	if err != nil || s.Status != "stopped" || s.Rootfs != h.rootfs || s.Created.IsZero() {
+	if err != nil || s.Status != libcontainer.Stopped || s.Rootfs != h.rootfs || s.Created.IsZero() {
 		t.Errorf("State after exit = %+v, %v; want stopped", s, err)
 	}
 	if err := h.m.Start(h.ctx, "exit7"); err == nil {
@@ -698,7 +699,7 @@ func TestPauseResume(t *testing.T) {
 	if err := h.m.Pause(h.ctx, "pause"); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := h.m.State(h.ctx, "pause"); err != nil || st.Status != "paused" {
+	if st, err := h.m.State(h.ctx, "pause"); err != nil || st.Status != libcontainer.Paused {
 		t.Errorf("State after Pause = %+v, %v", st, err)
 	}
 	if _, err := h.m.Exec(h.ctx, "pause", "e", testSpec("true").Process, ProcessIO{}); !errors.Is(err, ErrNotRunning) {
@@ -707,7 +708,7 @@ func TestPauseResume(t *testing.T) {
 	if err := h.m.Resume(h.ctx, "pause"); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := h.m.State(h.ctx, "pause"); err != nil || st.Status != "running" {
+	if st, err := h.m.State(h.ctx, "pause"); err != nil || st.Status != libcontainer.Running {
 		t.Errorf("State after Resume = %+v, %v", st, err)
 	}
 }

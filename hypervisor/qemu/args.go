@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 )
 
@@ -68,6 +69,8 @@ type launch struct {
 // host processes can talk to one VM's agent at the same time.
 const AgentPorts = 6
 
+var _ [protocol.MaxAgentPorts - AgentPorts]struct{} // AgentPorts <= protocol.MaxAgentPorts
+
 // files are the per-VM files in the VM's runtime directory.
 type files struct {
 	dir, qmp, console, pid, log, state string
@@ -98,7 +101,7 @@ func (l launch) kernelParams() string {
 	if !l.cfg.Debug {
 		p = append(p, "quiet", "loglevel=3")
 	} else {
-		p = append(p, "cocoon.debug=1")
+		p = append(p, protocol.ParamDebug+"=1")
 	}
 	if l.machine == MachineQ35 {
 		if l.cfg.HotplugSlots == 0 {
@@ -130,9 +133,9 @@ func (l launch) kernelParams() string {
 		p = append(p, fmt.Sprintf("tsc_early_khz=%d", l.tscKHz))
 	}
 	if l.transport() == hypervisor.TransportVsock {
-		p = append(p, "cocoon.transport=vsock")
+		p = append(p, protocol.ParamTransport+"="+protocol.TransportVsock)
 	} else {
-		p = append(p, fmt.Sprintf("cocoon.agent_ports=%d", AgentPorts))
+		p = append(p, fmt.Sprintf("%s=%d", protocol.ParamAgentPorts, AgentPorts))
 	}
 	p = append(p, l.cfg.KernelParams...)
 	return strings.Join(p, " ")
@@ -213,14 +216,14 @@ func (l launch) args() []string {
 		for i, sock := range l.files.agentSockets() {
 			a = append(a,
 				"-chardev", fmt.Sprintf("socket,id=agent%d,path=%s,server=on,wait=off", i, sock),
-				"-device", fmt.Sprintf("virtserialport,bus=vser0.0,chardev=agent%d,name=agent.%d", i, i),
+				"-device", fmt.Sprintf("virtserialport,bus=vser0.0,chardev=agent%d,name=%s", i, protocol.SerialPortName(i)),
 			)
 		}
 	}
 	if c.SharedFSSocket != "" && !l.incoming {
 		a = append(a,
 			"-chardev", "socket,id=vfs,path="+c.SharedFSSocket,
-			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=vfs,tag=cocoon,queue-size=1024",
+			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=vfs,tag="+protocol.SharedFSTag+",queue-size=1024",
 		)
 	}
 	// Free page reporting hands memory the guest freed (the unpacked

@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"golang.org/x/sys/unix"
 )
@@ -102,7 +103,7 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
 		err = c.DeviceAdd(ctx, map[string]any{"driver": "vhost-user-fs-pci", "id": dev.ID, "chardev": chardev,
-			"tag": "cocoon", "queue-size": 1024, "bus": rootPort(port)})
+			"tag": protocol.SharedFSTag, "queue-size": 1024, "bus": rootPort(port)})
 		if err != nil {
 			c.Execute(ctx, "chardev-remove", map[string]any{"id": chardev}, nil)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)

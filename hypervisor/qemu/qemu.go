@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
@@ -696,7 +697,7 @@ func (q *QEMU) AgentEndpoint() hypervisor.AgentEndpoint {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.launch.vsockCID != 0 {
-		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: q.launch.vsockCID, Port: 1024}
+		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: q.launch.vsockCID, Port: protocol.VsockPort}
 	}
 	return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, Sockets: q.launch.files.agentSockets()}
 }
