@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
 )
 
@@ -57,14 +57,10 @@ func (r Report) Failed() []Result {
 	return out
 }
 
-// Defaults for Options.
-const (
-	DefaultQEMUPath = accel.DefaultQEMUPath
-)
-
 // Options configures Run.
 type Options struct {
-	// QEMUPath is the QEMU binary; empty selects DefaultQEMUPath from PATH.
+	// QEMUPath is the QEMU binary; empty selects the QEMU driver's default
+	// (DefaultQEMUPath) from PATH.
 	QEMUPath string
 	// VirtiofsdPath is the virtiofsd binary; empty searches the usual places.
 	VirtiofsdPath string
@@ -87,7 +83,7 @@ type host struct {
 	euid         func() int
 	lookPath     func(file string) (string, error)
 	run          func(ctx context.Context, name string, args ...string) ([]byte, error)
-	resolveAccel func(ctx context.Context, want hypervisor.Accelerator, cfg accel.ProbeConfig) (accel.Result, error)
+	resolveAccel func(ctx context.Context, want hypervisor.Accelerator, p hypervisor.AccelProbe) (hypervisor.AccelChoice, error)
 	newNetNS     func() error
 }
 
@@ -97,10 +93,20 @@ func realHost() *host {
 		euid:         os.Geteuid,
 		lookPath:     exec.LookPath,
 		run:          runCommand,
-		resolveAccel: accel.Resolve,
+		resolveAccel: qemuDriver().ResolveAccel,
 		newNetNS:     tryNewNetNS,
 	}
 }
+
+// qemuDriver is the QEMU driver's entry in the driver table: the checks
+// of the VMM binary are QEMU's.
+func qemuDriver() drivers.Driver {
+	d, _ := drivers.Lookup("qemu")
+	return d
+}
+
+// DefaultQEMUPath is the QEMU binary checked when Options names none.
+func DefaultQEMUPath() string { return qemuDriver().Binary }
 
 // path maps an absolute host path into h.root.
 func (h *host) path(p string) string { return filepath.Join(h.root, p) }
@@ -124,7 +130,7 @@ func Run(ctx context.Context, opts Options) Report {
 		h = realHost()
 	}
 	if opts.QEMUPath == "" {
-		opts.QEMUPath = DefaultQEMUPath
+		opts.QEMUPath = DefaultQEMUPath()
 	}
 	if opts.DataDir == "" {
 		opts.DataDir = layout.DataDir

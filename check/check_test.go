@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 )
 
 const (
@@ -44,9 +44,9 @@ type fakeHost struct {
 	uid      int
 	commands map[string]string // "path args..." -> output
 	failing  map[string]error
-	accel    func(want hypervisor.Accelerator, cfg accel.ProbeConfig) (accel.Result, error)
+	accel    func(want hypervisor.Accelerator, cfg hypervisor.AccelProbe) (hypervisor.AccelChoice, error)
 	resolves []hypervisor.Accelerator
-	lastCfg  accel.ProbeConfig
+	lastCfg  hypervisor.AccelProbe
 	netnsErr error
 }
 
@@ -62,8 +62,8 @@ func newFakeHost(t *testing.T) *fakeHost {
 			fakeVirtio + " --version":   virtiofsdOut,
 		},
 		failing: map[string]error{},
-		accel: func(want hypervisor.Accelerator, cfg accel.ProbeConfig) (accel.Result, error) {
-			return accel.Result{Accelerator: hypervisor.AccelKVM, KVMUsable: true, Reason: "KVM works: guest kernel reached panic in 0.31s"}, nil
+		accel: func(want hypervisor.Accelerator, cfg hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
+			return hypervisor.AccelChoice{Accelerator: hypervisor.AccelKVM, Reason: "KVM works: guest kernel reached panic in 0.31s"}, nil
 		},
 	}
 	f.write("/proc/self/mountinfo", mountinfoV2)
@@ -147,7 +147,7 @@ func (f *fakeHost) host() *host {
 			}
 			return []byte(out), nil
 		},
-		resolveAccel: func(_ context.Context, want hypervisor.Accelerator, cfg accel.ProbeConfig) (accel.Result, error) {
+		resolveAccel: func(_ context.Context, want hypervisor.Accelerator, cfg hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
 			f.resolves = append(f.resolves, want)
 			f.lastCfg = cfg
 			return f.accel(want, cfg)
@@ -220,7 +220,7 @@ func TestHealthyHost(t *testing.T) {
 	if len(f.resolves) != 1 || f.resolves[0] != hypervisor.AccelAuto {
 		t.Errorf("accelerator resolved as %v, want one auto probe", f.resolves)
 	}
-	if f.lastCfg.Kernel != "/var/lib/cocoon/images/current/vmlinux" || f.lastCfg.CacheDir != "/var/lib/cocoon/cache" || f.lastCfg.QEMUPath != fakeQEMU {
+	if f.lastCfg.Kernel != "/var/lib/cocoon/images/current/vmlinux" || f.lastCfg.CacheDir != "/var/lib/cocoon/cache" || f.lastCfg.Binary != fakeQEMU {
 		t.Errorf("probe config %+v", f.lastCfg)
 	}
 }
@@ -261,8 +261,8 @@ func TestQEMUVersions(t *testing.T) {
 func TestQEMUMissing(t *testing.T) {
 	f := newFakeHost(t)
 	f.remove(fakeQEMU)
-	f.accel = func(hypervisor.Accelerator, accel.ProbeConfig) (accel.Result, error) {
-		return accel.Result{}, errors.New("probe kvm: find qemu: not found")
+	f.accel = func(hypervisor.Accelerator, hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
+		return hypervisor.AccelChoice{}, errors.New("probe kvm: find qemu: not found")
 	}
 	rep := f.run(Options{})
 	expect(t, rep, "qemu", StatusFail, "not found", "apt-get install qemu-system-x86")
@@ -306,11 +306,13 @@ func TestMachines(t *testing.T) {
 }
 
 func TestKVM(t *testing.T) {
-	emulated := accel.Result{Accelerator: hypervisor.AccelTCG, Reason: "KVM is emulated: guest hit 'KVM internal error' after 0.40s"}
+	emulated := hypervisor.AccelChoice{Accelerator: hypervisor.AccelTCG, Reason: "KVM is emulated: guest hit 'KVM internal error' after 0.40s"}
 
 	t.Run("auto unusable", func(t *testing.T) {
 		f := newFakeHost(t)
-		f.accel = func(hypervisor.Accelerator, accel.ProbeConfig) (accel.Result, error) { return emulated, nil }
+		f.accel = func(hypervisor.Accelerator, hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
+			return emulated, nil
+		}
 		f.write("/sys/module/kvm_pvm/parameters/x", "")
 		rep := f.run(Options{DataDir: "/data"})
 		expect(t, rep, "kvm", StatusWarn, "sandboxes will use TCG", emulated.Reason, "kvm_pvm")
@@ -327,7 +329,7 @@ func TestKVM(t *testing.T) {
 
 	t.Run("auto cached", func(t *testing.T) {
 		f := newFakeHost(t)
-		f.accel = func(hypervisor.Accelerator, accel.ProbeConfig) (accel.Result, error) {
+		f.accel = func(hypervisor.Accelerator, hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
 			r := emulated
 			r.Cached, r.CheckedAt = true, time.Date(2026, 1, 2, 3, 4, 5, 0, time.Local)
 			return r, nil
@@ -353,11 +355,11 @@ func TestKVM(t *testing.T) {
 
 	t.Run("forced kvm unusable", func(t *testing.T) {
 		f := newFakeHost(t)
-		f.accel = func(want hypervisor.Accelerator, _ accel.ProbeConfig) (accel.Result, error) {
+		f.accel = func(want hypervisor.Accelerator, _ hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
 			if want != hypervisor.AccelKVM {
 				t.Errorf("probed %s after forced kvm failed", want)
 			}
-			return accel.Result{}, &accel.UnusableError{Reason: "/dev/kvm does not exist", Err: os.ErrNotExist}
+			return hypervisor.AccelChoice{}, fmt.Errorf("KVM is not usable: /dev/kvm does not exist: %w", os.ErrNotExist)
 		}
 		rep := f.run(Options{Accelerator: hypervisor.AccelKVM})
 		kvm := expect(t, rep, "kvm", StatusFail, "/dev/kvm does not exist", "--accel auto")
@@ -371,9 +373,9 @@ func TestKVM(t *testing.T) {
 
 	t.Run("forced kvm but probe says no", func(t *testing.T) {
 		f := newFakeHost(t)
-		f.accel = func(want hypervisor.Accelerator, _ accel.ProbeConfig) (accel.Result, error) {
+		f.accel = func(want hypervisor.Accelerator, _ hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
 			if want == hypervisor.AccelKVM {
-				return accel.Result{Accelerator: hypervisor.AccelKVM, KVMUsable: true, Reason: "forced by configuration"}, nil
+				return hypervisor.AccelChoice{Accelerator: hypervisor.AccelKVM, Reason: "forced by configuration"}, nil
 			}
 			return emulated, nil
 		}
@@ -388,8 +390,8 @@ func TestKVM(t *testing.T) {
 func TestTCGMissing(t *testing.T) {
 	f := newFakeHost(t)
 	f.commands[fakeQEMU+" -accel help"] = "Accelerators supported in QEMU binary:\nkvm\n"
-	f.accel = func(hypervisor.Accelerator, accel.ProbeConfig) (accel.Result, error) {
-		return accel.Result{Accelerator: hypervisor.AccelTCG, Reason: accel.ReasonNoKernel}, nil
+	f.accel = func(hypervisor.Accelerator, hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
+		return hypervisor.AccelChoice{Accelerator: hypervisor.AccelTCG, Reason: "no guest kernel to probe KVM with (run `cocoon image build`)", NoKernel: true}, nil
 	}
 	rep := f.run(Options{})
 	expect(t, rep, "tcg", StatusFail, "without TCG")

@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 )
 
 // Oldest QEMU Cocoon supports.
@@ -110,7 +109,7 @@ func parseQEMUVersion(out []byte) (major, minor int, version string, ok bool) {
 
 func (h *host) checkQEMU(ctx context.Context, qemu string) qemuInfo {
 	r := Result{Name: "qemu", Required: true, Status: StatusFail}
-	path, err := h.findBinary(qemu, nil, DefaultQEMUPath)
+	path, err := h.findBinary(qemu, nil, DefaultQEMUPath())
 	if err != nil {
 		r.Detail = fmt.Sprintf("%s not found (%v): install QEMU %d.%d or newer (Debian/Ubuntu: apt-get install qemu-system-x86) or pass --qemu PATH",
 			qemu, err, minQEMUMajor, minQEMUMinor)
@@ -190,13 +189,13 @@ func (h *host) checkMachines(ctx context.Context, q qemuInfo) []Result {
 // will run under TCG (with forced KVM they never do, even if KVM fails).
 func (h *host) checkKVM(ctx context.Context, opts Options, q qemuInfo) (r Result, usesTCG bool) {
 	r = Result{Name: "kvm"}
-	cfg := accel.ProbeConfig{
-		QEMUPath: opts.QEMUPath,
+	cfg := hypervisor.AccelProbe{
+		Binary:   opts.QEMUPath,
 		Kernel:   filepath.Join(opts.DataDir, "images", "current", "vmlinux"),
 		CacheDir: opts.CacheDir,
 	}
 	if q.path != "" {
-		cfg.QEMUPath = q.path
+		cfg.Binary = q.path
 	}
 	switch opts.Accelerator {
 	case hypervisor.AccelTCG:
@@ -221,7 +220,7 @@ func (h *host) checkKVM(ctx context.Context, opts Options, q qemuInfo) (r Result
 			r.Detail += "; boot probe failed: " + err.Error()
 		case probe.Accelerator == hypervisor.AccelKVM:
 			r.Detail += "; boot probe: " + probe.Reason
-		case probe.Reason == accel.ReasonNoKernel:
+		case probe.NoKernel:
 			r.Detail += "; boot probe skipped: " + probe.Reason
 		default:
 			r.Status = StatusWarn

@@ -1,7 +1,8 @@
 // Package hypervisor defines the contract between Cocoon and the virtual
 // machine monitors that run its sandboxes.
 //
-// A driver (such as package hypervisor/qemu) implements Hypervisor for one
+// A driver (such as the QEMU driver, in the qemu package below this one)
+// implements Hypervisor for one
 // VMM. The sandbox layer consumes it and never learns which VMM it drives.
 package hypervisor
 
@@ -158,6 +159,33 @@ const (
 	AccelKVM  Accelerator = "kvm"
 	AccelTCG  Accelerator = "tcg"
 )
+
+// AccelProbe configures a driver's choice of accelerator (see
+// drivers.Driver.ResolveAccel).
+type AccelProbe struct {
+	// Binary is the VMM binary: a path, or a name looked up in PATH; ""
+	// is the driver's default.
+	Binary string
+	// Kernel is a guest kernel the probe may boot; without one, auto
+	// picks TCG without probing KVM.
+	Kernel string
+	// CacheDir holds the driver's probe cache; "" disables caching.
+	CacheDir string
+}
+
+// AccelChoice is the accelerator a driver picked and why.
+type AccelChoice struct {
+	// Accelerator is AccelKVM or AccelTCG, never AccelAuto.
+	Accelerator Accelerator
+	// Reason explains the choice for a person.
+	Reason string
+	// NoKernel is true when KVM was not probed for want of a guest kernel.
+	NoKernel bool
+	// Cached is true when the choice came from the probe cache, made at
+	// CheckedAt.
+	Cached    bool
+	CheckedAt time.Time
+}
 
 // Transport selects the channel between host and guest agent.
 type Transport string

@@ -59,7 +59,7 @@ check failed.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&qemuPath, "qemu", check.DefaultQEMUPath, "QEMU binary to check (a path, or a name in PATH)")
+	f.StringVar(&qemuPath, "qemu", check.DefaultQEMUPath(), "QEMU binary to check (a path, or a name in PATH)")
 	f.StringVar(&virtiofsdPath, "virtiofsd", "", "virtiofsd binary to check (default: /usr/lib/qemu/virtiofsd, /usr/libexec/virtiofsd, then PATH)")
 	f.StringVar(&accelName, "accel", string(hypervisor.AccelAuto), "accelerator to check for: auto, kvm or tcg")
 	return cmd

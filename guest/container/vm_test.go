@@ -20,7 +20,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/guest/boot"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
 )
@@ -93,7 +93,13 @@ func TestInGuestVM(t *testing.T) {
 	if err != nil {
 		skip("no guest kernel: %v", err)
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
+	// The test binary is the guest's init, with no agent to answer the
+	// vm package: QEMU runs it directly, as the QEMU driver would.
+	driver, err := drivers.Lookup("qemu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemu, err := exec.LookPath(driver.Binary)
 	if err != nil {
 		skip("no QEMU: %v", err)
 	}
@@ -107,10 +113,10 @@ func TestInGuestVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	console := filepath.Join(dir, "console.log")
-	// KVM can be present yet broken (nested); accel's probe boots the
+	// KVM can be present yet broken (nested); the driver's probe boots the
 	// kernel to tell. The probe runs QEMU, a child this process would reap.
 	testReaper().Lock()
-	res, err := accel.Resolve(context.Background(), hypervisor.AccelAuto, accel.ProbeConfig{QEMUPath: qemu, Kernel: img.Kernel})
+	res, err := driver.ResolveAccel(context.Background(), hypervisor.AccelAuto, hypervisor.AccelProbe{Binary: qemu, Kernel: img.Kernel})
 	testReaper().Unlock()
 	if err != nil {
 		t.Fatalf("choosing the accelerator: %v", err)

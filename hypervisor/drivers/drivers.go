@@ -13,6 +13,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 )
 
 // Default is the driver used when none is named.
@@ -43,6 +44,9 @@ type Driver struct {
 	// from what is on disk, however far its start got; a missing
 	// directory is not an error.
 	Remove func(ctx context.Context, dir string, opts Options) error
+	// ResolveAccel picks the accelerator for want on this host: for auto,
+	// KVM only where it really works.
+	ResolveAccel func(ctx context.Context, want hypervisor.Accelerator, p hypervisor.AccelProbe) (hypervisor.AccelChoice, error)
 }
 
 // table lists the drivers. A second driver adds its entry here.
@@ -56,6 +60,13 @@ func table() []Driver {
 			return qemu.Open(ctx, dir, qopts(o))
 		},
 		Remove: func(ctx context.Context, dir string, o Options) error { return qemu.Remove(ctx, dir, qopts(o)) },
+		ResolveAccel: func(ctx context.Context, want hypervisor.Accelerator, p hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
+			r, err := accel.Resolve(ctx, want, accel.ProbeConfig{QEMUPath: p.Binary, Kernel: p.Kernel, CacheDir: p.CacheDir})
+			return hypervisor.AccelChoice{
+				Accelerator: r.Accelerator, Reason: r.Reason, NoKernel: r.Reason == accel.ReasonNoKernel,
+				Cached: r.Cached, CheckedAt: r.CheckedAt,
+			}, err
+		},
 	}}
 }
 
