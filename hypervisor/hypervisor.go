@@ -2,8 +2,8 @@
 // machine monitors that run its sandboxes.
 //
 // A driver (such as the QEMU driver, in the qemu package below this one)
-// implements Hypervisor for one
-// VMM. The sandbox layer consumes it and never learns which VMM it drives.
+// implements Hypervisor for one VMM. The sandbox layer consumes it and
+// never learns which VMM it drives.
 package hypervisor
 
 import (
