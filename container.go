@@ -45,7 +45,53 @@ type ContainerStatus struct {
 	Annotations map[string]string
 }
 
-// LoadSpec reads and checks the OCI runtime spec of a bundle.
+// LoadBundle reads and checks the OCI bundle in dir, as CreateContainer
+// would, before any VM is booted for it: it returns the bundle's absolute
+// path and its spec. A missing config.json is an error wrapping
+// fs.ErrNotExist; every other defect is ErrInvalidConfig.
+func LoadBundle(dir string) (string, *specs.Spec, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	if st, err := os.Stat(abs); err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
+	} else if !st.IsDir() {
+		return "", nil, fmt.Errorf("bundle %s: %w: not a directory", abs, ErrInvalidConfig)
+	}
+	spec, err := LoadSpec(abs)
+	if err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
+	}
+	if err := checkBundle(abs, spec); err != nil {
+		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
+	}
+	return abs, spec, nil
+}
+
+// checkBundle checks spec, the spec of the bundle in dir, and that its
+// rootfs is a directory.
+func checkBundle(dir string, spec *specs.Spec) error {
+	if err := checkSpec(spec); err != nil {
+		return err
+	}
+	rootfs := bundleRootfs(dir, spec)
+	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
+		return fmt.Errorf("%w: rootfs %s is not a directory", ErrInvalidConfig, rootfs)
+	}
+	return nil
+}
+
+// bundleRootfs is the host path of the rootfs of spec, the spec of the
+// bundle in dir.
+func bundleRootfs(dir string, spec *specs.Spec) string {
+	if filepath.IsAbs(spec.Root.Path) {
+		return spec.Root.Path
+	}
+	return filepath.Join(dir, spec.Root.Path)
+}
+
+// LoadSpec reads the OCI runtime spec of a bundle.
 func LoadSpec(bundle string) (*specs.Spec, error) {
 	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
@@ -99,23 +145,14 @@ func prepareContainer(cfg *ContainerConfig) error {
 		}
 		cfg.Spec = spec
 	}
-	if err := checkSpec(cfg.Spec); err != nil {
+	if err := checkBundle(cfg.Bundle, cfg.Spec); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
-	rootfs := containerRootfs(cfg)
-	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
-		return fmt.Errorf("create container %s: %w: rootfs %s is not a directory", cfg.ID, ErrInvalidConfig, rootfs)
 	}
 	return nil
 }
 
 // containerRootfs is the host path of a prepared container's rootfs.
-func containerRootfs(cfg *ContainerConfig) string {
-	if filepath.IsAbs(cfg.Spec.Root.Path) {
-		return cfg.Spec.Root.Path
-	}
-	return filepath.Join(cfg.Bundle, cfg.Spec.Root.Path)
-}
+func containerRootfs(cfg *ContainerConfig) string { return bundleRootfs(cfg.Bundle, cfg.Spec) }
 
 func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig) (err error) {
 	if err := prepareContainer(&cfg); err != nil {

@@ -82,41 +82,13 @@ func requireState(ctx context.Context, sb *cocoon.Sandbox, id string, states ...
 // loadBundle reads and checks an OCI bundle before any VM is booted for
 // it, so a bad bundle fails at once with a clear message.
 func loadBundle(dir string) (string, *specs.Spec, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", nil, fmt.Errorf("bundle %s: %w", dir, err)
+	abs, spec, err := cocoon.LoadBundle(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(filepath.Join(dir, "config.json")); errors.Is(serr, fs.ErrNotExist) {
+			return "", nil, fmt.Errorf("%w (write one with 'cocoon spec')", err)
+		}
 	}
-	st, err := os.Stat(abs)
-	if err != nil {
-		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
-	}
-	if !st.IsDir() {
-		return "", nil, fmt.Errorf("bundle %s: %w: not a directory", abs, cocoon.ErrInvalidConfig)
-	}
-	cfg := filepath.Join(abs, "config.json")
-	if _, err := os.Stat(cfg); errors.Is(err, fs.ErrNotExist) {
-		return "", nil, fmt.Errorf("bundle %s: no config.json (write one with 'cocoon spec'): %w", abs, err)
-	}
-	spec, err := cocoon.LoadSpec(abs)
-	if err != nil {
-		return "", nil, fmt.Errorf("bundle %s: %w", abs, err)
-	}
-	if spec.Process == nil {
-		return "", nil, fmt.Errorf("bundle %s: %w: config.json has no process", abs, cocoon.ErrInvalidConfig)
-	}
-	if spec.Root == nil || spec.Root.Path == "" {
-		return "", nil, fmt.Errorf("bundle %s: %w: config.json has no root.path", abs, cocoon.ErrInvalidConfig)
-	}
-	rootfs := spec.Root.Path
-	if !filepath.IsAbs(rootfs) {
-		rootfs = filepath.Join(abs, rootfs)
-	}
-	if st, err := os.Stat(rootfs); err != nil {
-		return "", nil, fmt.Errorf("bundle %s: rootfs: %w", abs, err)
-	} else if !st.IsDir() {
-		return "", nil, fmt.Errorf("bundle %s: %w: rootfs %s is not a directory", abs, cocoon.ErrInvalidConfig, rootfs)
-	}
-	return abs, spec, nil
+	return abs, spec, err
 }
 
 // writeJSON writes v as indented JSON.
