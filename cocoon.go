@@ -27,9 +27,11 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/persist"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Options configure a Runtime. The zero value selects the defaults.
@@ -89,6 +91,9 @@ var (
 	// ErrState is returned for an operation the object's state forbids,
 	// such as starting a stopped sandbox.
 	ErrState = errors.New("invalid state for operation")
+	// ErrGuestDied is wrapped by the error of an operation that failed
+	// because the sandbox's VM (or its file server) died.
+	ErrGuestDied = agent.ErrGuestDied
 )
 
 // State is the state of a sandbox or a container.
@@ -106,6 +111,23 @@ const (
 	// StateUnknown is reported for a sandbox whose guest does not answer.
 	StateUnknown State = "unknown"
 )
+
+// OCI is the state's name in the OCI runtime spec's state, as an OCI
+// runtime's "state" command reports it: a created container is
+// "created", and a stopped or unknown one "stopped".
+func (s State) OCI() specs.ContainerState {
+	switch s {
+	case StateCreating:
+		return specs.StateCreating
+	case StateReady:
+		return specs.StateCreated
+	case StateRunning:
+		return specs.StateRunning
+	case StatePaused:
+		return "paused" // runc's, which the spec does not name
+	}
+	return specs.StateStopped
+}
 
 // validateID checks a sandbox, container or exec ID with the VM's rule (a
 // sandbox ID names its VM): 1-64 letters, digits, '_', '.', '-', not

@@ -277,7 +277,7 @@ func TestSandboxWithTwoContainers(t *testing.T) {
 	if !st.OOMKilled || st.Code != 137 {
 		t.Errorf("memory limit not enforced: status %+v, output %q", st, o.stdout.String())
 	}
-	if stats, err := sb.StatsContainer(ctx, "hog"); err != nil || stats.MemoryOomKillEvents == 0 || stats.MemoryLimitBytes != uint64(limit) {
+	if stats, err := sb.StatsContainer(ctx, "hog"); err != nil || stats.Memory.OOMKillEvents == 0 || stats.Memory.LimitBytes != uint64(limit) {
 		t.Errorf("stats after OOM = %+v, %v", stats, err)
 	}
 	if st2 := sb.Status(ctx); len(st2.Containers) != 2 {

@@ -563,8 +563,37 @@ func (s *Sandbox) StatusContainer(ctx context.Context, id string) (ContainerStat
 	return out, nil
 }
 
-// ContainerStats are a container's resource usage from its cgroup.
-type ContainerStats = agent.Stats
+// ContainerStats are a container's resource usage, from its cgroup (v2)
+// in the guest.
+type ContainerStats struct {
+	CPU struct {
+		UsageNs          uint64 `json:"usage_ns"`
+		UserNs           uint64 `json:"user_ns"`
+		SystemNs         uint64 `json:"system_ns"`
+		ThrottledPeriods uint64 `json:"throttled_periods"`
+		ThrottledNs      uint64 `json:"throttled_ns"`
+	} `json:"cpu"`
+	Memory struct {
+		UsageBytes    uint64 `json:"usage_bytes"`
+		LimitBytes    uint64 `json:"limit_bytes"`
+		MaxUsageBytes uint64 `json:"max_usage_bytes"`
+		AnonBytes     uint64 `json:"anon_bytes"`
+		FileBytes     uint64 `json:"file_bytes"`
+		OOMEvents     uint64 `json:"oom_events"`
+		OOMKillEvents uint64 `json:"oom_kill_events"`
+	} `json:"memory"`
+	Pids struct {
+		Current uint64 `json:"current"`
+		Limit   uint64 `json:"limit"` // 0: no limit
+	} `json:"pids"`
+	// IO is the block IO over all devices.
+	IO struct {
+		ReadBytes  uint64 `json:"read_bytes"`
+		WriteBytes uint64 `json:"write_bytes"`
+		ReadOps    uint64 `json:"read_ops"`
+		WriteOps   uint64 `json:"write_ops"`
+	} `json:"io"`
+}
 
 // StatsContainer reports a container's resource usage.
 func (s *Sandbox) StatsContainer(ctx context.Context, id string) (*ContainerStats, error) {
@@ -572,11 +601,29 @@ func (s *Sandbox) StatsContainer(ctx context.Context, id string) (*ContainerStat
 	if err != nil {
 		return nil, err
 	}
-	return c.StatsContainer(ctx, id)
+	st, err := c.StatsContainer(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var o ContainerStats
+	o.CPU.UsageNs, o.CPU.UserNs, o.CPU.SystemNs = st.CpuUsageNs, st.CpuUserNs, st.CpuSystemNs
+	o.CPU.ThrottledPeriods, o.CPU.ThrottledNs = st.CpuThrottledPeriods, st.CpuThrottledNs
+	o.Memory.UsageBytes, o.Memory.LimitBytes, o.Memory.MaxUsageBytes = st.MemoryUsageBytes, st.MemoryLimitBytes, st.MemoryMaxUsageBytes
+	o.Memory.AnonBytes, o.Memory.FileBytes = st.MemoryAnonBytes, st.MemoryFileBytes
+	o.Memory.OOMEvents, o.Memory.OOMKillEvents = st.MemoryOomEvents, st.MemoryOomKillEvents
+	o.Pids.Current, o.Pids.Limit = st.PidsCurrent, st.PidsLimit
+	o.IO.ReadBytes, o.IO.WriteBytes, o.IO.ReadOps, o.IO.WriteOps = st.IoReadBytes, st.IoWriteBytes, st.IoReadOps, st.IoWriteOps
+	return &o, nil
 }
 
 // ProcessInfo is one process in a container.
-type ProcessInfo = agent.ProcessInfo
+type ProcessInfo struct {
+	// Pid and PPid are the process's and its parent's pid in the guest.
+	Pid, PPid int
+	Command   string
+	// State is the process state the guest kernel reports ("R", "S", ...).
+	State string
+}
 
 // ProcessListContainer lists the processes in a container.
 func (s *Sandbox) ProcessListContainer(ctx context.Context, id string) ([]ProcessInfo, error) {
@@ -584,7 +631,15 @@ func (s *Sandbox) ProcessListContainer(ctx context.Context, id string) ([]Proces
 	if err != nil {
 		return nil, err
 	}
-	return c.ListProcesses(ctx, id)
+	ps, err := c.ListProcesses(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ProcessInfo, len(ps))
+	for i, p := range ps {
+		out[i] = ProcessInfo{Pid: p.Pid, PPid: p.PPid, Command: p.Command, State: p.State}
+	}
+	return out, nil
 }
 
 // UpdateContainer changes a container's resource limits.
@@ -732,5 +787,6 @@ func (h halfCloser) Close() error {
 	return h.ReadWriteCloser.Close()
 }
 
-// IsGuestDied reports whether err means the sandbox's VM died.
-func IsGuestDied(err error) bool { return errors.Is(err, agent.ErrGuestDied) }
+// IsGuestDied reports whether err means the sandbox's VM died: whether
+// it wraps ErrGuestDied.
+func IsGuestDied(err error) bool { return errors.Is(err, ErrGuestDied) }

@@ -10,23 +10,23 @@ import (
 // `ctr task metrics` and the CRI decode.
 func metrics(st *cocoon.ContainerStats) *v2.Metrics {
 	return &v2.Metrics{
-		Pids: &v2.PidsStat{Current: st.PidsCurrent, Limit: st.PidsLimit},
+		Pids: &v2.PidsStat{Current: st.Pids.Current, Limit: st.Pids.Limit},
 		CPU: &v2.CPUStat{
-			UsageUsec:     st.CpuUsageNs / 1000,
-			UserUsec:      st.CpuUserNs / 1000,
-			SystemUsec:    st.CpuSystemNs / 1000,
-			NrThrottled:   st.CpuThrottledPeriods,
-			ThrottledUsec: st.CpuThrottledNs / 1000,
+			UsageUsec:     st.CPU.UsageNs / 1000,
+			UserUsec:      st.CPU.UserNs / 1000,
+			SystemUsec:    st.CPU.SystemNs / 1000,
+			NrThrottled:   st.CPU.ThrottledPeriods,
+			ThrottledUsec: st.CPU.ThrottledNs / 1000,
 		},
 		Memory: &v2.MemoryStat{
-			Usage:      st.MemoryUsageBytes,
-			UsageLimit: st.MemoryLimitBytes,
-			Anon:       st.MemoryAnonBytes,
-			File:       st.MemoryFileBytes,
+			Usage:      st.Memory.UsageBytes,
+			UsageLimit: st.Memory.LimitBytes,
+			Anon:       st.Memory.AnonBytes,
+			File:       st.Memory.FileBytes,
 		},
-		MemoryEvents: &v2.MemoryEvents{Oom: st.MemoryOomEvents, OomKill: st.MemoryOomKillEvents},
+		MemoryEvents: &v2.MemoryEvents{Oom: st.Memory.OOMEvents, OomKill: st.Memory.OOMKillEvents},
 		Io: &v2.IOStat{Usage: []*v2.IOEntry{{
-			Rbytes: st.IoReadBytes, Wbytes: st.IoWriteBytes, Rios: st.IoReadOps, Wios: st.IoWriteOps,
+			Rbytes: st.IO.ReadBytes, Wbytes: st.IO.WriteBytes, Rios: st.IO.ReadOps, Wios: st.IO.WriteOps,
 		}}},
 	}
 }

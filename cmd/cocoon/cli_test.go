@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	"io"
 	"os"
@@ -535,7 +536,7 @@ func TestDetached(t *testing.T) {
 	})
 	t.Run("update and stats", func(t *testing.T) {
 		c.ok(t, "update", "--memory", "64m", "--pids-limit", "50", id)
-		var st statsJSON
+		var st cocoon.ContainerStats
 		if err := json.Unmarshal([]byte(c.ok(t, "stats", "--json", id)), &st); err != nil {
 			t.Fatal(err)
 		}

@@ -38,7 +38,7 @@ ended; cocoon then exits. With --stats, print the statistics once and exit.`,
 					if err != nil {
 						return fmt.Errorf("events of %s: %w", id, err)
 					}
-					return w.write("stats", statsFrom(s))
+					return w.write("stats", s)
 				}
 				err := watchContainer(cmd.Context(), sb, id, interval, w)
 				if errors.Is(err, context.Canceled) {
@@ -132,7 +132,7 @@ func watchContainer(ctx context.Context, sb *cocoon.Sandbox, id string, interval
 		if err != nil {
 			continue // it may just have exited: the next round tells
 		}
-		stats := statsFrom(s)
+		stats := s
 		if n := stats.Memory.OOMKillEvents; n > oomKills {
 			if !first {
 				if err := w.write("oom", nil); err != nil {

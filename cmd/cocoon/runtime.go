@@ -52,18 +52,7 @@ func withContainer(cmd *cobra.Command, g *globalOptions, id string, fn func(*coc
 }
 
 // ociStatus is the runc-style name of a container state.
-func ociStatus(s cocoon.State) string {
-	switch s {
-	case cocoon.StateReady:
-		return string(specs.StateCreated)
-	case cocoon.StateRunning:
-		return string(specs.StateRunning)
-	case cocoon.StatePaused:
-		return "paused"
-	default:
-		return string(specs.StateStopped)
-	}
-}
+func ociStatus(s cocoon.State) string { return string(s.OCI()) }
 
 // requireState fails unless container id is in one of the states.
 func requireState(ctx context.Context, sb *cocoon.Sandbox, id string, states ...cocoon.State) (cocoon.ContainerStatus, error) {

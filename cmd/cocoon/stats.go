@@ -24,60 +24,16 @@ CPU time, memory, PIDs and block I/O.`,
 				if err != nil {
 					return fmt.Errorf("stats of %s: %w", id, err)
 				}
-				st := statsFrom(s)
 				if g.json {
-					return writeJSON(cmd.OutOrStdout(), "stats", st)
+					return writeJSON(cmd.OutOrStdout(), "stats", s)
 				}
-				return printStats(cmd.OutOrStdout(), st)
+				return printStats(cmd.OutOrStdout(), s)
 			})
 		},
 	}
 }
 
-// statsJSON are a container's statistics as cocoon prints them.
-type statsJSON struct {
-	CPU struct {
-		UsageNs          uint64 `json:"usage_ns"`
-		UserNs           uint64 `json:"user_ns"`
-		SystemNs         uint64 `json:"system_ns"`
-		ThrottledPeriods uint64 `json:"throttled_periods"`
-		ThrottledNs      uint64 `json:"throttled_ns"`
-	} `json:"cpu"`
-	Memory struct {
-		UsageBytes    uint64 `json:"usage_bytes"`
-		LimitBytes    uint64 `json:"limit_bytes"`
-		MaxUsageBytes uint64 `json:"max_usage_bytes"`
-		AnonBytes     uint64 `json:"anon_bytes"`
-		FileBytes     uint64 `json:"file_bytes"`
-		OOMEvents     uint64 `json:"oom_events"`
-		OOMKillEvents uint64 `json:"oom_kill_events"`
-	} `json:"memory"`
-	Pids struct {
-		Current uint64 `json:"current"`
-		Limit   uint64 `json:"limit"`
-	} `json:"pids"`
-	IO struct {
-		ReadBytes  uint64 `json:"read_bytes"`
-		WriteBytes uint64 `json:"write_bytes"`
-		ReadOps    uint64 `json:"read_ops"`
-		WriteOps   uint64 `json:"write_ops"`
-	} `json:"io"`
-}
-
-func statsFrom(s *cocoon.ContainerStats) statsJSON {
-	var o statsJSON
-	o.CPU.UsageNs, o.CPU.UserNs, o.CPU.SystemNs = s.GetCpuUsageNs(), s.GetCpuUserNs(), s.GetCpuSystemNs()
-	o.CPU.ThrottledPeriods, o.CPU.ThrottledNs = s.GetCpuThrottledPeriods(), s.GetCpuThrottledNs()
-	o.Memory.UsageBytes, o.Memory.LimitBytes, o.Memory.MaxUsageBytes = s.GetMemoryUsageBytes(), s.GetMemoryLimitBytes(), s.GetMemoryMaxUsageBytes()
-	o.Memory.AnonBytes, o.Memory.FileBytes = s.GetMemoryAnonBytes(), s.GetMemoryFileBytes()
-	o.Memory.OOMEvents, o.Memory.OOMKillEvents = s.GetMemoryOomEvents(), s.GetMemoryOomKillEvents()
-	o.Pids.Current, o.Pids.Limit = s.GetPidsCurrent(), s.GetPidsLimit()
-	o.IO.ReadBytes, o.IO.WriteBytes = s.GetIoReadBytes(), s.GetIoWriteBytes()
-	o.IO.ReadOps, o.IO.WriteOps = s.GetIoReadOps(), s.GetIoWriteOps()
-	return o
-}
-
-func printStats(w io.Writer, s statsJSON) error {
+func printStats(w io.Writer, s *cocoon.ContainerStats) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	limit := func(v uint64) string {
 		if v == 0 {
