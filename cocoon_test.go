@@ -47,9 +47,10 @@ func bundle(t *testing.T, args ...string) string {
 
 // sandboxConfig is a one-container sandbox config.
 func sandboxConfig(env *testutil.Env, id, bundle string) cocoon.SandboxConfig {
+	hv := env.Config()
 	return cocoon.SandboxConfig{
 		ID:          id,
-		Hypervisor:  env.Config(),
+		VM:          cocoon.VMConfig{Kernel: hv.Kernel, Initrd: hv.Initrd, VCPUs: hv.VCPUs, MemoryMiB: hv.MemoryMiB, Accelerator: hv.Accelerator},
 		BootTimeout: 60 * time.Second,
 		Containers:  []cocoon.ContainerConfig{{ID: id, Bundle: bundle}},
 	}

@@ -26,15 +26,55 @@ import (
 // SandboxConfig describes a sandbox to create.
 type SandboxConfig struct {
 	ID string
-	// Hypervisor configures the VM. Kernel and Initrd default to the
-	// current guest image; StateDir and SharedFSSocket are set by the
-	// runtime.
-	Hypervisor hypervisor.Config
+	// VM configures the sandbox's VM.
+	VM VMConfig
 	// BootTimeout bounds the wait for the guest agent (default 30s).
 	BootTimeout time.Duration
 	Annotations map[string]string
 	// Containers are created (not started) with the sandbox.
 	Containers []ContainerConfig
+}
+
+// VMConfig is what a caller chooses of a sandbox's VM. Zero values select
+// the defaults: the current guest image, the driver's binary and machine
+// type, one vCPU and 256 MiB, the accelerator and agent transport that
+// work on this host.
+type VMConfig struct {
+	// Path is the VMM binary: a path, or a name looked up in PATH.
+	Path string
+	// Kernel and Initrd are the guest kernel and the initramfs holding the
+	// agent; each defaults to the current guest image's.
+	Kernel, Initrd string
+	// KernelParams are appended to the driver's tuned command line.
+	KernelParams []string
+	// VCPUs is the number of vCPUs at boot; MaxVCPUs the hotplug ceiling.
+	VCPUs, MaxVCPUs uint32
+	// MemoryMiB is guest RAM at boot; MaxMemoryMiB the hotplug ceiling.
+	MemoryMiB, MaxMemoryMiB uint32
+	// MachineType selects the machine model ("q35", "microvm").
+	MachineType string
+	// Accelerator is "auto" (KVM where it really works), "kvm" or "tcg".
+	Accelerator hypervisor.Accelerator
+	// AgentTransport is "auto" (vsock where the host has it), "vsock" or
+	// "virtio-serial".
+	AgentTransport hypervisor.Transport
+	// HotplugSlots is the number of PCIe root ports for device hotplug
+	// (q35 only).
+	HotplugSlots int
+	// Debug keeps the guest kernel verbose and the agent at debug level.
+	Debug bool
+}
+
+// HypervisorConfig is c as a hypervisor driver's configuration, without
+// what the runtime sets for each sandbox (its state directory, file
+// server socket and template memory).
+func (c VMConfig) HypervisorConfig() hypervisor.Config {
+	return hypervisor.Config{
+		Path: c.Path, Kernel: c.Kernel, Initrd: c.Initrd, KernelParams: slices.Clone(c.KernelParams),
+		VCPUs: c.VCPUs, MaxVCPUs: c.MaxVCPUs, MemoryMiB: c.MemoryMiB, MaxMemoryMiB: c.MaxMemoryMiB,
+		MachineType: c.MachineType, Accelerator: c.Accelerator, AgentTransport: c.AgentTransport,
+		HotplugSlots: c.HotplugSlots, Debug: c.Debug,
+	}
 }
 
 // sandboxState is the persisted document of a sandbox.
@@ -118,7 +158,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 			return nil, err
 		}
 	}
-	hv := cfg.Hypervisor
+	hv := cfg.VM.HypervisorConfig()
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/pelletier/go-toml/v2"
 
@@ -356,18 +357,17 @@ func invalid(key, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalid, key, fmt.Sprintf(format, args...))
 }
 
-// HypervisorConfig returns the VM configuration for the hypervisor driver.
-// Empty Path, Kernel, Initrd and MachineType are passed on empty, for the
-// caller or the driver to fill in; StateDir is the "vm" directory under
-// runtime.state_dir. Agent.Debug without Hypervisor.Debug adds the guest
-// parameter that makes only the agent verbose.
-func (c *Config) HypervisorConfig() hypervisor.Config {
+// VMConfig returns the configuration of a sandbox's VM. Empty Path,
+// Kernel, Initrd and MachineType are passed on empty, for the runtime or
+// the driver to fill in. Agent.Debug without Hypervisor.Debug adds the
+// guest parameter that makes only the agent verbose.
+func (c *Config) VMConfig() cocoon.VMConfig {
 	h := &c.Hypervisor
 	params := append([]string(nil), h.KernelParams...)
 	if c.Agent.Debug && !h.Debug {
 		params = append(params, protocol.ParamDebug+"=1")
 	}
-	return hypervisor.Config{
+	return cocoon.VMConfig{
 		Path:           h.Path,
 		Kernel:         h.Kernel,
 		Initrd:         h.Initrd,
@@ -377,7 +377,6 @@ func (c *Config) HypervisorConfig() hypervisor.Config {
 		MachineType:    h.MachineType,
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: hypervisor.Transport(c.Agent.Transport),
-		StateDir:       layout.VMStateDir(c.Runtime.StateDir),
 		HotplugSlots:   h.HotplugSlots,
 		Debug:          h.Debug,
 	}

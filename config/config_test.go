@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon"
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
@@ -599,17 +600,17 @@ func TestWithAnnotationsDoesNotModifyReceiver(t *testing.T) {
 	}
 }
 
-func TestHypervisorConfig(t *testing.T) {
+func TestVMConfig(t *testing.T) {
 	tests := []struct {
 		name   string
 		modify func(*Config)
-		want   hypervisor.Config
+		want   cocoon.VMConfig
 	}{
 		{
 			name:   "defaults",
 			modify: func(*Config) {},
-			want: hypervisor.Config{VCPUs: 1, MemoryMiB: 256, Accelerator: hypervisor.AccelAuto,
-				AgentTransport: hypervisor.TransportAuto, StateDir: "/run/cocoon/vm"},
+			want: cocoon.VMConfig{VCPUs: 1, MemoryMiB: 256, Accelerator: hypervisor.AccelAuto,
+				AgentTransport: hypervisor.TransportAuto},
 		},
 		{
 			name: "every field",
@@ -621,9 +622,9 @@ func TestHypervisorConfig(t *testing.T) {
 				c.Agent.Debug = true
 				c.Runtime.StateDir = "/srv/state"
 			},
-			want: hypervisor.Config{Path: "/q", Kernel: "/k", Initrd: "/i", MachineType: "microvm",
+			want: cocoon.VMConfig{Path: "/q", Kernel: "/k", Initrd: "/i", MachineType: "microvm",
 				Accelerator: hypervisor.AccelKVM, KernelParams: []string{"x=1"}, VCPUs: 2, MemoryMiB: 512,
-				AgentTransport: hypervisor.TransportVsock, StateDir: "/srv/state/vm", Debug: true},
+				AgentTransport: hypervisor.TransportVsock, Debug: true},
 		},
 		{
 			name: "hotplug and serial",
@@ -633,8 +634,8 @@ func TestHypervisorConfig(t *testing.T) {
 				c.Hypervisor.Accelerator = "tcg"
 				c.Agent.Transport = "virtio-serial"
 			},
-			want: hypervisor.Config{MachineType: "q35", HotplugSlots: 4, VCPUs: 1, MemoryMiB: 256,
-				Accelerator: hypervisor.AccelTCG, AgentTransport: hypervisor.TransportSerial, StateDir: "/run/cocoon/vm"},
+			want: cocoon.VMConfig{MachineType: "q35", HotplugSlots: 4, VCPUs: 1, MemoryMiB: 256,
+				Accelerator: hypervisor.AccelTCG, AgentTransport: hypervisor.TransportSerial},
 		},
 		{
 			name: "agent debug alone",
@@ -642,8 +643,8 @@ func TestHypervisorConfig(t *testing.T) {
 				c.Hypervisor.KernelParams = []string{"x=1"}
 				c.Agent.Debug = true
 			},
-			want: hypervisor.Config{KernelParams: []string{"x=1", "cocoon.debug=1"}, VCPUs: 1, MemoryMiB: 256,
-				Accelerator: hypervisor.AccelAuto, AgentTransport: hypervisor.TransportAuto, StateDir: "/run/cocoon/vm"},
+			want: cocoon.VMConfig{KernelParams: []string{"x=1", "cocoon.debug=1"}, VCPUs: 1, MemoryMiB: 256,
+				Accelerator: hypervisor.AccelAuto, AgentTransport: hypervisor.TransportAuto},
 		},
 	}
 	for _, tt := range tests {
@@ -653,14 +654,14 @@ func TestHypervisorConfig(t *testing.T) {
 			if err := c.Validate(); err != nil {
 				t.Fatalf("test config invalid: %v", err)
 			}
-			got := c.HypervisorConfig()
+			got := c.VMConfig()
 			if !reflect.DeepEqual(got, tt.want) {
-				t.Fatalf("HypervisorConfig() = %+v\nwant %+v", got, tt.want)
+				t.Fatalf("VMConfig() = %+v\nwant %+v", got, tt.want)
 			}
 			if len(got.KernelParams) > 0 {
 				got.KernelParams[0] = "changed"
 				if c.Hypervisor.KernelParams[0] == "changed" {
-					t.Fatal("HypervisorConfig shares kernel params with the config")
+					t.Fatal("VMConfig shares kernel params with the config")
 				}
 			}
 		})

@@ -348,7 +348,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{
 		ID:          r.ID,
-		Hypervisor:  cfg.HypervisorConfig(),
+		VM:          cfg.VMConfig(),
 		BootTimeout: cfg.Agent.BootTimeout.Duration,
 		Annotations: cc.Spec.Annotations,
 		Containers:  []cocoon.ContainerConfig{cc},

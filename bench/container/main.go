@@ -77,13 +77,13 @@ func main() {
 		check(specutil.WriteBundle(dir, spec))
 		return dir
 	}
-	hv := hypervisor.Config{Accelerator: hypervisor.Accelerator(*accel), VCPUs: 1, MemoryMiB: 256, HotplugSlots: *slots, KernelParams: strings.Fields(*params)}
+	hv := cocoon.VMConfig{Accelerator: hypervisor.Accelerator(*accel), VCPUs: 1, MemoryMiB: 256, HotplugSlots: *slots, KernelParams: strings.Fields(*params)}
 
 	// run creates a one-container sandbox, runs it to completion with its
 	// output copied to w, and deletes it.
 	run := func(id, b string, w io.Writer) (time.Duration, cocoon.ExitStatus) {
 		start := time.Now()
-		sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{ID: id, Hypervisor: hv, Containers: []cocoon.ContainerConfig{{ID: id, Bundle: b}}})
+		sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{ID: id, VM: hv, Containers: []cocoon.ContainerConfig{{ID: id, Bundle: b}}})
 		check(err)
 		defer sb.Delete(ctx)
 		wait := attach(sb, id, "", w, check)
@@ -110,7 +110,7 @@ func main() {
 		measure.Median(cold), slices.Min(cold), slices.Max(cold), len(cold))
 
 	sleeper := bundle("sleep", "sleep", "1000")
-	sb, err := rt.RunSandbox(ctx, cocoon.SandboxConfig{ID: "bench-exec", Hypervisor: hv, Containers: []cocoon.ContainerConfig{{ID: "bench-exec", Bundle: sleeper}}})
+	sb, err := rt.RunSandbox(ctx, cocoon.SandboxConfig{ID: "bench-exec", VM: hv, Containers: []cocoon.ContainerConfig{{ID: "bench-exec", Bundle: sleeper}}})
 	check(err)
 	var lat, entered, drained []time.Duration
 	for i := 0; i < *execs; i++ {

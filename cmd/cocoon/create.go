@@ -31,16 +31,12 @@ Its output is not collected: use 'cocoon run' to see it.`,
 			if spec.Process.Terminal {
 				return fmt.Errorf("create %s: config.json asks for a terminal, which only 'cocoon run --tty' can serve", id)
 			}
-			hv, err := f.config(g)
-			if err != nil {
-				return fmt.Errorf("create %s: %w", id, err)
-			}
 			rt, err := g.runtime()
 			if err != nil {
 				return err
 			}
 			sb, err := rt.CreateSandbox(cmd.Context(), cocoon.SandboxConfig{
-				ID: id, Hypervisor: hv, BootTimeout: f.bootTimeout,
+				ID: id, VM: f.sandboxVM(), BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},
 			})
 			if err != nil {

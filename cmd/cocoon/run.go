@@ -59,17 +59,13 @@ output is not collected.`,
 			if detach && spec.Process.Terminal {
 				return fmt.Errorf("run %s: config.json asks for a terminal, which a detached container cannot have: use --tty=false", id)
 			}
-			hv, err := f.config(g)
-			if err != nil {
-				return fmt.Errorf("run %s: %w", id, err)
-			}
 			rt, err := g.runtime()
 			if err != nil {
 				return err
 			}
 			r := &runner{g: g, rt: rt, id: id, detach: detach, size: size}
 			return r.run(cmd.Context(), cocoon.SandboxConfig{
-				ID: id, Hypervisor: hv, BootTimeout: f.bootTimeout,
+				ID: id, VM: f.sandboxVM(), BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},
 			})
 		},

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
@@ -39,13 +40,19 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", vm.DefaultBootTimeout, "how long to wait for the guest agent")
 }
 
-func (f *vmFlags) config(g *globalOptions) (hypervisor.Config, error) {
-	cfg := hypervisor.Config{
+// sandboxVM is the VM the flags describe, for a sandbox.
+func (f *vmFlags) sandboxVM() cocoon.VMConfig {
+	return cocoon.VMConfig{
 		Path: f.qemu, Kernel: f.kernel, Initrd: f.initrd, MachineType: f.machine,
 		Accelerator: hypervisor.Accelerator(f.accel), AgentTransport: hypervisor.Transport(f.transport),
 		VCPUs: f.vcpus, MemoryMiB: f.memory, HotplugSlots: f.hotplugSlots, Debug: f.debug,
-		StateDir: g.bareVMDir(),
 	}
+}
+
+// config is the VM the flags describe, for a bare VM (no sandbox).
+func (f *vmFlags) config(g *globalOptions) (hypervisor.Config, error) {
+	cfg := f.sandboxVM().HypervisorConfig()
+	cfg.StateDir = g.bareVMDir()
 	var err error
 	cfg.Kernel, cfg.Initrd, err = image.OrCurrent(g.dataDir, cfg.Kernel, cfg.Initrd)
 	return cfg, err
