@@ -27,10 +27,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/agent"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
-	"github.com/cocoon-runtime/cocoon/persist"
+	"github.com/cocoon-runtime/cocoon/internal/persist"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 

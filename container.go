@@ -16,10 +16,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/cocoon-runtime/cocoon/internal/agent"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
-	"github.com/cocoon-runtime/cocoon/storage"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/cocoon-runtime/cocoon/persist"
-	"github.com/cocoon-runtime/cocoon/storage"
+	"github.com/cocoon-runtime/cocoon/internal/persist"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 )
 
 // GCReport lists what GC removed.

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
-	"github.com/cocoon-runtime/cocoon/storage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )

@@ -11,16 +11,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
-	"github.com/cocoon-runtime/cocoon/factory"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/agent"
+	"github.com/cocoon-runtime/cocoon/internal/factory"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
-	"github.com/cocoon-runtime/cocoon/persist"
-	"github.com/cocoon-runtime/cocoon/storage"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/persist"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 )
 
 // SandboxConfig describes a sandbox to create.

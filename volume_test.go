@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon"
+	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
-	"github.com/cocoon-runtime/cocoon/specutil"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 

@@ -5,7 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/cocoon-runtime/cocoon/storage"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 	"os"
 	"path/filepath"
 	"regexp"

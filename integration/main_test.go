@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/internal/ctrtest"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
-	"github.com/cocoon-runtime/cocoon/storage"
 )
 
 // env is the containerd every test shares, started by the first test

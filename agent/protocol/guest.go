@@ -47,7 +47,7 @@ const ModulesTree = "_modules"
 
 // ModprobeHelper is the path, in the guest's initramfs, of a link to the
 // agent binary under which it serves the kernel's module requests (see
-// guest/modprobe).
+// internal/guest/modprobe).
 const ModprobeHelper = "/sbin/cocoon-modprobe"
 
 // VsockPort is the vsock port the agent listens on when served over

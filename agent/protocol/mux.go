@@ -41,7 +41,7 @@ const muxReadBuffer = 256 << 10
 // every few KiB of process output; with this one, a read takes whatever
 // QEMU has written, several frames at once. (Measured alone it made no
 // difference above this host's noise: what raised stdout throughput was
-// the agent sending larger frames, see guest/agent's coalescingReader.)
+// the agent sending larger frames, see internal/guest/agent's coalescingReader.)
 func BufferedReads(conn io.ReadWriteCloser) io.ReadWriteCloser {
 	return &bufferedConn{ReadWriteCloser: conn, r: bufio.NewReaderSize(conn, muxReadBuffer)}
 }

@@ -24,7 +24,7 @@ import (
 	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
-	"github.com/cocoon-runtime/cocoon/specutil"
+	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -128,7 +128,7 @@ func main() {
 	fmt.Printf("cocoon  exec of true into a running container: median %v (min %v, max %v, n=%d)\n",
 		measure.Median(lat), slices.Min(lat), slices.Max(lat), len(lat))
 	// libcontainer starts the first exec; the guest then starts a zygote
-	// that forks the later ones (guest/container/zygote.go).
+	// that forks the later ones (internal/guest/container/zygote.go).
 	if len(lat) > 1 {
 		fmt.Printf("cocoon    first exec (started by libcontainer) %v; later ones (forked by the zygote) median %v\n",
 			lat[0].Round(time.Millisecond), measure.Median(lat[1:]))

@@ -24,7 +24,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/ctrtest"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
-	"github.com/cocoon-runtime/cocoon/storage"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 

@@ -19,7 +19,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 )
 
 func main() {

@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
-	"github.com/cocoon-runtime/cocoon/guest/agent"
-	"github.com/cocoon-runtime/cocoon/guest/boot"
-	"github.com/cocoon-runtime/cocoon/guest/channel"
-	"github.com/cocoon-runtime/cocoon/guest/container"
-	"github.com/cocoon-runtime/cocoon/guest/modprobe"
-	"github.com/cocoon-runtime/cocoon/guest/reaper"
+	"github.com/cocoon-runtime/cocoon/internal/guest/agent"
+	"github.com/cocoon-runtime/cocoon/internal/guest/boot"
+	"github.com/cocoon-runtime/cocoon/internal/guest/channel"
+	"github.com/cocoon-runtime/cocoon/internal/guest/container"
+	"github.com/cocoon-runtime/cocoon/internal/guest/modprobe"
+	"github.com/cocoon-runtime/cocoon/internal/guest/reaper"
 	"github.com/containerd/ttrpc"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -30,7 +30,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		container.Init() // never returns
 	}
-	// The kernel runs it to load a module (see guest/modprobe).
+	// The kernel runs it to load a module (see internal/guest/modprobe).
 	if modprobe.IsHelper(os.Args) {
 		os.Exit(modprobe.Main(os.Args, moduleTree(), kernelLog()))
 	}

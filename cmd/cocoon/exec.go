@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/cocoon-runtime/cocoon"
-	"github.com/cocoon-runtime/cocoon/specutil"
+	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"

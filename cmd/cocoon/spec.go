@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cocoon-runtime/cocoon/specutil"
+	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	"github.com/spf13/cobra"
 )
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/qemu"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
 )
 
 // Default is the driver used when none is named.
@@ -60,13 +59,7 @@ func table() []Driver {
 			return qemu.Open(ctx, dir, qopts(o))
 		},
 		Remove: func(ctx context.Context, dir string, o Options) error { return qemu.Remove(ctx, dir, qopts(o)) },
-		ResolveAccel: func(ctx context.Context, want hypervisor.Accelerator, p hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
-			r, err := accel.Resolve(ctx, want, accel.ProbeConfig{QEMUPath: p.Binary, Kernel: p.Kernel, CacheDir: p.CacheDir})
-			return hypervisor.AccelChoice{
-				Accelerator: r.Accelerator, Reason: r.Reason, NoKernel: r.Reason == accel.ReasonNoKernel,
-				Cached: r.Cached, CheckedAt: r.CheckedAt,
-			}, err
-		},
+		ResolveAccel: qemu.ResolveAccel,
 	}}
 }
 

@@ -26,8 +26,8 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/accel"
-	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/qmp"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/internal/accel"
+	"github.com/cocoon-runtime/cocoon/hypervisor/qemu/internal/qmp"
 	"github.com/cocoon-runtime/cocoon/internal/boundedfs"
 	"github.com/cocoon-runtime/cocoon/internal/guesttext"
 	"github.com/cocoon-runtime/cocoon/internal/safefs"
@@ -851,4 +851,15 @@ func (q *QEMU) Close() error {
 		q.proc = nil
 	}
 	return nil
+}
+
+// ResolveAccel picks the accelerator for want on this host, as CreateVM
+// does: for auto, KVM only if booting the guest kernel under it works
+// (the result cached per host boot in p.CacheDir).
+func ResolveAccel(ctx context.Context, want hypervisor.Accelerator, p hypervisor.AccelProbe) (hypervisor.AccelChoice, error) {
+	r, err := accel.Resolve(ctx, want, accel.ProbeConfig{QEMUPath: p.Binary, Kernel: p.Kernel, CacheDir: p.CacheDir})
+	return hypervisor.AccelChoice{
+		Accelerator: r.Accelerator, Reason: r.Reason, NoKernel: r.Reason == accel.ReasonNoKernel,
+		Cached: r.Cached, CheckedAt: r.CheckedAt,
+	}, err
 }

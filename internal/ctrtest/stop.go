@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/storage"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 

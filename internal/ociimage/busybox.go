@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/cocoon-runtime/cocoon/specutil"
+	"github.com/cocoon-runtime/cocoon/internal/specutil"
 )
 
 // The local images Cocoon's containerd recipe imports (no registry needed).

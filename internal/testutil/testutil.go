@@ -16,8 +16,8 @@ import (
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
-	"github.com/cocoon-runtime/cocoon/storage"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/storage"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 )
 
 // Env describes where a VM test finds its guest image and keeps its state.

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
-	"github.com/cocoon-runtime/cocoon/guest/container"
+	"github.com/cocoon-runtime/cocoon/internal/guest/container"
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/opencontainers/runc/libcontainer"
 	specs "github.com/opencontainers/runtime-spec/specs-go"

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 	"golang.org/x/sys/unix"
 )
 

@@ -3,7 +3,7 @@ package container
 import (
 	"sync"
 
-	"github.com/cocoon-runtime/cocoon/guest/reaper"
+	"github.com/cocoon-runtime/cocoon/internal/guest/reaper"
 )
 
 // Reaper delivers the exits of the guest's children, as reaped by PID 1.

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 )
 
 func TestBootCheckPauseStop(t *testing.T) {

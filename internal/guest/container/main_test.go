@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cocoon-runtime/cocoon/guest/reaper"
+	"github.com/cocoon-runtime/cocoon/internal/guest/reaper"
 )
 
 // nsEnv marks the re-executed test process that runs the tests in a mount

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
-	"github.com/cocoon-runtime/cocoon/guest/boot"
-	"github.com/cocoon-runtime/cocoon/guest/container"
+	"github.com/cocoon-runtime/cocoon/internal/guest/boot"
+	"github.com/cocoon-runtime/cocoon/internal/guest/container"
 	"github.com/cocoon-runtime/cocoon/internal/version"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"

@@ -45,7 +45,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/flock"
 	"github.com/cocoon-runtime/cocoon/internal/sparse"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 	"golang.org/x/sys/unix"
 )
 

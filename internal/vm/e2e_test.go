@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/agent"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/hypervisor/drivers"
+	"github.com/cocoon-runtime/cocoon/internal/agent"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
-	"github.com/cocoon-runtime/cocoon/vm"
+	"github.com/cocoon-runtime/cocoon/internal/vm"
 )
 
 // TestMain lets a test re-run this binary as a separate host process that

@@ -17,7 +17,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
-	"github.com/cocoon-runtime/cocoon/guest/reaper"
+	"github.com/cocoon-runtime/cocoon/internal/guest/reaper"
 )
 
 // ProcessIO configures the standard streams of a process. Without a
