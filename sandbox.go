@@ -113,10 +113,13 @@ type Sandbox struct {
 	id  string
 	dir string
 
-	mu     sync.Mutex
-	state  *sandboxState
-	vm     *vm.VM
-	shared *storage.Shared
+	mu    sync.Mutex
+	state *sandboxState
+	vm    *vm.VM
+	// stopping is the VM a teardown is stopping: its file server's exit
+	// is then expected, not a failure to act on.
+	stopping *vm.VM
+	shared   *storage.Shared
 	// agentErr says why vm has no agent connection, when it has none.
 	agentErr error
 }
@@ -572,6 +575,9 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	s.mu.Lock()
 	v := s.vm
 	s.vm = nil
+	if v != nil {
+		s.stopping = v
+	}
 	s.mu.Unlock()
 	if v != nil {
 		errs = append(errs, v.Stop(ctx))
@@ -626,9 +632,17 @@ func (s *Sandbox) Monitor() <-chan error {
 		select {
 		case <-v.HV.Wait():
 		case <-fsGone:
-			err = fmt.Errorf("sandbox %s: its file server (virtiofsd) exited: %w", s.id, agent.ErrGuestDied)
-			s.rt.log.Error("sandbox file server exited; stopping its VM", "sandbox", s.id)
-			v.HV.StopVM(context.Background())
+			s.mu.Lock()
+			stopping := s.stopping == v
+			s.mu.Unlock()
+			// A VM being stopped on purpose takes its file server with it
+			// (virtiofsd exits as QEMU closes the socket); the stop ends
+			// QEMU itself.
+			if !stopping {
+				err = fmt.Errorf("sandbox %s: its file server (virtiofsd) exited: %w", s.id, agent.ErrGuestDied)
+				s.rt.log.Error("sandbox file server exited; stopping its VM", "sandbox", s.id)
+				v.HV.StopVM(context.Background())
+			}
 			<-v.HV.Wait()
 		}
 		ch <- err

@@ -105,6 +105,11 @@ type service struct {
 	shutdownAsked bool
 	containers    map[string]*container
 	creating      map[string]bool // task IDs whose Create is under way
+	// removals counts the Deletes still removing their container (or, for
+	// the sandbox's task, the whole VM): the shim does not exit under them.
+	removals int
+	// replyGrace overrides defaultReplyGrace (tests).
+	replyGrace time.Duration
 }
 
 // removeTimeout bounds the removal of a container or of the sandbox,
@@ -253,7 +258,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			s.sandboxID = ""
 		}
 		s.mu.Unlock()
-		s.shutdownIfIdle()
+		s.shutdownAfterReply()
 	}()
 
 	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}}
@@ -589,8 +594,14 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Lock()
 	delete(s.containers, r.ID)
+	s.removals++
 	s.mu.Unlock()
-	defer s.shutdownIfIdle()
+	defer func() {
+		s.mu.Lock()
+		s.removals--
+		s.mu.Unlock()
+		s.shutdownAfterReply()
+	}()
 	if err := s.removeContainer(ctx, c); err != nil {
 		return nil, grpcError(err)
 	}
@@ -839,15 +850,33 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 }
 
 // shutdownIfIdle ends the shim if containerd asked it to and it serves
-// no task and creates none.
+// no task, creates none and removes none.
 func (s *service) shutdownIfIdle() {
 	s.mu.Lock()
-	idle := s.shutdownAsked && len(s.containers) == 0 && len(s.creating) == 0
+	idle := s.shutdownAsked && len(s.containers) == 0 && len(s.creating) == 0 && s.removals == 0
 	s.mu.Unlock()
 	if idle {
 		s.shutdown.Shutdown()
 	}
 }
+
+// shutdownAfterReply is shutdownIfIdle at the end of a request, which
+// must not end the shim before the request's reply is out: containerd
+// would get "ttrpc: closed" instead (and the CRI, failing to delete the
+// pod's task, retries StopPodSandbox's cleanup a second later). It waits
+// defaultReplyGrace; containerd asks Shutdown right after a Delete, which
+// ends an idle shim at once, so the wait matters only when it does not.
+func (s *service) shutdownAfterReply() {
+	grace := s.replyGrace
+	if grace == 0 {
+		grace = defaultReplyGrace
+	}
+	time.AfterFunc(grace, s.shutdownIfIdle)
+}
+
+// defaultReplyGrace is how long a request's reply is given to reach
+// containerd before the shim may exit.
+const defaultReplyGrace = 500 * time.Millisecond
 
 // logDuration logs at debug level how long an operation took.
 func logDuration(ctx context.Context, op, id string) func() {

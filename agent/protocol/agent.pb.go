@@ -1640,6 +1640,55 @@ func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
+// An agent that replied Empty (the same bytes as synced false) powers
+// off without flushing first.
+type DestroySandboxResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The guest flushed its file systems before replying: it has nothing
+	// left to write, and the host may end the VM without waiting for the
+	// guest to power off.
+	Synced        bool `protobuf:"varint,1,opt,name=synced,proto3" json:"synced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroySandboxResponse) Reset() {
+	*x = DestroySandboxResponse{}
+	mi := &file_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroySandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroySandboxResponse) ProtoMessage() {}
+
+func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
+func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DestroySandboxResponse) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
+}
+
 type ReclaimMemoryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1648,7 +1697,7 @@ type ReclaimMemoryRequest struct {
 
 func (x *ReclaimMemoryRequest) Reset() {
 	*x = ReclaimMemoryRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1709,7 @@ func (x *ReclaimMemoryRequest) String() string {
 func (*ReclaimMemoryRequest) ProtoMessage() {}
 
 func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1722,7 @@ func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReclaimMemoryRequest.ProtoReflect.Descriptor instead.
 func (*ReclaimMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 type ReclaimMemoryResponse struct {
@@ -1688,7 +1737,7 @@ type ReclaimMemoryResponse struct {
 
 func (x *ReclaimMemoryResponse) Reset() {
 	*x = ReclaimMemoryResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1749,7 @@ func (x *ReclaimMemoryResponse) String() string {
 func (*ReclaimMemoryResponse) ProtoMessage() {}
 
 func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1762,7 @@ func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReclaimMemoryResponse.ProtoReflect.Descriptor instead.
 func (*ReclaimMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReclaimMemoryResponse) GetZeroedBytes() uint64 {
@@ -1855,17 +1904,19 @@ const file_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\v \x01(\tR\fagentVersion\x12/\n" +
 	"\x14mem_block_size_bytes\x18\f \x01(\x04R\x11memBlockSizeBytes\x12#\n" +
 	"\rblock_devices\x18\r \x03(\tR\fblockDevices\"\x17\n" +
-	"\x15DestroySandboxRequest\"\x16\n" +
+	"\x15DestroySandboxRequest\"0\n" +
+	"\x16DestroySandboxResponse\x12\x16\n" +
+	"\x06synced\x18\x01 \x01(\bR\x06synced\"\x16\n" +
 	"\x14ReclaimMemoryRequest\"`\n" +
 	"\x15ReclaimMemoryResponse\x12!\n" +
 	"\fzeroed_bytes\x18\x01 \x01(\x04R\vzeroedBytes\x12$\n" +
 	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes2\x9e\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12L\n" +
-	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xb8\v\n" +
+	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xc9\v\n" +
 	"\x05Agent\x12Y\n" +
-	"\x0fGetGuestDetails\x12'.cocoon.agent.v1.GetGuestDetailsRequest\x1a\x1d.cocoon.agent.v1.GuestDetails\x12P\n" +
-	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a\x16.cocoon.agent.v1.Empty\x12R\n" +
+	"\x0fGetGuestDetails\x12'.cocoon.agent.v1.GetGuestDetailsRequest\x1a\x1d.cocoon.agent.v1.GuestDetails\x12a\n" +
+	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a'.cocoon.agent.v1.DestroySandboxResponse\x12R\n" +
 	"\x0fCreateContainer\x12'.cocoon.agent.v1.CreateContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12K\n" +
 	"\x0eStartContainer\x12!.cocoon.agent.v1.ContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12J\n" +
 	"\vExecProcess\x12#.cocoon.agent.v1.ExecProcessRequest\x1a\x16.cocoon.agent.v1.Empty\x12N\n" +
@@ -1897,7 +1948,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agent_proto_goTypes = []any{
 	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
 	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
@@ -1925,8 +1976,9 @@ var file_agent_proto_goTypes = []any{
 	(*GetGuestDetailsRequest)(nil),   // 23: cocoon.agent.v1.GetGuestDetailsRequest
 	(*GuestDetails)(nil),             // 24: cocoon.agent.v1.GuestDetails
 	(*DestroySandboxRequest)(nil),    // 25: cocoon.agent.v1.DestroySandboxRequest
-	(*ReclaimMemoryRequest)(nil),     // 26: cocoon.agent.v1.ReclaimMemoryRequest
-	(*ReclaimMemoryResponse)(nil),    // 27: cocoon.agent.v1.ReclaimMemoryResponse
+	(*DestroySandboxResponse)(nil),   // 26: cocoon.agent.v1.DestroySandboxResponse
+	(*ReclaimMemoryRequest)(nil),     // 27: cocoon.agent.v1.ReclaimMemoryRequest
+	(*ReclaimMemoryResponse)(nil),    // 28: cocoon.agent.v1.ReclaimMemoryResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
@@ -1954,11 +2006,11 @@ var file_agent_proto_depIdxs = []int32{
 	16, // 22: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
 	17, // 23: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
 	4,  // 24: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	26, // 25: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	27, // 25: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
 	20, // 26: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
 	22, // 27: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
 	24, // 28: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	18, // 29: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.Empty
+	26, // 29: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
 	18, // 30: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
 	18, // 31: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
 	18, // 32: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
@@ -1974,7 +2026,7 @@ var file_agent_proto_depIdxs = []int32{
 	18, // 42: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
 	18, // 43: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
 	18, // 44: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	27, // 45: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	28, // 45: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
 	26, // [26:46] is the sub-list for method output_type
 	6,  // [6:26] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
@@ -1993,7 +2045,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -61,7 +61,7 @@ func (c *healthClient) Version(ctx context.Context, req *VersionRequest) (*Versi
 
 type AgentService interface {
 	GetGuestDetails(context.Context, *GetGuestDetailsRequest) (*GuestDetails, error)
-	DestroySandbox(context.Context, *DestroySandboxRequest) (*Empty, error)
+	DestroySandbox(context.Context, *DestroySandboxRequest) (*DestroySandboxResponse, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*Empty, error)
 	StartContainer(context.Context, *ContainerRequest) (*Empty, error)
 	ExecProcess(context.Context, *ExecProcessRequest) (*Empty, error)
@@ -231,8 +231,8 @@ func (c *agentClient) GetGuestDetails(ctx context.Context, req *GetGuestDetailsR
 	return &resp, nil
 }
 
-func (c *agentClient) DestroySandbox(ctx context.Context, req *DestroySandboxRequest) (*Empty, error) {
-	var resp Empty
+func (c *agentClient) DestroySandbox(ctx context.Context, req *DestroySandboxRequest) (*DestroySandboxResponse, error) {
+	var resp DestroySandboxResponse
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "DestroySandbox", req, &resp); err != nil {
 		return nil, err
 	}

@@ -58,7 +58,7 @@ func table() []Driver {
 		Open: func(ctx context.Context, dir string, o Options) (hypervisor.Hypervisor, error) {
 			return qemu.Open(ctx, dir, qopts(o))
 		},
-		Remove: func(ctx context.Context, dir string, o Options) error { return qemu.Remove(ctx, dir, qopts(o)) },
+		Remove:       func(ctx context.Context, dir string, o Options) error { return qemu.Remove(ctx, dir, qopts(o)) },
 		ResolveAccel: qemu.ResolveAccel,
 	}}
 }

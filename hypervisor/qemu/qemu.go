@@ -406,7 +406,17 @@ func (q *QEMU) stopLocked(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, hypervisor.DefaultStopTimeout)
 		defer cancel()
 	}
+	// A QEMU already on its way out (the guest powered off) may accept
+	// the connection and never answer: the exit ends the asking.
 	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	exited := q.proc.Done()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-qctx.Done():
+		}
+	}()
 	if c, err := qmp.Dial(qctx, q.launch.files.qmp); err != nil {
 		q.log.Debug("qmp unreachable to quit", "vm", q.id, "err", err)
 	} else {

@@ -487,16 +487,22 @@ func sanitizeAll(in []string, max int) []string {
 }
 
 // DestroySandbox asks the agent to power the VM off. The VM may go away
-// before the reply arrives, so ErrGuestDied counts as success.
-func (c *Client) DestroySandbox(ctx context.Context) error {
-	err := c.call(ctx, "destroy sandbox", func(ctx context.Context) error {
-		_, err := c.agent.DestroySandbox(ctx, &protocol.DestroySandboxRequest{})
+// before the reply arrives, so ErrGuestDied counts as success. synced
+// says the guest flushed its file systems before replying, so that the
+// host may end the VM without waiting for the guest's power-off (a guest
+// that lies only loses its own writes; an older agent says false).
+func (c *Client) DestroySandbox(ctx context.Context) (synced bool, err error) {
+	err = c.call(ctx, "destroy sandbox", func(ctx context.Context) error {
+		r, err := c.agent.DestroySandbox(ctx, &protocol.DestroySandboxRequest{})
+		if err == nil {
+			synced = r.GetSynced()
+		}
 		return err
 	})
 	if errors.Is(err, ErrGuestDied) {
-		return nil
+		return false, nil
 	}
-	return err
+	return synced, err
 }
 
 // ReclaimMemory asks the agent to drop its caches and zero its free

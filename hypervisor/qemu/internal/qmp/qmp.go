@@ -114,11 +114,18 @@ func newClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
 
-	// The greeting arrives before anything else.
+	// The greeting arrives before anything else. Cancelling ctx ends the
+	// wait too, not only its deadline: a QEMU that is exiting accepts
+	// connections it never greets.
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetReadDeadline(dl)
 	}
-	if !sc.Scan() {
+	unblock := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	scanned := sc.Scan()
+	if !unblock() {
+		return nil, fmt.Errorf("qmp: read greeting: %w", context.Cause(ctx))
+	}
+	if !scanned {
 		return nil, fmt.Errorf("qmp: read greeting: %w", errors.Join(ErrClosed, sc.Err()))
 	}
 	conn.SetReadDeadline(time.Time{})
