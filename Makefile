@@ -62,8 +62,11 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
+# The unit tier: every test that boots no VM (-short), under a trap that
+# fails the run if anything starts QEMU (see scripts/unit.sh).
+UNIT_PKGS ?= ./...
 unit:
-	$(GO) test -short ./...
+	GO=$(GO) scripts/unit.sh $(UNIT_PKGS)
 
 # Every Fuzz function in a *_test.go file, one after another: go test runs
 # one fuzz target of one package at a time. Their seed corpora also run as

@@ -63,6 +63,8 @@ type Runtime struct {
 	opts  Options
 	log   *slog.Logger
 	store *persist.Store
+	// vmm starts and finds the sandboxes' VMs (see vmm.go).
+	vmm vmm
 }
 
 // New returns a Runtime.
@@ -80,7 +82,9 @@ func New(opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{opts: opts, log: opts.Log, store: store}, nil
+	r := &Runtime{opts: opts, log: opts.Log, store: store}
+	r.vmm = vms{r}
+	return r, nil
 }
 
 // Errors callers branch on, wrapped with the operation and object.

@@ -420,7 +420,7 @@ func (s *Sandbox) StartContainer(ctx context.Context, id string) error {
 
 // containerClient checks that the sandbox has container id and returns
 // the agent client.
-func (s *Sandbox) containerClient(id string) (*agent.Client, error) {
+func (s *Sandbox) containerClient(id string) (guestAgent, error) {
 	s.mu.Lock()
 	_, ok := s.state.Containers[id]
 	s.mu.Unlock()

@@ -81,7 +81,7 @@ func (s *Sandbox) podNamespaces(id string, spec *specs.Spec, pod string) (map[sp
 	s.mu.Unlock()
 	var pids []int
 	if v != nil {
-		pids = v.HV.PIDs()
+		pids = v.PIDs()
 	}
 	return joinedNamespaces(id, spec.Linux.Namespaces, pids, pod)
 }

@@ -115,10 +115,10 @@ type Sandbox struct {
 
 	mu    sync.Mutex
 	state *sandboxState
-	vm    *vm.VM
+	vm    sandboxVM
 	// stopping is the VM a teardown is stopping: its file server's exit
 	// is then expected, not a failure to act on.
-	stopping *vm.VM
+	stopping sandboxVM
 	shared   *storage.Shared
 	// agentErr says why vm has no agent connection, when it has none.
 	agentErr error
@@ -204,13 +204,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	}
 	hv.StateDir = r.vmStateDir()
 	hv.SharedFSSocket = s.vfsSocket()
-	vopts := r.vmOptions(cfg.BootTimeout)
-	if r.opts.VMTemplates {
-		s.vm, err = r.factory(vopts).VM(ctx, cfg.ID, hv)
-	} else {
-		s.vm, err = vm.Start(ctx, cfg.ID, hv, vopts)
-	}
-	if err != nil {
+	if s.vm, err = r.vmm.Start(ctx, cfg.ID, hv, cfg.BootTimeout); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.CreateAfterBoot)
@@ -290,7 +284,7 @@ func (r *Runtime) FetchSandbox(ctx context.Context, id string) (*Sandbox, error)
 		// creator died, only fit for Delete).
 		return s, nil
 	}
-	v, err := vm.Open(ctx, r.vmStateDir(), id, r.vmOptions(0))
+	v, err := r.vmm.Open(ctx, id)
 	if err != nil && ctx.Err() != nil {
 		if v != nil {
 			v.Close()
@@ -394,12 +388,12 @@ func (s *Sandbox) Status(ctx context.Context) SandboxStatus {
 	v := s.vm
 	s.mu.Unlock()
 	if v != nil {
-		st.HypervisorPids = v.HV.PIDs()
+		st.HypervisorPids = v.PIDs()
 		select {
-		case <-v.HV.Wait():
+		case <-v.Exited():
 			st.State = StateStopped
 		default:
-			if v.Agent == nil {
+			if v.Agent() == nil {
 				st.State = StateUnknown
 			}
 		}
@@ -480,16 +474,16 @@ func (s *Sandbox) updateLocked(fn func(*sandboxState) error) error {
 
 // agentClient returns the connected agent or an error naming why there is
 // none.
-func (s *Sandbox) agentClient() (*agent.Client, error) {
+func (s *Sandbox) agentClient() (guestAgent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.agentErr != nil {
 		return nil, s.agentErr
 	}
-	if s.vm == nil || s.vm.Agent == nil {
+	if s.vm == nil || s.vm.Agent() == nil {
 		return nil, fmt.Errorf("sandbox %s: %w: its VM is not running", s.id, ErrState)
 	}
-	return s.vm.Agent, nil
+	return s.vm.Agent(), nil
 }
 
 // Pause pauses the sandbox's VM: every container stops running.
@@ -583,7 +577,7 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 		errs = append(errs, v.Stop(ctx))
 	}
 	// The VM may have been started by another process, or left half made.
-	errs = append(errs, vm.Remove(ctx, s.rt.vmStateDir(), s.id, s.rt.vmOptions(0)))
+	errs = append(errs, s.rt.vmm.Remove(ctx, s.id))
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
 	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)
@@ -630,7 +624,7 @@ func (s *Sandbox) Monitor() <-chan error {
 	go func() {
 		err := fmt.Errorf("sandbox %s: vm exited: %w", s.id, agent.ErrGuestDied)
 		select {
-		case <-v.HV.Wait():
+		case <-v.Exited():
 		case <-fsGone:
 			s.mu.Lock()
 			stopping := s.stopping == v
@@ -641,9 +635,9 @@ func (s *Sandbox) Monitor() <-chan error {
 			if !stopping {
 				err = fmt.Errorf("sandbox %s: its file server (virtiofsd) exited: %w", s.id, agent.ErrGuestDied)
 				s.rt.log.Error("sandbox file server exited; stopping its VM", "sandbox", s.id)
-				v.HV.StopVM(context.Background())
+				v.Kill(context.Background())
 			}
-			<-v.HV.Wait()
+			<-v.Exited()
 		}
 		ch <- err
 		close(ch)

@@ -92,10 +92,13 @@ type service struct {
 	publisher cshim.Publisher
 	shutdown  shutdown.Service
 
+	// newRuntime makes the library's runtime (see library.go).
+	newRuntime func(cocoon.Options) (podRuntime, error)
+
 	mu        sync.Mutex
-	rt        *cocoon.Runtime
+	rt        podRuntime
 	cfg       *config.Config
-	sb        *cocoon.Sandbox
+	sb        podSandbox
 	sandboxID string
 	vmPid     uint32
 	deleting  bool // the sandbox is being deleted on purpose
@@ -124,7 +127,7 @@ func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *
 	// it and must not hold the socket: containerd would keep seeing a
 	// live shim after this one died.
 	unix.CloseOnExec(3)
-	s := &service{ctx: ctx, publisher: pub, shutdown: sd, containers: map[string]*container{}, creating: map[string]bool{}}
+	s := &service{ctx: ctx, publisher: pub, shutdown: sd, newRuntime: newRuntime, containers: map[string]*container{}, creating: map[string]bool{}}
 	sd.RegisterCallback(func(context.Context) error {
 		s.mu.Lock()
 		sb, gone := s.sb, s.sbDeleted
@@ -323,7 +326,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return fmt.Errorf("task %s: %w", r.ID, err)
 	}
-	rt, err := cocoon.New(cocoon.Options{
+	rt, err := s.newRuntime(cocoon.Options{
 		StateDir:    cfg.Runtime.StateDir,
 		DataDir:     cfg.Runtime.DataDir,
 		Virtiofsd:   cfg.Hypervisor.Virtiofsd,
@@ -462,7 +465,7 @@ func (p *process) taskID() string {
 
 // monitor ends every process when the VM dies and releases the VM's host
 // resources; containerd then deletes the tasks.
-func (s *service) monitor(sb *cocoon.Sandbox) {
+func (s *service) monitor(sb podSandbox) {
 	err := <-sb.Monitor()
 	s.mu.Lock()
 	deleting := s.deleting

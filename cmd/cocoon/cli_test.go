@@ -92,29 +92,11 @@ func dataDir() string {
 	return layout.DataDir
 }
 
-// needVM skips the test unless this host can boot sandbox VMs: root, QEMU
-// and a guest image. With COCOON_REQUIRE_VM=1 it fails instead.
+// needVM skips the test unless this host can boot sandbox VMs (see
+// testutil.NeedVM).
 func needVM(t *testing.T) *cli {
 	t.Helper()
-	skip := func(why string) {
-		t.Helper()
-		if os.Getenv("COCOON_REQUIRE_VM") == "1" {
-			t.Fatal("VM test cannot run: " + why)
-		}
-		t.Skip("VM test skipped: " + why)
-	}
-	if testing.Short() {
-		t.Skip("VM test: skipped in -short mode")
-	}
-	if os.Geteuid() != 0 {
-		skip("not root")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		skip("no qemu-system-x86_64")
-	}
-	if _, err := os.Stat(filepath.Join(dataDir(), "images", "current", "manifest.json")); err != nil {
-		skip(fmt.Sprintf("no guest image (make image): %v", err))
-	}
+	testutil.NeedVM(t)
 	return newCLI(t)
 }
 

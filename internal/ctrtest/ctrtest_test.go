@@ -32,10 +32,7 @@ func needRunc(t *testing.T) {
 	Need(t, testOptions())
 	for _, bin := range []string{"runc", "containerd-shim-runc-v2"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			if os.Getenv("COCOON_REQUIRE_VM") == "1" {
-				t.Fatalf("containerd test cannot run: %v", err)
-			}
-			t.Skipf("containerd test skipped: %v", err)
+			testutil.Unavailable(t, "containerd", "%v", err)
 		}
 	}
 }

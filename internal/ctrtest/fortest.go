@@ -9,11 +9,13 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
 
-// Need skips t unless it runs as root with containerd and ctr installed
-// (or opts.Containerd and opts.Ctr exist). With COCOON_REQUIRE_VM=1 it
-// fails t instead, so CI cannot pass by skipping.
+// Need skips t in -short mode (see testutil.BootsVM) and unless it runs as
+// root with containerd and ctr installed (or opts.Containerd and opts.Ctr
+// exist). With COCOON_REQUIRE_VM=1 it fails t instead, so CI cannot pass
+// by skipping.
 func Need(t testing.TB, opts Options) {
 	t.Helper()
+	testutil.BootsVM(t)
 	skip := func(format string, args ...any) {
 		t.Helper()
 		testutil.Unavailable(t, "containerd", format, args...)

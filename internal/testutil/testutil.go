@@ -1,4 +1,9 @@
-// Package testutil holds helpers for tests that boot real VMs.
+// Package testutil holds helpers for tests that boot real VMs, and the
+// one gate of those tests, BootsVM: in -short mode, the unit tier of
+// `make unit`, it skips them. Each test that boots a VM (or starts a
+// containerd) passes through it, directly or through NeedVM or
+// ctrtest.Need; files of tests that boot a VM are named *_vm_test.go
+// (all of package integration does).
 package testutil
 
 import (
@@ -9,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,12 +37,10 @@ type Env struct {
 // (the current image under COCOON_DATA_DIR, default /var/lib/cocoon, or
 // COCOON_KERNEL and COCOON_INITRD). Setting COCOON_REQUIRE_VM=1 turns the
 // skip into a failure, so CI cannot pass by skipping. With -short (the
-// fast unit tier, `make unit`) VM tests are skipped.
+// fast unit tier, `make unit`) VM tests are skipped (see BootsVM).
 func NeedVM(t testing.TB) *Env {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("VM test: skipped in -short mode")
-	}
+	BootsVM(t)
 	skip := func(format string, args ...any) {
 		t.Helper()
 		Unavailable(t, "VM", format, args...)
@@ -69,6 +73,15 @@ func NeedVM(t testing.TB) *Env {
 	t.Cleanup(func() { storage.RemoveUnmounted(dir) })
 	env.StateDir = dir
 	return env
+}
+
+// BootsVM skips t in -short mode: t boots a VM (or starts a containerd,
+// which is not for the unit tier either).
+func BootsVM(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("VM test: skipped in -short mode")
+	}
 }
 
 // Unavailable skips t because what it needs (a "VM", "containerd") is
@@ -207,6 +220,51 @@ func MountsUnder(dir string) []string {
 		f := strings.Fields(line)
 		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
 			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// Calls records the calls a fake receives, each as its method and
+// arguments in one line ("Signal c1 15 true"), and fails the methods it
+// is told to. It is safe for concurrent use.
+type Calls struct {
+	mu    sync.Mutex
+	calls []string
+	fail  map[string]error
+}
+
+// Record records a call of method with args and returns the error
+// method is to fail with (nil if none).
+func (c *Calls) Record(method string, args ...any) error {
+	s := method
+	for _, a := range args {
+		s += fmt.Sprintf(" %v", a)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, s)
+	return c.fail[method]
+}
+
+// FailOn makes method fail with err from now on; nil stops it failing.
+func (c *Calls) FailOn(method string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail == nil {
+		c.fail = map[string]error{}
+	}
+	c.fail[method] = err
+}
+
+// List returns the calls recorded so far that begin with prefix.
+func (c *Calls) List(prefix string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, s := range c.calls {
+		if strings.HasPrefix(s, prefix) {
+			out = append(out, s)
 		}
 	}
 	return out

@@ -14,7 +14,13 @@ import (
 
 func TestAttachSignalDone(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "vm.pid")
-	cmd := exec.Command("sh", "-c", "sleep 60", "sh", marker)
+	// The shell blocks reading its stdin, with no child to outlive it.
+	cmd := exec.Command("sh", "-c", "read -r _", "sh", marker)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/image"
 	"github.com/cocoon-runtime/cocoon/internal/guest/boot"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
 
 // vmEnv is set on the guest kernel's command line, which hands it to the
@@ -74,16 +75,10 @@ func TestInGuestVM(t *testing.T) {
 	if os.Geteuid() != 0 || os.Getenv(nsEnv) == "" {
 		t.Skip("needs root")
 	}
-	if testing.Short() {
-		t.Skip("boots a VM")
-	}
-	require := os.Getenv("COCOON_REQUIRE_VM") == "1"
+	testutil.BootsVM(t)
 	skip := func(format string, args ...any) {
 		t.Helper()
-		if require {
-			t.Fatalf(format, args...)
-		}
-		t.Skipf(format, args...)
+		testutil.Unavailable(t, "VM", format, args...)
 	}
 	dataDir := os.Getenv("COCOON_DATA_DIR")
 	if dataDir == "" {
