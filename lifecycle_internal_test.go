@@ -200,11 +200,10 @@ func TestUnitInvalidIDs(t *testing.T) {
 	if got := u.vms.starts(); len(got) > 0 {
 		t.Errorf("VMs booted for invalid IDs: %v", got)
 	}
-	// (A container ID refused leaves the sandbox's lock file, which GC
-	// removes; no record.)
 	if ids, err := u.store.List(); err != nil || len(ids) > 0 {
 		t.Errorf("records after invalid creates: %v, %v", ids, err)
 	}
+	assertNoFiles(t, u.opts.StateDir) // not even a lock file
 
 	sb, v := u.running(t, "sb1")
 	a := v.agent

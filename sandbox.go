@@ -146,16 +146,8 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	if err := r.checkSocketPaths(cfg.ID); err != nil {
 		return nil, err
 	}
-	unlock, err := r.store.Lock(ctx, cfg.ID)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	var existing sandboxState
-	if err := r.store.Load(cfg.ID, &existing); err == nil {
-		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, ErrExists)
-	}
-	// Check every container before booting anything.
+	// Check every container, and find the guest, before anything is
+	// written (even the sandbox's lock file) or booted.
 	for i := range cfg.Containers {
 		if err := prepareContainer(&cfg.Containers[i]); err != nil {
 			return nil, err
@@ -164,6 +156,15 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	hv := cfg.VM.HypervisorConfig()
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	unlock, err := r.store.Lock(ctx, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	var existing sandboxState
+	if err := r.store.Load(cfg.ID, &existing); err == nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, ErrExists)
 	}
 	s := &Sandbox{rt: r, id: cfg.ID, dir: r.sandboxDir(cfg.ID)}
 	// The record comes first, in state creating, under the lock: whatever
