@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -133,6 +134,8 @@ func TestNetworkVeth(t *testing.T) {
 		}
 		t.Logf("TCP %s: %d MiB in %v: %.0f MB/s (one exec's overhead included)", dir.name, mib, el.Round(time.Millisecond), float64(mib<<20)/el.Seconds()/1e6)
 	}
+	snmp, _ := execIn(t, sb, id, "grep", "Tcp:", "/proc/net/snmp")
+	t.Logf("guest TCP counters:\n%s", snmp)
 
 	if err := sb.Delete(ctx); err != nil {
 		t.Fatal(err)
@@ -166,5 +169,41 @@ func TestNetworkBadNetNS(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(env.StateDir, "sandboxes", id)); len(ents) > 0 {
 		t.Errorf("the failed sandbox left files: %v", ents)
+	}
+}
+
+// After QEMU is killed, its taps are gone with it; Delete removes the
+// qdiscs and filters on the veth that remain.
+func TestNetworkVMKilled(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	pod, _ := netnsPair(t)
+	id := testutil.UniqueID(t)
+	cfg := sandboxConfig(env, id, bundle(t, "sleep", "600"))
+	cfg.NetNS = filepath.Join("/var/run/netns", pod)
+	sb, err := rt.RunSandbox(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	pids := sb.Status(ctx).HypervisorPids
+	sb.Release()
+	if len(pids) == 0 {
+		t.Fatal("no hypervisor pid")
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pids[0], 0) == nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	taps, qdiscs, filters := cocoonLeftovers(t, pod)
+	t.Logf("after SIGKILL of QEMU: %d taps, %d ingress qdiscs, %d filters", taps, qdiscs, filters)
+	if err := rt.DeleteSandbox(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if taps, qdiscs, filters := cocoonLeftovers(t, pod); taps+qdiscs+filters != 0 {
+		t.Errorf("after delete: %d taps, %d ingress qdiscs, %d filters left", taps, qdiscs, filters)
 	}
 }
