@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
 
@@ -39,6 +40,23 @@ func netnsPair(t *testing.T) (pod, peer string) {
 	return pod, peer
 }
 
+// runNetSandbox runs a sandbox whose container sleeps, in the pod netns
+// of a fresh netnsPair; it is deleted at the test's end.
+func runNetSandbox(t *testing.T) (rt *cocoon.Runtime, sb *cocoon.Sandbox, pod, peer string) {
+	t.Helper()
+	rt, env := newRuntime(t)
+	pod, peer = netnsPair(t)
+	id := testutil.UniqueID(t)
+	cfg := sandboxConfig(env, id, bundle(t, "sleep", "600"))
+	cfg.NetNS = filepath.Join("/var/run/netns", pod)
+	sb, err := rt.RunSandbox(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	return rt, sb, pod, peer
+}
+
 const podMAC = "02:cc:00:00:00:02"
 
 func run(t *testing.T, args ...string) string {
@@ -61,18 +79,10 @@ func cocoonLeftovers(t *testing.T, ns string) (taps, qdiscs, filters int) {
 }
 
 func TestNetworkVeth(t *testing.T) {
-	rt, env := newRuntime(t)
 	ctx := context.Background()
-	pod, peer := netnsPair(t)
-	id := testutil.UniqueID(t)
-	cfg := sandboxConfig(env, id, bundle(t, "sleep", "600"))
-	cfg.NetNS = filepath.Join("/var/run/netns", pod)
 	start := time.Now()
-	sb, err := rt.RunSandbox(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cleanup(t, rt, id)
+	_, sb, pod, peer := runNetSandbox(t)
+	id := sb.ID()
 	defer sb.Release()
 	t.Logf("sandbox with network running in %v", time.Since(start).Round(time.Millisecond))
 	if taps, qdiscs, filters := cocoonLeftovers(t, pod); taps != 1 || qdiscs != 2 || filters != 1 {
@@ -134,6 +144,25 @@ func TestNetworkVeth(t *testing.T) {
 		}
 		t.Logf("TCP %s: %d MiB in %v: %.0f MB/s (one exec's overhead included)", dir.name, mib, el.Round(time.Millisecond), float64(mib<<20)/el.Seconds()/1e6)
 	}
+	// busybox nc moves 1 KiB a write (one TCP segment each); wget reads a
+	// file from the peer's httpd in larger pieces.
+	www := t.TempDir()
+	run(t, "dd", "if=/dev/zero", "of="+filepath.Join(www, "big"), "bs=1M", fmt.Sprint("count=", mib))
+	httpd := exec.Command("ip", "netns", "exec", peer, "busybox", "httpd", "-f", "-p", "10.231.0.1:8000", "-h", www)
+	if err := httpd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	start = time.Now()
+	out, st = execIn(t, sb, id, "sh", "-c", "wget -q -O - http://10.231.0.1:8000/big | wc -c")
+	el := time.Since(start)
+	httpd.Process.Kill()
+	httpd.Wait()
+	if st.Code != 0 || strings.TrimSpace(out) != fmt.Sprint(mib<<20) {
+		t.Errorf("wget from the peer: exit %d: %q", st.Code, out)
+	} else {
+		t.Logf("TCP peer -> container (busybox httpd, wget): %d MiB in %v: %.0f MB/s", mib, el.Round(time.Millisecond), float64(mib<<20)/el.Seconds()/1e6)
+	}
 	snmp, _ := execIn(t, sb, id, "grep", "Tcp:", "/proc/net/snmp")
 	t.Logf("guest TCP counters:\n%s", snmp)
 
@@ -175,17 +204,9 @@ func TestNetworkBadNetNS(t *testing.T) {
 // After QEMU is killed, its taps are gone with it; Delete removes the
 // qdiscs and filters on the veth that remain.
 func TestNetworkVMKilled(t *testing.T) {
-	rt, env := newRuntime(t)
 	ctx := context.Background()
-	pod, _ := netnsPair(t)
-	id := testutil.UniqueID(t)
-	cfg := sandboxConfig(env, id, bundle(t, "sleep", "600"))
-	cfg.NetNS = filepath.Join("/var/run/netns", pod)
-	sb, err := rt.RunSandbox(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cleanup(t, rt, id)
+	rt, sb, pod, _ := runNetSandbox(t)
+	id := sb.ID()
 	pids := sb.Status(ctx).HypervisorPids
 	sb.Release()
 	if len(pids) == 0 {
