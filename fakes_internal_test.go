@@ -16,6 +16,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/agent"
+	"github.com/cocoon-runtime/cocoon/internal/network"
 	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	"github.com/cocoon-runtime/cocoon/internal/storage"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
@@ -407,6 +408,12 @@ func (a *fakeAgent) CloseStdin(ctx context.Context, id, execID string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.Record("CloseStdin", id, execID)
+}
+
+func (a *fakeAgent) SetupNetwork(ctx context.Context, cfg network.Config) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.Record("SetupNetwork", len(cfg.Interfaces), len(cfg.Routes))
 }
 
 // OpenStream returns the host's end of a stream whose guest end closes at

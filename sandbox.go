@@ -18,6 +18,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/factory"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
+	"github.com/cocoon-runtime/cocoon/internal/network"
 	"github.com/cocoon-runtime/cocoon/internal/persist"
 	"github.com/cocoon-runtime/cocoon/internal/storage"
 	"github.com/cocoon-runtime/cocoon/internal/vm"
@@ -33,6 +34,14 @@ type SandboxConfig struct {
 	Annotations map[string]string
 	// Containers are created (not started) with the sandbox.
 	Containers []ContainerConfig
+	// NetNS is the path of the pod's network namespace (such as the one
+	// containerd's CRI makes and runs CNI in), or "" for a sandbox with no
+	// network but the guest's loopback. Each veth there gets a tap beside
+	// it, redirected both ways with tc, and the VM a NIC on that tap with
+	// the veth's MAC; the guest gives the NIC the veth's name, MTU,
+	// addresses and routes. The namespace stays the caller's: Cocoon
+	// removes only what it added there.
+	NetNS string
 }
 
 // VMConfig is what a caller chooses of a sandbox's VM. Zero values select
@@ -87,6 +96,9 @@ type sandboxState struct {
 	// PodContainer is the container whose namespaces the pod's other
 	// containers join: the first one created (see namespaces.go).
 	PodContainer string `json:"pod_container,omitempty"`
+	// Network lists what Cocoon made in the pod's network namespace; it
+	// is saved before anything is made there.
+	Network *network.Record `json:"network,omitempty"`
 }
 
 // containerState is the persisted part of a container.
@@ -205,10 +217,30 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	}
 	hv.StateDir = r.vmStateDir()
 	hv.SharedFSSocket = s.vfsSocket()
+	var netCfg network.Config
+	if cfg.NetNS != "" {
+		taps, nc, err := s.attachNetwork(cfg.NetNS)
+		if err != nil {
+			return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+		}
+		// QEMU holds the taps once started; ours close either way (a tap
+		// then lives as long as QEMU's file on it).
+		defer func() {
+			for _, d := range taps {
+				d.Tap.Close()
+			}
+		}()
+		hv.NetDevices, netCfg = taps, nc
+	}
 	if s.vm, err = r.vmm.Start(ctx, cfg.ID, hv, cfg.BootTimeout); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.CreateAfterBoot)
+	if len(netCfg.Interfaces) > 0 {
+		if err := s.vm.Agent().SetupNetwork(ctx, netCfg); err != nil {
+			return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+		}
+	}
 	s.state.State = StateReady
 	if err := r.store.Save(cfg.ID, s.state); err != nil {
 		return nil, err
@@ -580,6 +612,13 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	// The VM may have been started by another process, or left half made.
 	errs = append(errs, s.rt.vmm.Remove(ctx, s.id))
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
+	// With QEMU gone its taps are too; the qdiscs on the veths remain.
+	s.mu.Lock()
+	netRec := s.state.Network
+	s.mu.Unlock()
+	if netRec != nil {
+		errs = append(errs, network.Remove(*netRec))
+	}
 	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)
 	}

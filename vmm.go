@@ -8,6 +8,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/agent"
+	"github.com/cocoon-runtime/cocoon/internal/network"
 	"github.com/cocoon-runtime/cocoon/internal/vm"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -70,6 +71,7 @@ type guestAgent interface {
 	ResizeTTY(ctx context.Context, id, execID string, width, height uint32) error
 	CloseStdin(ctx context.Context, id, execID string) error
 	OpenStream(ctx context.Context, h protocol.StreamHeader) (net.Conn, error)
+	SetupNetwork(ctx context.Context, cfg network.Config) error
 }
 
 var _ guestAgent = (*agent.Client)(nil)
@@ -81,7 +83,10 @@ type vms struct{ r *Runtime }
 func (m vms) Start(ctx context.Context, id string, cfg hypervisor.Config, bootTimeout time.Duration) (sandboxVM, error) {
 	var v *vm.VM
 	var err error
-	if o := m.r.vmOptions(bootTimeout); m.r.opts.VMTemplates {
+	// A template's VM was saved without the pod's NICs, and QEMU cannot
+	// restore a VM whose devices differ from the saved one's: a VM with
+	// network devices boots without a template.
+	if o := m.r.vmOptions(bootTimeout); m.r.opts.VMTemplates && len(cfg.NetDevices) == 0 {
 		v, err = m.r.factory(o).VM(ctx, id, cfg)
 	} else {
 		v, err = vm.Start(ctx, id, cfg, o)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -148,6 +149,20 @@ type Config struct {
 	HotplugSlots int
 	// Debug keeps the guest kernel verbose and the console log.
 	Debug bool
+	// NetDevices are the network devices the VM boots with, in order.
+	NetDevices []NetDevice
+}
+
+// NetDevice is a network device the VM boots with: a tap the host opened
+// (in the pod's network namespace) and hands to the VMM as a file.
+type NetDevice struct {
+	// ID is unique within the VM.
+	ID string
+	// Tap is the open tap device; the VMM inherits it. It is not
+	// persisted: the caller closes it once the VM started.
+	Tap *os.File `json:"-"`
+	// MAC is the guest NIC's MAC address.
+	MAC string
 }
 
 // Accelerator selects how the VMM executes guest code.

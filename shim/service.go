@@ -360,6 +360,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		BootTimeout: cfg.Agent.BootTimeout.Duration,
 		Annotations: cc.Spec.Annotations,
 		Containers:  []cocoon.ContainerConfig{cc},
+		NetNS:       podNetNS(cc.Spec),
 	})
 	if err != nil {
 		os.Remove(filepath.Join(r.Bundle, bundleRecordFile))

@@ -1779,6 +1779,266 @@ func (x *ReclaimMemoryResponse) GetMemFreeBytes() uint64 {
 	return 0
 }
 
+// NetInterface is one of the pod's network interfaces.
+type NetInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name the interface gets in the guest (the host veth's name).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// MAC of the guest NIC, "aa:bb:cc:dd:ee:ff"; the guest finds it by it.
+	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Mtu uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// Addresses in CIDR form ("10.0.0.2/24", "fd00::2/64").
+	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetInterface) Reset() {
+	*x = NetInterface{}
+	mi := &file_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetInterface) ProtoMessage() {}
+
+func (x *NetInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
+func (*NetInterface) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *NetInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetInterface) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetInterface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+// NetRoute is a route of the pod's network namespace.
+type NetRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Destination in CIDR form; empty for a default route.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Gateway address; empty for an on-link route.
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// Device is the interface's name (as in NetInterface.name).
+	Device string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	// Source is the preferred source address, or empty.
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// Scope is the route's scope: 0 universe, 253 link, 254 host.
+	Scope uint32 `protobuf:"varint,5,opt,name=scope,proto3" json:"scope,omitempty"`
+	// Family is 4 or 6 (needed for default routes, which name no destination).
+	Family        uint32 `protobuf:"varint,6,opt,name=family,proto3" json:"family,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetRoute) Reset() {
+	*x = NetRoute{}
+	mi := &file_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetRoute) ProtoMessage() {}
+
+func (x *NetRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
+func (*NetRoute) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *NetRoute) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *NetRoute) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *NetRoute) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *NetRoute) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *NetRoute) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+func (x *NetRoute) GetFamily() uint32 {
+	if x != nil {
+		return x.Family
+	}
+	return 0
+}
+
+type SetupNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interfaces    []*NetInterface        `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	Routes        []*NetRoute            `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetupNetworkRequest) Reset() {
+	*x = SetupNetworkRequest{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetupNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetupNetworkRequest) ProtoMessage() {}
+
+func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetupNetworkRequest.ProtoReflect.Descriptor instead.
+func (*SetupNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SetupNetworkRequest) GetInterfaces() []*NetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *SetupNetworkRequest) GetRoutes() []*NetRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+type SetupNetworkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Interfaces as the guest has them after the setup.
+	Interfaces    []*NetInterface `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetupNetworkResponse) Reset() {
+	*x = SetupNetworkResponse{}
+	mi := &file_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetupNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetupNetworkResponse) ProtoMessage() {}
+
+func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetupNetworkResponse.ProtoReflect.Descriptor instead.
+func (*SetupNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SetupNetworkResponse) GetInterfaces() []*NetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -1910,10 +2170,31 @@ const file_agent_proto_rawDesc = "" +
 	"\x14ReclaimMemoryRequest\"`\n" +
 	"\x15ReclaimMemoryResponse\x12!\n" +
 	"\fzeroed_bytes\x18\x01 \x01(\x04R\vzeroedBytes\x12$\n" +
-	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes2\x9e\x01\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\"d\n" +
+	"\fNetInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\"\xa4\x01\n" +
+	"\bNetRoute\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x14\n" +
+	"\x05scope\x18\x05 \x01(\rR\x05scope\x12\x16\n" +
+	"\x06family\x18\x06 \x01(\rR\x06family\"\x87\x01\n" +
+	"\x13SetupNetworkRequest\x12=\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2\x1d.cocoon.agent.v1.NetInterfaceR\n" +
+	"interfaces\x121\n" +
+	"\x06routes\x18\x02 \x03(\v2\x19.cocoon.agent.v1.NetRouteR\x06routes\"U\n" +
+	"\x14SetupNetworkResponse\x12=\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2\x1d.cocoon.agent.v1.NetInterfaceR\n" +
+	"interfaces2\x9e\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12L\n" +
-	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xc9\v\n" +
+	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xa6\f\n" +
 	"\x05Agent\x12Y\n" +
 	"\x0fGetGuestDetails\x12'.cocoon.agent.v1.GetGuestDetailsRequest\x1a\x1d.cocoon.agent.v1.GuestDetails\x12a\n" +
 	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a'.cocoon.agent.v1.DestroySandboxResponse\x12R\n" +
@@ -1933,7 +2214,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fUpdateContainer\x12'.cocoon.agent.v1.UpdateContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12R\n" +
 	"\x0fRemoveContainer\x12'.cocoon.agent.v1.RemoveContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12H\n" +
 	"\rDeleteProcess\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a\x16.cocoon.agent.v1.Empty\x12^\n" +
-	"\rReclaimMemory\x12%.cocoon.agent.v1.ReclaimMemoryRequest\x1a&.cocoon.agent.v1.ReclaimMemoryResponseB:Z8github.com/cocoon-runtime/cocoon/agent/protocol;protocolb\x06proto3"
+	"\rReclaimMemory\x12%.cocoon.agent.v1.ReclaimMemoryRequest\x1a&.cocoon.agent.v1.ReclaimMemoryResponse\x12[\n" +
+	"\fSetupNetwork\x12$.cocoon.agent.v1.SetupNetworkRequest\x1a%.cocoon.agent.v1.SetupNetworkResponseB:Z8github.com/cocoon-runtime/cocoon/agent/protocol;protocolb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1948,7 +2230,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_agent_proto_goTypes = []any{
 	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
 	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
@@ -1979,6 +2261,10 @@ var file_agent_proto_goTypes = []any{
 	(*DestroySandboxResponse)(nil),   // 26: cocoon.agent.v1.DestroySandboxResponse
 	(*ReclaimMemoryRequest)(nil),     // 27: cocoon.agent.v1.ReclaimMemoryRequest
 	(*ReclaimMemoryResponse)(nil),    // 28: cocoon.agent.v1.ReclaimMemoryResponse
+	(*NetInterface)(nil),             // 29: cocoon.agent.v1.NetInterface
+	(*NetRoute)(nil),                 // 30: cocoon.agent.v1.NetRoute
+	(*SetupNetworkRequest)(nil),      // 31: cocoon.agent.v1.SetupNetworkRequest
+	(*SetupNetworkResponse)(nil),     // 32: cocoon.agent.v1.SetupNetworkResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
@@ -1987,51 +2273,56 @@ var file_agent_proto_depIdxs = []int32{
 	12, // 3: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
 	1,  // 4: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
 	2,  // 5: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
-	19, // 6: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	21, // 7: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
-	23, // 8: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
-	25, // 9: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	5,  // 10: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	3,  // 11: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	8,  // 12: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	9,  // 13: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	4,  // 14: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	11, // 15: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
-	4,  // 16: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	3,  // 17: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 18: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 19: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 20: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 21: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	16, // 22: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	17, // 23: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	4,  // 24: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	27, // 25: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	20, // 26: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	22, // 27: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	24, // 28: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	26, // 29: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
-	18, // 30: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 31: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 32: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	18, // 33: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	10, // 34: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	18, // 35: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	18, // 36: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	13, // 37: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	15, // 38: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	14, // 39: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	18, // 40: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 41: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 42: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 43: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 44: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	28, // 45: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	26, // [26:46] is the sub-list for method output_type
-	6,  // [6:26] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	29, // 6: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	30, // 7: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	29, // 8: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	19, // 9: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	21, // 10: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
+	23, // 11: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
+	25, // 12: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	5,  // 13: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	3,  // 14: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	8,  // 15: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	9,  // 16: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	4,  // 17: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	11, // 18: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
+	4,  // 19: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	3,  // 20: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 21: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 22: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 23: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 24: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	16, // 25: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	17, // 26: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	4,  // 27: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	27, // 28: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	31, // 29: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
+	20, // 30: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	22, // 31: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	24, // 32: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	26, // 33: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
+	18, // 34: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 35: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 36: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	18, // 37: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	10, // 38: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	18, // 39: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	18, // 40: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	13, // 41: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	15, // 42: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	14, // 43: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	18, // 44: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 45: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 46: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 47: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 48: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	28, // 49: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	32, // 50: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
+	30, // [30:51] is the sub-list for method output_type
+	9,  // [9:30] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2045,7 +2336,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -78,6 +78,7 @@ type AgentService interface {
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*Empty, error)
 	DeleteProcess(context.Context, *ProcessRequest) (*Empty, error)
 	ReclaimMemory(context.Context, *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error)
+	SetupNetwork(context.Context, *SetupNetworkRequest) (*SetupNetworkResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -208,6 +209,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ReclaimMemory(ctx, &req)
+			},
+			"SetupNetwork": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetupNetworkRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetupNetwork(ctx, &req)
 			},
 		},
 	})
@@ -362,6 +370,14 @@ func (c *agentClient) DeleteProcess(ctx context.Context, req *ProcessRequest) (*
 func (c *agentClient) ReclaimMemory(ctx context.Context, req *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error) {
 	var resp ReclaimMemoryResponse
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ReclaimMemory", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetupNetwork(ctx context.Context, req *SetupNetworkRequest) (*SetupNetworkResponse, error) {
+	var resp SetupNetworkResponse
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "SetupNetwork", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

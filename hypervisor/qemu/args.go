@@ -226,6 +226,14 @@ func (l launch) args() []string {
 			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=vfs,tag="+protocol.SharedFSTag+",queue-size=1024",
 		)
 	}
+	// Network devices: each tap was opened by the host and is inherited
+	// (QEMU, confined, could open none). vhost-net needs /dev/vhost-net.
+	for i, d := range c.NetDevices {
+		a = append(a,
+			"-netdev", fmt.Sprintf("tap,id=net-%s,fd=%d,vhost=off", d.ID, netDeviceFD(i)),
+			"-device", fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s", dev("virtio-net-pci", "virtio-net-device"), d.ID, d.ID, d.MAC),
+		)
+	}
 	// Free page reporting hands memory the guest freed (the unpacked
 	// initramfs, boot-time allocations) back to the host.
 	a = append(a, "-device", dev("virtio-balloon-pci", "virtio-balloon-device")+",id=balloon0,free-page-reporting=on,deflate-on-oom=on")
@@ -256,3 +264,7 @@ func (l launch) args() []string {
 }
 
 func rootPort(i int) string { return fmt.Sprintf("rp%d", i) }
+
+// netDeviceFD is QEMU's fd of the tap of network device i: the files
+// passed to QEMU follow stdin, stdout and stderr.
+func netDeviceFD(i int) int { return 3 + i }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/network"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,7 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		}
 	case hypervisor.DeviceNet:
 		netdev := "net-" + dev.ID
-		tap, err := openTap(dev.Path)
+		tap, err := network.OpenTap(dev.Path)
 		if err != nil {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
@@ -167,25 +168,6 @@ func openBacking(path string, readOnly bool) (*os.File, error) {
 		flags = os.O_RDONLY
 	}
 	return os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
-}
-
-// openTap opens the existing tap device name, the way QEMU would.
-func openTap(name string) (*os.File, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tap %q: %w", name, err)
-	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("attach to tap %q: %w", name, err)
-	}
-	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }
 
 // dialUnix connects to the unix socket at path and returns the connection

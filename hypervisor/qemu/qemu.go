@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,6 +207,19 @@ func (q *QEMU) resolve(ctx context.Context, cfg hypervisor.Config) (hypervisor.C
 			return cfg, &hypervisor.ConfigError{Field: "kernel params", Err: fmt.Errorf("parameter %q contains white space", p)}
 		}
 	}
+	ids := map[string]bool{}
+	for _, d := range cfg.NetDevices {
+		if err := hypervisor.ValidateID(d.ID); err != nil || ids[d.ID] {
+			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device id %q is invalid or given twice", d.ID)}
+		}
+		ids[d.ID] = true
+		if d.Tap == nil {
+			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s has no tap file", d.ID)}
+		}
+		if mac, err := net.ParseMAC(d.MAC); err != nil || len(mac) != 6 {
+			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s: bad mac %q", d.ID, d.MAC)}
+		}
+	}
 	return cfg, nil
 }
 
@@ -288,6 +302,10 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = l.files.dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// The taps, as fds 3, 4, ... (see netDeviceFD).
+	for _, d := range l.cfg.NetDevices {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, d.Tap)
+	}
 	q.log.Debug("starting qemu", "vm", q.id, "args", cmd.Args)
 	if err := cmd.Start(); err != nil {
 		return &StartError{VM: q.id, Err: err}

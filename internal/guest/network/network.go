@@ -1,0 +1,220 @@
+// Package network configures the guest's network interfaces as the host
+// found them in the pod's network namespace: each virtio NIC, found by the
+// MAC the host gave it, gets the host interface's name, MTU, addresses and
+// routes, so that a container sees the network CNI made for the pod.
+//
+// It runs inside the VM. What it receives comes from the host, but is
+// still checked (names, MACs, MTUs, addresses) before it reaches netlink.
+package network
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Limits of a request.
+const (
+	maxInterfaces = 32
+	maxAddresses  = 64
+	maxRoutes     = 256
+	minMTU        = 68
+	maxMTU        = 65535
+)
+
+// Setup applies req: first every interface (rename, MTU, addresses, up),
+// then every route. It reports the interfaces as configured.
+func Setup(req *protocol.SetupNetworkRequest) ([]*protocol.NetInterface, error) {
+	if err := Validate(req); err != nil {
+		return nil, err
+	}
+	var out []*protocol.NetInterface
+	for _, ifc := range req.Interfaces {
+		got, err := setupInterface(ifc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, got)
+	}
+	// On-link routes first: a gateway must be reachable when its route is added.
+	for _, pass := range []bool{true, false} {
+		for _, r := range req.Routes {
+			if (r.Gateway == "") != pass {
+				continue
+			}
+			if err := addRoute(r); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// Validate checks req without touching the system.
+func Validate(req *protocol.SetupNetworkRequest) error {
+	if len(req.Interfaces) > maxInterfaces || len(req.Routes) > maxRoutes {
+		return fmt.Errorf("network setup: %d interfaces and %d routes: over the limit of %d and %d", len(req.Interfaces), len(req.Routes), maxInterfaces, maxRoutes)
+	}
+	names := map[string]bool{}
+	macs := map[string]bool{}
+	for _, ifc := range req.Interfaces {
+		if err := ValidName(ifc.Name); err != nil {
+			return fmt.Errorf("network setup: %w", err)
+		}
+		mac, err := net.ParseMAC(ifc.Mac)
+		if err != nil || len(mac) != 6 {
+			return fmt.Errorf("network setup: interface %s: bad mac %q", ifc.Name, ifc.Mac)
+		}
+		if names[ifc.Name] || macs[mac.String()] {
+			return fmt.Errorf("network setup: interface %s (%s) given twice", ifc.Name, mac)
+		}
+		names[ifc.Name], macs[mac.String()] = true, true
+		if ifc.Mtu != 0 && (ifc.Mtu < minMTU || ifc.Mtu > maxMTU) {
+			return fmt.Errorf("network setup: interface %s: mtu %d out of range %d-%d", ifc.Name, ifc.Mtu, minMTU, maxMTU)
+		}
+		if len(ifc.Addresses) > maxAddresses {
+			return fmt.Errorf("network setup: interface %s: %d addresses, over the limit of %d", ifc.Name, len(ifc.Addresses), maxAddresses)
+		}
+		for _, a := range ifc.Addresses {
+			if _, err := netlink.ParseIPNet(a); err != nil {
+				return fmt.Errorf("network setup: interface %s: address %q: %w", ifc.Name, a, err)
+			}
+		}
+	}
+	for _, r := range req.Routes {
+		if !names[r.Device] {
+			return fmt.Errorf("network setup: route %s via %q: unknown device %q", r.Destination, r.Gateway, r.Device)
+		}
+		if r.Family != 4 && r.Family != 6 {
+			return fmt.Errorf("network setup: route on %s: family %d (want 4 or 6)", r.Device, r.Family)
+		}
+		if r.Destination != "" {
+			if _, err := netlink.ParseIPNet(r.Destination); err != nil {
+				return fmt.Errorf("network setup: route destination %q: %w", r.Destination, err)
+			}
+		}
+		for _, ip := range []string{r.Gateway, r.Source} {
+			if ip != "" && net.ParseIP(ip) == nil {
+				return fmt.Errorf("network setup: route on %s: bad address %q", r.Device, ip)
+			}
+		}
+		if r.Scope > 255 {
+			return fmt.Errorf("network setup: route on %s: scope %d", r.Device, r.Scope)
+		}
+	}
+	return nil
+}
+
+// ValidName reports whether name can name a network interface.
+func ValidName(name string) error {
+	if name == "" || len(name) >= unix.IFNAMSIZ || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\x00") {
+		return fmt.Errorf("bad interface name %q", name)
+	}
+	return nil
+}
+
+func setupInterface(ifc *protocol.NetInterface) (*protocol.NetInterface, error) {
+	mac, _ := net.ParseMAC(ifc.Mac)
+	link, err := byMAC(mac)
+	if err != nil {
+		return nil, err
+	}
+	if link.Attrs().Name != ifc.Name {
+		// A link must be down to be renamed.
+		if err := netlink.LinkSetDown(link); err != nil {
+			return nil, fmt.Errorf("interface %s: set down: %w", link.Attrs().Name, err)
+		}
+		if err := netlink.LinkSetName(link, ifc.Name); err != nil {
+			return nil, fmt.Errorf("interface %s: rename to %s: %w", link.Attrs().Name, ifc.Name, err)
+		}
+	}
+	if ifc.Mtu != 0 {
+		if err := netlink.LinkSetMTU(link, int(ifc.Mtu)); err != nil {
+			return nil, fmt.Errorf("interface %s: mtu %d: %w", ifc.Name, ifc.Mtu, err)
+		}
+	}
+	for _, a := range ifc.Addresses {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("interface %s: address %q: %w", ifc.Name, a, err)
+		}
+		if addr.IP.To4() == nil {
+			// The host already did duplicate address detection.
+			addr.Flags |= unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return nil, fmt.Errorf("interface %s: add address %s: %w", ifc.Name, a, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("interface %s: set up: %w", ifc.Name, err)
+	}
+	return describe(ifc.Name)
+}
+
+// byMAC finds the link with MAC mac.
+func byMAC(mac net.HardwareAddr) (netlink.Link, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().HardwareAddr.String() == mac.String() {
+			return l, nil
+		}
+	}
+	return nil, fmt.Errorf("no interface with mac %s in the guest", mac)
+}
+
+// describe reports interface name as it is now.
+func describe(name string) (*protocol.NetInterface, error) {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", name, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: addresses: %w", name, err)
+	}
+	out := &protocol.NetInterface{Name: name, Mac: link.Attrs().HardwareAddr.String(), Mtu: uint32(link.Attrs().MTU)}
+	for _, a := range addrs {
+		if a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		out.Addresses = append(out.Addresses, a.IPNet.String())
+	}
+	return out, nil
+}
+
+func addRoute(r *protocol.NetRoute) error {
+	link, err := netlink.LinkByName(r.Device)
+	if err != nil {
+		return fmt.Errorf("route on %s: %w", r.Device, err)
+	}
+	rt := &netlink.Route{LinkIndex: link.Attrs().Index, Scope: netlink.Scope(r.Scope)}
+	if r.Destination != "" {
+		if rt.Dst, err = netlink.ParseIPNet(r.Destination); err != nil {
+			return fmt.Errorf("route %s: %w", r.Destination, err)
+		}
+	} else if r.Family == 6 {
+		rt.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	} else {
+		rt.Dst = &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+	}
+	if r.Gateway != "" {
+		rt.Gw = net.ParseIP(r.Gateway)
+	}
+	if r.Source != "" {
+		rt.Src = net.ParseIP(r.Source)
+	}
+	// The kernel already added the prefix routes of the addresses.
+	if err := netlink.RouteReplace(rt); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("route %s via %q dev %s: %w", rt.Dst, r.Gateway, r.Device, err)
+	}
+	return nil
+}
