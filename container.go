@@ -671,7 +671,7 @@ func (s *Sandbox) ResumeContainer(ctx context.Context, id string) error {
 
 // WaitProcess waits for a process to exit: the container's init process
 // when execID is empty. If the VM dies meanwhile it fails with an error
-// wrapping agent.ErrGuestDied.
+// wrapping ErrGuestDied.
 func (s *Sandbox) WaitProcess(ctx context.Context, id, execID string) (ExitStatus, error) {
 	c, err := s.containerClient(id)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
-	"github.com/cocoon-runtime/cocoon/internal/agent"
 	"github.com/cocoon-runtime/cocoon/internal/factory"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
@@ -662,7 +661,7 @@ func (s *Sandbox) Monitor() <-chan error {
 	// its VM is stopped rather than left hanging.
 	fsGone := storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Exited()
 	go func() {
-		err := fmt.Errorf("sandbox %s: vm exited: %w", s.id, agent.ErrGuestDied)
+		err := fmt.Errorf("sandbox %s: vm exited: %w", s.id, ErrGuestDied)
 		select {
 		case <-v.Exited():
 		case <-fsGone:
@@ -673,7 +672,7 @@ func (s *Sandbox) Monitor() <-chan error {
 			// (virtiofsd exits as QEMU closes the socket); the stop ends
 			// QEMU itself.
 			if !stopping {
-				err = fmt.Errorf("sandbox %s: its file server (virtiofsd) exited: %w", s.id, agent.ErrGuestDied)
+				err = fmt.Errorf("sandbox %s: its file server (virtiofsd) exited: %w", s.id, ErrGuestDied)
 				s.rt.log.Error("sandbox file server exited; stopping its VM", "sandbox", s.id)
 				v.Kill(context.Background())
 			}
