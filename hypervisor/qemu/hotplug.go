@@ -64,6 +64,12 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		}
 	case hypervisor.DeviceNet:
 		netdev := "net-" + dev.ID
+		// The tap is made beforehand, wired to what the NIC serves:
+		// opening a name that does not exist would make a new tap that
+		// nothing is connected to.
+		if _, err := net.InterfaceByName(dev.Path); err != nil {
+			return fmt.Errorf("add device %s: tap %s: %w", dev.ID, dev.Path, err)
+		}
 		tap, err := network.OpenTap(dev.Path)
 		if err != nil {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
