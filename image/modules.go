@@ -99,7 +99,7 @@ type moduleInfo struct {
 // moduleName returns the canonical name of a kernel module: the kernel
 // treats '-' and '_' in module names as the same character.
 func moduleName(s string) string {
-	return strings.ReplaceAll(strings.TrimSpace(s), "-", "_")
+	return modindex.ModuleName(strings.TrimSpace(s))
 }
 
 // moduleNameFromPath returns the module name of a module file path and the
