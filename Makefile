@@ -100,6 +100,7 @@ bench: setup
 	$(GO) run ./bench/vmboot -n 5
 	$(GO) run ./bench/container
 	$(GO) run ./bench/pod
+	$(GO) run ./bench/network
 
 install: build
 	install -m 0755 $(BIN)/cocoon $(BIN)/cocoon-agent $(BIN)/containerd-shim-cocoon-v2 $(PREFIX)/bin/
