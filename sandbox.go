@@ -41,6 +41,9 @@ type SandboxConfig struct {
 	// addresses and routes. The namespace stays the caller's: Cocoon
 	// removes only what it added there.
 	NetNS string
+	// Network, when set (and NetNS is ""), has Cocoon make the pod's
+	// network itself: see NetworkConfig.
+	Network *NetworkConfig
 }
 
 // VMConfig is what a caller chooses of a sandbox's VM. Zero values select
@@ -98,6 +101,9 @@ type sandboxState struct {
 	// Network lists what Cocoon made in the pod's network namespace; it
 	// is saved before anything is made there.
 	Network *network.Record `json:"network,omitempty"`
+	// OwnNetwork is the pod network Cocoon made itself, saved before it
+	// is made (see SandboxConfig.Network).
+	OwnNetwork *ownNetwork `json:"own_network,omitempty"`
 }
 
 // containerState is the persisted part of a container.
@@ -164,6 +170,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 			return nil, err
 		}
 	}
+	if cfg.Network != nil && cfg.NetNS != "" {
+		return nil, fmt.Errorf("create sandbox %s: %w: both a network namespace (%s) and a network for Cocoon to make", cfg.ID, ErrInvalidConfig, cfg.NetNS)
+	}
 	hv := cfg.VM.HypervisorConfig()
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
@@ -216,6 +225,11 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	}
 	hv.StateDir = r.vmStateDir()
 	hv.SharedFSSocket = s.vfsSocket()
+	if cfg.Network != nil {
+		if cfg.NetNS, err = s.makeNetwork(ctx, *cfg.Network); err != nil {
+			return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+		}
+	}
 	var netCfg network.Config
 	if cfg.NetNS != "" {
 		taps, nc, err := s.attachNetwork(cfg.NetNS)
@@ -613,10 +627,13 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	errs = append(errs, storage.LoadVirtiofsd(s.vfsPidFile(), s.vfsSocket()).Stop(ctx))
 	// With QEMU gone its taps are too; the qdiscs on the veths remain.
 	s.mu.Lock()
-	netRec := s.state.Network
+	netRec, own := s.state.Network, s.state.OwnNetwork
 	s.mu.Unlock()
 	if netRec != nil {
 		errs = append(errs, network.Remove(*netRec))
+	}
+	if own != nil {
+		errs = append(errs, removeNetwork(ctx, *own))
 	}
 	if err := storage.RemoveUnmounted(s.dir); err != nil {
 		errs = append(errs, err)

@@ -61,19 +61,3 @@ func hostNamespaces(spec *specs.Spec) error {
 	}
 	return nil
 }
-
-// podNetNS is the path of the pod's network namespace in the sandbox
-// container's spec (containerd's CRI puts the netns it ran CNI in there;
-// nerdctl and `ctr run --with-ns network:PATH` do the same), or "" when
-// the spec names none (the VM then has only its loopback).
-func podNetNS(spec *specs.Spec) string {
-	if spec == nil || spec.Linux == nil {
-		return ""
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return ns.Path
-		}
-	}
-	return ""
-}

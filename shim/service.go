@@ -25,6 +25,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/config"
+	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	ptypes "github.com/containerd/containerd/api/types"
@@ -360,7 +361,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		BootTimeout: cfg.Agent.BootTimeout.Duration,
 		Annotations: cc.Spec.Annotations,
 		Containers:  []cocoon.ContainerConfig{cc},
-		NetNS:       podNetNS(cc.Spec),
+		NetNS:       specutil.NetNSPath(cc.Spec),
 	})
 	if err != nil {
 		os.Remove(filepath.Join(r.Bundle, bundleRecordFile))

@@ -384,19 +384,3 @@ func TestStdioCloseIOWithFIFOOpen(t *testing.T) {
 		t.Fatal("CloseIO did not close stdin while the client kept the FIFO open")
 	}
 }
-
-func TestPodNetNS(t *testing.T) {
-	for _, tc := range []struct {
-		spec *specs.Spec
-		want string
-	}{
-		{nil, ""},
-		{&specs.Spec{}, ""},
-		{&specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}}}}, ""},
-		{&specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}}}}, "/var/run/netns/cni-1"},
-	} {
-		if got := podNetNS(tc.spec); got != tc.want {
-			t.Errorf("podNetNS(%+v) = %q, want %q", tc.spec, got, tc.want)
-		}
-	}
-}

@@ -10,6 +10,7 @@ import (
 func newCreateCommand(g *globalOptions) *cobra.Command {
 	var (
 		f      vmFlags
+		nf     netFlags
 		bundle string
 	)
 	cmd := &cobra.Command{
@@ -35,10 +36,14 @@ Its output is not collected: use 'cocoon run' to see it.`,
 			if err != nil {
 				return err
 			}
-			sb, err := rt.CreateSandbox(cmd.Context(), cocoon.SandboxConfig{
+			cfg := cocoon.SandboxConfig{
 				ID: id, VM: f.sandboxVM(), BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},
-			})
+			}
+			if err := nf.apply(&cfg, spec); err != nil {
+				return fmt.Errorf("create %s: %w", id, err)
+			}
+			sb, err := rt.CreateSandbox(cmd.Context(), cfg)
 			if err != nil {
 				return fmt.Errorf("create %s: %w", id, err)
 			}
@@ -47,5 +52,6 @@ Its output is not collected: use 'cocoon run' to see it.`,
 	}
 	cmd.Flags().StringVarP(&bundle, "bundle", "b", ".", "OCI bundle directory (holds config.json)")
 	f.register(cmd)
+	nf.register(cmd)
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/cocoon-runtime/cocoon"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -86,5 +87,50 @@ func TestMergeEnv(t *testing.T) {
 	want := []string{"PATH=/bin", "TERM=dumb", "FOO=bar"}
 	if !slices.Equal(got, want) {
 		t.Errorf("mergeEnv = %q, want %q", got, want)
+	}
+}
+
+func TestNetFlags(t *testing.T) {
+	withNS := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/run/netns/from-spec"}}}}
+	for _, tc := range []struct {
+		net       string
+		spec      *specs.Spec
+		netns     string
+		cni       string
+		wantError bool
+	}{
+		{net: "", spec: withNS, netns: "/run/netns/from-spec"},
+		{net: "", spec: &specs.Spec{}},
+		{net: "none", spec: withNS},
+		{net: "netns:/run/netns/x", spec: withNS, netns: "/run/netns/x"},
+		{net: "cni:bridge-net", spec: withNS, cni: "bridge-net"},
+		{net: "netns:relative", wantError: true},
+		{net: "netns:", wantError: true},
+		{net: "cni:", wantError: true},
+		{net: "host", wantError: true},
+	} {
+		f := netFlags{net: tc.net, confDir: "/etc/cni/net.d"}
+		var cfg cocoon.SandboxConfig
+		err := f.apply(&cfg, tc.spec)
+		if tc.wantError {
+			if err == nil {
+				t.Errorf("--net %q: no error", tc.net)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("--net %q: %v", tc.net, err)
+			continue
+		}
+		cni := ""
+		if cfg.Network != nil {
+			cni = cfg.Network.CNI
+			if cfg.Network.CNIConfDir != "/etc/cni/net.d" {
+				t.Errorf("--net %q: conf dir %q", tc.net, cfg.Network.CNIConfDir)
+			}
+		}
+		if cfg.NetNS != tc.netns || cni != tc.cni {
+			t.Errorf("--net %q: netns %q, cni %q; want %q, %q", tc.net, cfg.NetNS, cni, tc.netns, tc.cni)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 func newRunCommand(g *globalOptions) *cobra.Command {
 	var (
 		f           vmFlags
+		nf          netFlags
 		bundle      string
 		tty, detach bool
 		consoleSize string
@@ -63,11 +64,15 @@ output is not collected.`,
 			if err != nil {
 				return err
 			}
-			r := &runner{g: g, rt: rt, id: id, detach: detach, size: size}
-			return r.run(cmd.Context(), cocoon.SandboxConfig{
+			cfg := cocoon.SandboxConfig{
 				ID: id, VM: f.sandboxVM(), BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},
-			})
+			}
+			if err := nf.apply(&cfg, spec); err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
+			r := &runner{g: g, rt: rt, id: id, detach: detach, size: size}
+			return r.run(cmd.Context(), cfg)
 		},
 	}
 	fl := cmd.Flags()
@@ -76,6 +81,7 @@ output is not collected.`,
 	fl.BoolVarP(&detach, "detach", "d", false, "leave the container running in the background")
 	fl.StringVar(&consoleSize, "console-size", "", "terminal size as WIDTHxHEIGHT (default: cocoon's terminal's)")
 	f.register(cmd)
+	nf.register(cmd)
 	return cmd
 }
 

@@ -14,6 +14,7 @@ package network
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -271,7 +272,7 @@ func Remove(rec Record) error {
 	}
 	h, closeNS, err := handleAt(rec.NetNS)
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
 		return err

@@ -124,3 +124,18 @@ func BusyboxRootfs(dir, busybox string) error {
 	}
 	return nil
 }
+
+// NetNSPath is the path of the network namespace spec names (containerd's
+// CRI puts the netns it ran CNI in there; nerdctl and `ctr run --with-ns
+// network:PATH` do the same), or "" when it names none.
+func NetNSPath(spec *specs.Spec) string {
+	if spec == nil || spec.Linux == nil {
+		return ""
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return ns.Path
+		}
+	}
+	return ""
+}

@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func TestDefaultIsRunnable(t *testing.T) {
@@ -36,5 +38,21 @@ func TestBusyboxRootfs(t *testing.T) {
 	out, err := exec.Command(filepath.Join(dir, "bin", "echo"), "ok").Output()
 	if err != nil || string(out) != "ok\n" {
 		t.Fatalf("rootfs echo = %q, %v", out, err)
+	}
+}
+
+func TestNetNSPath(t *testing.T) {
+	for _, tc := range []struct {
+		spec *specs.Spec
+		want string
+	}{
+		{nil, ""},
+		{&specs.Spec{}, ""},
+		{&specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}}}}, ""},
+		{&specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}}}}, "/var/run/netns/cni-1"},
+	} {
+		if got := NetNSPath(tc.spec); got != tc.want {
+			t.Errorf("NetNSPath(%+v) = %q, want %q", tc.spec, got, tc.want)
+		}
 	}
 }
