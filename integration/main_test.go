@@ -61,14 +61,17 @@ func needContainerd(t *testing.T) *env {
 	t.Helper()
 	vmEnv := testutil.NeedVM(t)
 	ctrtest.Need(t, ctrtest.Options{Containerd: os.Getenv("COCOON_CONTAINERD")})
-	sharedOnce.Do(func() { shared, sharedErr = startEnv(vmEnv) })
+	sharedOnce.Do(func() { shared, sharedErr = startEnv(vmEnv, nil) })
 	if sharedErr != nil {
 		t.Fatal(sharedErr)
 	}
 	return shared
 }
 
-func startEnv(vmEnv *testutil.Env) (*env, error) {
+// startEnv starts a containerd whose CNI configuration directory holds
+// the files of cniConf (name → content), or containerd-cocoon.sh's
+// loopback-only network when cniConf is empty.
+func startEnv(vmEnv *testutil.Env, cniConf map[string]string) (*env, error) {
 	// Short: CRI sandbox IDs are 64 characters, and the sockets below the
 	// state directory must fit a unix socket path.
 	dir, err := os.MkdirTemp("/run", "cct")
@@ -98,6 +101,18 @@ func startEnv(vmEnv *testutil.Env) (*env, error) {
 	}.Write(e.cocoonConf)
 	if err != nil {
 		return nil, err
+	}
+	if len(cniConf) > 0 {
+		// Start's CNI configuration directory: seeded, it is left alone.
+		cniDir := filepath.Join(dir, "ctrd", "cni")
+		if err := os.MkdirAll(cniDir, 0o700); err != nil {
+			return nil, err
+		}
+		for name, conf := range cniConf {
+			if err := os.WriteFile(filepath.Join(cniDir, name), []byte(conf), 0o600); err != nil {
+				return nil, err
+			}
+		}
 	}
 	e.ctrd, err = ctrtest.Start(ctx, filepath.Join(dir, "ctrd"), ctrtest.Options{
 		ShimDir:      filepath.Join(dir, "bin"),
