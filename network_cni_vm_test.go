@@ -26,7 +26,7 @@ func TestNetworkCNI(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	name := fmt.Sprintf("cctest%d", os.Getpid()%100000)
-	br := testutil.CNIBridge(t, dir, name, "10.234.9")
+	br := testutil.CNIBridge(t, dir, name, "10.234.9", "fd00:cc:9")
 	id := testutil.UniqueID(t)
 	cfg := sandboxConfig(env, id, bundle(t, "httpd", "-f", "-p", "8080", "-h", "/bin"))
 	cfg.Network = &cocoon.NetworkConfig{CNI: name, CNIConfDir: dir}
@@ -40,18 +40,31 @@ func TestNetworkCNI(t *testing.T) {
 	if _, err := os.Stat(netns); err != nil {
 		t.Fatalf("the sandbox's own netns: %v", err)
 	}
-	leases := testutil.CNILeases(dir, name)
-	if len(leases) != 1 {
-		t.Fatalf("host-local leases: %v, want one", leases)
+	var ip, ip6 string
+	for _, l := range testutil.CNILeases(dir, name) {
+		if a := filepath.Base(l); strings.Contains(a, ":") {
+			ip6 = a
+		} else {
+			ip = a
+		}
 	}
-	ip := filepath.Base(leases[0])
+	if ip == "" || ip6 == "" {
+		t.Fatalf("host-local leases: %v, want an IPv4 and an IPv6 one", testutil.CNILeases(dir, name))
+	}
 	out, st := execIn(t, sb, id, "ip", "addr", "show", "eth0")
 	if st.Code != 0 || !strings.Contains(out, "inet "+ip+"/24") {
 		t.Errorf("container's eth0 lacks CNI's address %s (exit %d):\n%s", ip, st.Code, out)
 	}
+	if !strings.Contains(out, "inet6 "+ip6+"/64") {
+		t.Errorf("container's eth0 lacks CNI's IPv6 address %s:\n%s", ip6, out)
+	}
 	out, _ = execIn(t, sb, id, "ip", "route")
 	if !strings.Contains(out, "default via 10.234.9.1 dev eth0") {
 		t.Errorf("container has no default route via the bridge:\n%s", out)
+	}
+	out, _ = execIn(t, sb, id, "ip", "-6", "route")
+	if !strings.Contains(out, "default via fd00:cc:9::1 dev eth0") {
+		t.Errorf("container has no IPv6 default route via the bridge:\n%s", out)
 	}
 	// The host reaches the pod's web server through the bridge.
 	client := http.Client{Timeout: 10 * time.Second}
@@ -70,6 +83,18 @@ func TestNetworkCNI(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != 200 || n < 100000 {
 		t.Errorf("GET /busybox from the host: %s, %d bytes, %v", resp.Status, n, err)
+	}
+
+	// And over IPv6.
+	resp, err = client.Get("http://[" + ip6 + "]:8080/busybox")
+	if err != nil {
+		t.Errorf("GET over IPv6 from the host: %v", err)
+	} else {
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || n < 100000 {
+			t.Errorf("GET over IPv6 from the host: %s, %d bytes", resp.Status, n)
+		}
 	}
 
 	if err := sb.Delete(ctx); err != nil {
@@ -93,7 +118,7 @@ func TestNetworkCNIBad(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	name := fmt.Sprintf("ccbad%d", os.Getpid()%100000)
-	testutil.CNIBridge(t, dir, name, "10.234.10")
+	testutil.CNIBridge(t, dir, name, "10.234.10", "")
 	// A second network whose bridge plugin fails after host-local gave an
 	// address: a bridge name longer than an interface name can be.
 	os.WriteFile(filepath.Join(dir, "broken.conflist"), []byte(fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "broken", "plugins": [

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,8 +18,9 @@ import (
 
 // netnsPair makes two network namespaces joined by a veth pair, as CNI's
 // bridge plugin leaves a pod's (an eth0 with an address, an MTU and a
-// default route): pod (10.231.0.2/24, MAC podMAC, MTU 1400) and peer
-// (10.231.0.1/24, the pod's gateway). Both are removed at the test's end.
+// default route): pod (10.231.0.2/24 and fd00:cc::2/64, MAC podMAC, MTU
+// 1400, a permanent neighbour 10.231.0.9) and peer (10.231.0.1/24 and
+// fd00:cc::1/64, the pod's gateways). Both are removed at the test's end.
 func netnsPair(t *testing.T) (pod, peer string) {
 	t.Helper()
 	if _, err := exec.LookPath("ip"); err != nil {
@@ -35,8 +37,13 @@ func netnsPair(t *testing.T) (pod, peer string) {
 	run(t, "ip", "-n", pod, "link", "set", "eth0", "address", podMAC, "mtu", "1400", "up")
 	run(t, "ip", "-n", pod, "addr", "add", "10.231.0.2/24", "dev", "eth0")
 	run(t, "ip", "-n", pod, "route", "add", "default", "via", "10.231.0.1")
+	run(t, "ip", "-n", pod, "addr", "add", "fd00:cc::2/64", "dev", "eth0", "nodad")
+	run(t, "ip", "-n", pod, "-6", "route", "add", "default", "via", "fd00:cc::1")
+	// A static neighbour entry, as a CNI plugin or an operator may add.
+	run(t, "ip", "-n", pod, "neigh", "add", "10.231.0.9", "lladdr", "02:cc:00:00:00:09", "dev", "eth0", "nud", "permanent")
 	run(t, "ip", "-n", peer, "link", "set", "peer0", "mtu", "1400", "up")
 	run(t, "ip", "-n", peer, "addr", "add", "10.231.0.1/24", "dev", "peer0")
+	run(t, "ip", "-n", peer, "addr", "add", "fd00:cc::1/64", "dev", "peer0", "nodad")
 	return pod, peer
 }
 
@@ -91,7 +98,7 @@ func TestNetworkVeth(t *testing.T) {
 
 	out, st := execIn(t, sb, id, "ip", "addr", "show", "eth0")
 	t.Logf("guest: ip addr show eth0:\n%s", out)
-	for _, want := range []string{"10.231.0.2/24", podMAC, "mtu 1400", "UP"} {
+	for _, want := range []string{"10.231.0.2/24", "fd00:cc::2/64", podMAC, "mtu 1400", "UP"} {
 		if st.Code != 0 || !strings.Contains(out, want) {
 			t.Errorf("container's eth0 lacks %q (exit %d):\n%s", want, st.Code, out)
 		}
@@ -100,6 +107,14 @@ func TestNetworkVeth(t *testing.T) {
 	t.Logf("guest: ip route:\n%s", out)
 	if !strings.Contains(out, "default via 10.231.0.1 dev eth0") {
 		t.Errorf("container has no default route via the gateway:\n%s", out)
+	}
+	out, _ = execIn(t, sb, id, "ip", "-6", "route")
+	if !strings.Contains(out, "default via fd00:cc::1 dev eth0") {
+		t.Errorf("container has no IPv6 default route via the gateway:\n%s", out)
+	}
+	out, _ = execIn(t, sb, id, "ip", "neigh", "show", "dev", "eth0")
+	if !regexp.MustCompile(`(?m)^10\.231\.0\.9 lladdr 02:cc:00:00:00:09 .*PERMANENT`).MatchString(out) {
+		t.Errorf("container lacks the pod's permanent neighbour:\n%s", out)
 	}
 
 	// TCP both ways with a server in the peer netns.
@@ -162,6 +177,18 @@ func TestNetworkVeth(t *testing.T) {
 		t.Errorf("wget from the peer: exit %d: %q", st.Code, out)
 	} else {
 		t.Logf("TCP peer -> container (busybox httpd, wget): %d MiB in %v: %.0f MB/s", mib, el.Round(time.Millisecond), float64(mib<<20)/el.Seconds()/1e6)
+	}
+	// IPv6: the container fetches a file from the peer's httpd.
+	httpd6 := exec.Command("ip", "netns", "exec", peer, "busybox", "httpd", "-f", "-p", "[fd00:cc::1]:8001", "-h", www)
+	if err := httpd6.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	out, st = execIn(t, sb, id, "sh", "-c", "wget -q -O - 'http://[fd00:cc::1]:8001/big' | wc -c")
+	httpd6.Process.Kill()
+	httpd6.Wait()
+	if st.Code != 0 || strings.TrimSpace(out) != fmt.Sprint(mib<<20) {
+		t.Errorf("wget over IPv6 from the peer: exit %d: %q", st.Code, out)
 	}
 	snmp, _ := execIn(t, sb, id, "grep", "Tcp:", "/proc/net/snmp")
 	t.Logf("guest TCP counters:\n%s", snmp)

@@ -17,7 +17,7 @@ import (
 // closes once the VM started, and what the guest is to be given. The
 // caller holds the sandbox's lock.
 func (s *Sandbox) attachNetwork(path string) ([]hypervisor.NetDevice, network.Config, error) {
-	eps, routes, err := network.Plan(path)
+	eps, routes, neighs, err := network.Plan(path)
 	if err != nil {
 		return nil, network.Config{}, err
 	}
@@ -33,7 +33,7 @@ func (s *Sandbox) attachNetwork(path string) ([]hypervisor.NetDevice, network.Co
 		return nil, network.Config{}, err
 	}
 	devs := make([]hypervisor.NetDevice, len(eps))
-	cfg := network.Config{Routes: routes}
+	cfg := network.Config{Routes: routes, Neighbors: neighs}
 	for i, e := range eps {
 		devs[i] = hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: files[i], MAC: e.Interface.MAC.String()}
 		cfg.Interfaces = append(cfg.Interfaces, e.Interface)

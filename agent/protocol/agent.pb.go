@@ -1942,17 +1942,83 @@ func (x *NetRoute) GetFamily() uint32 {
 	return 0
 }
 
+// NetNeighbor is a static (permanent) ARP or NDP entry of the pod's
+// network namespace.
+type NetNeighbor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// IP is the neighbour's IPv4 or IPv6 address.
+	Ip string `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	// MAC is its link-layer address, "aa:bb:cc:dd:ee:ff".
+	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	// Device is the interface's name (as in NetInterface.name).
+	Device        string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetNeighbor) Reset() {
+	*x = NetNeighbor{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetNeighbor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetNeighbor) ProtoMessage() {}
+
+func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetNeighbor.ProtoReflect.Descriptor instead.
+func (*NetNeighbor) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *NetNeighbor) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *NetNeighbor) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetNeighbor) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
 type SetupNetworkRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Interfaces    []*NetInterface        `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
 	Routes        []*NetRoute            `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	Neighbors     []*NetNeighbor         `protobuf:"bytes,3,rep,name=neighbors,proto3" json:"neighbors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetupNetworkRequest) Reset() {
 	*x = SetupNetworkRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2030,7 @@ func (x *SetupNetworkRequest) String() string {
 func (*SetupNetworkRequest) ProtoMessage() {}
 
 func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2043,7 @@ func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetupNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetupNetworkRequest) GetInterfaces() []*NetInterface {
@@ -1994,6 +2060,13 @@ func (x *SetupNetworkRequest) GetRoutes() []*NetRoute {
 	return nil
 }
 
+func (x *SetupNetworkRequest) GetNeighbors() []*NetNeighbor {
+	if x != nil {
+		return x.Neighbors
+	}
+	return nil
+}
+
 type SetupNetworkResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Interfaces as the guest has them after the setup.
@@ -2004,7 +2077,7 @@ type SetupNetworkResponse struct {
 
 func (x *SetupNetworkResponse) Reset() {
 	*x = SetupNetworkResponse{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2089,7 @@ func (x *SetupNetworkResponse) String() string {
 func (*SetupNetworkResponse) ProtoMessage() {}
 
 func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2102,7 @@ func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetupNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetupNetworkResponse) GetInterfaces() []*NetInterface {
@@ -2182,12 +2255,17 @@ const file_agent_proto_rawDesc = "" +
 	"\x06device\x18\x03 \x01(\tR\x06device\x12\x16\n" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x12\x14\n" +
 	"\x05scope\x18\x05 \x01(\rR\x05scope\x12\x16\n" +
-	"\x06family\x18\x06 \x01(\rR\x06family\"\x87\x01\n" +
+	"\x06family\x18\x06 \x01(\rR\x06family\"G\n" +
+	"\vNetNeighbor\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\"\xc3\x01\n" +
 	"\x13SetupNetworkRequest\x12=\n" +
 	"\n" +
 	"interfaces\x18\x01 \x03(\v2\x1d.cocoon.agent.v1.NetInterfaceR\n" +
 	"interfaces\x121\n" +
-	"\x06routes\x18\x02 \x03(\v2\x19.cocoon.agent.v1.NetRouteR\x06routes\"U\n" +
+	"\x06routes\x18\x02 \x03(\v2\x19.cocoon.agent.v1.NetRouteR\x06routes\x12:\n" +
+	"\tneighbors\x18\x03 \x03(\v2\x1c.cocoon.agent.v1.NetNeighborR\tneighbors\"U\n" +
 	"\x14SetupNetworkResponse\x12=\n" +
 	"\n" +
 	"interfaces\x18\x01 \x03(\v2\x1d.cocoon.agent.v1.NetInterfaceR\n" +
@@ -2230,7 +2308,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_agent_proto_goTypes = []any{
 	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
 	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
@@ -2263,8 +2341,9 @@ var file_agent_proto_goTypes = []any{
 	(*ReclaimMemoryResponse)(nil),    // 28: cocoon.agent.v1.ReclaimMemoryResponse
 	(*NetInterface)(nil),             // 29: cocoon.agent.v1.NetInterface
 	(*NetRoute)(nil),                 // 30: cocoon.agent.v1.NetRoute
-	(*SetupNetworkRequest)(nil),      // 31: cocoon.agent.v1.SetupNetworkRequest
-	(*SetupNetworkResponse)(nil),     // 32: cocoon.agent.v1.SetupNetworkResponse
+	(*NetNeighbor)(nil),              // 31: cocoon.agent.v1.NetNeighbor
+	(*SetupNetworkRequest)(nil),      // 32: cocoon.agent.v1.SetupNetworkRequest
+	(*SetupNetworkResponse)(nil),     // 33: cocoon.agent.v1.SetupNetworkResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
@@ -2275,54 +2354,55 @@ var file_agent_proto_depIdxs = []int32{
 	2,  // 5: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
 	29, // 6: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
 	30, // 7: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	29, // 8: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	19, // 9: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	21, // 10: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
-	23, // 11: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
-	25, // 12: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	5,  // 13: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	3,  // 14: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	8,  // 15: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	9,  // 16: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	4,  // 17: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	11, // 18: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
-	4,  // 19: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	3,  // 20: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 21: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 22: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 23: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 24: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	16, // 25: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	17, // 26: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	4,  // 27: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	27, // 28: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	31, // 29: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
-	20, // 30: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	22, // 31: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	24, // 32: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	26, // 33: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
-	18, // 34: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 35: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 36: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	18, // 37: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	10, // 38: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	18, // 39: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	18, // 40: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	13, // 41: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	15, // 42: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	14, // 43: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	18, // 44: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 45: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 46: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 47: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 48: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	28, // 49: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	32, // 50: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
-	30, // [30:51] is the sub-list for method output_type
-	9,  // [9:30] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	31, // 8: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	29, // 9: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	19, // 10: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	21, // 11: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
+	23, // 12: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
+	25, // 13: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	5,  // 14: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	3,  // 15: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	8,  // 16: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	9,  // 17: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	4,  // 18: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	11, // 19: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
+	4,  // 20: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	3,  // 21: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 22: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 23: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 24: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 25: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	16, // 26: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	17, // 27: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	4,  // 28: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	27, // 29: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	32, // 30: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
+	20, // 31: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	22, // 32: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	24, // 33: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	26, // 34: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
+	18, // 35: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 36: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 37: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	18, // 38: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	10, // 39: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	18, // 40: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	18, // 41: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	13, // 42: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	15, // 43: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	14, // 44: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	18, // 45: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 46: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 47: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 48: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 49: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	28, // 50: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	33, // 51: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
+	31, // [31:52] is the sub-list for method output_type
+	10, // [10:31] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2336,7 +2416,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

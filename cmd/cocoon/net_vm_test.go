@@ -15,7 +15,7 @@ func TestRunNetCNI(t *testing.T) {
 	c := needVM(t)
 	dir := t.TempDir()
 	name := fmt.Sprintf("cccli%d", os.Getpid()%100000)
-	testutil.CNIBridge(t, dir, name, "10.234.12")
+	testutil.CNIBridge(t, dir, name, "10.234.12", "")
 	b := c.bundle(t, "sh", "-c", "ip -o -4 addr show eth0; ip route")
 	c.deleteAtEnd(t, "netcni")
 	r := c.run(t, nil, "run", "--boot-timeout", "2m", "--net", "cni:"+name, "--cni-conf-dir", dir, "--bundle", b, "netcni")

@@ -33,6 +33,9 @@ func (c *Client) SetupNetwork(ctx context.Context, cfg network.Config) error {
 		}
 		req.Routes = append(req.Routes, m)
 	}
+	for _, n := range cfg.Neighbors {
+		req.Neighbors = append(req.Neighbors, &protocol.NetNeighbor{Ip: n.IP.String(), Mac: n.MAC.String(), Device: n.Device})
+	}
 	return c.call(ctx, "setup network", func(ctx context.Context) error {
 		r, err := c.agent.SetupNetwork(ctx, req)
 		if err != nil {

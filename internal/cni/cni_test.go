@@ -23,7 +23,7 @@ func TestAddDel(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	testutil.CNIBridge(t, dir, "cctest", "10.233.7")
+	testutil.CNIBridge(t, dir, "cctest", "10.233.7", "")
 	ns := filepath.Join(dir, "netns")
 	if err := network.NewNetNS(ns); err != nil {
 		t.Fatal(err)

@@ -55,10 +55,19 @@ type Route struct {
 	Family int `json:"family"`
 }
 
+// Neighbor is a static (permanent) ARP or NDP entry of the pod's
+// network namespace.
+type Neighbor struct {
+	IP     netip.Addr       `json:"ip"`
+	MAC    net.HardwareAddr `json:"mac"`
+	Device string           `json:"device"`
+}
+
 // Config is what the guest needs to reproduce the pod's network.
 type Config struct {
 	Interfaces []Interface
 	Routes     []Route
+	Neighbors  []Neighbor
 }
 
 // Endpoint is one veth of the pod netns and the tap wired to it.
@@ -87,20 +96,21 @@ type RecordEndpoint struct {
 }
 
 // Plan scans the pod network namespace at path and returns the endpoints
-// to wire (one for each veth, lo and other kinds of link left out) and the
-// routes of their interfaces.
-func Plan(path string) ([]Endpoint, []Route, error) {
+// to wire (one for each veth, lo and other kinds of link left out), the
+// routes of their interfaces and their permanent neighbour entries.
+func Plan(path string) ([]Endpoint, []Route, []Neighbor, error) {
 	h, closeNS, err := handleAt(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer closeNS()
 	links, err := h.LinkList()
 	if err != nil {
-		return nil, nil, fmt.Errorf("network namespace %s: list interfaces: %w", path, err)
+		return nil, nil, nil, fmt.Errorf("network namespace %s: list interfaces: %w", path, err)
 	}
 	var eps []Endpoint
 	var routes []Route
+	var neighs []Neighbor
 	for _, l := range links {
 		a := l.Attrs()
 		if l.Type() != "veth" {
@@ -109,7 +119,7 @@ func Plan(path string) ([]Endpoint, []Route, error) {
 		ifc := Interface{Name: a.Name, MAC: slices.Clone(a.HardwareAddr), MTU: a.MTU}
 		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("network namespace %s: interface %s: addresses: %w", path, a.Name, err)
+			return nil, nil, nil, fmt.Errorf("network namespace %s: interface %s: addresses: %w", path, a.Name, err)
 		}
 		for _, ad := range addrs {
 			if ad.IP.IsLinkLocalUnicast() {
@@ -121,7 +131,7 @@ func Plan(path string) ([]Endpoint, []Route, error) {
 		}
 		rs, err := h.RouteList(l, netlink.FAMILY_ALL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("network namespace %s: interface %s: routes: %w", path, a.Name, err)
+			return nil, nil, nil, fmt.Errorf("network namespace %s: interface %s: routes: %w", path, a.Name, err)
 		}
 		for _, r := range rs {
 			// The kernel makes the prefix routes of addresses (and
@@ -156,9 +166,22 @@ func Plan(path string) ([]Endpoint, []Route, error) {
 			}
 			routes = append(routes, rt)
 		}
+		ns, err := h.NeighList(a.Index, netlink.FAMILY_ALL)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("network namespace %s: interface %s: neighbours: %w", path, a.Name, err)
+		}
+		for _, n := range ns {
+			// Only entries made by hand (or by CNI) are the pod's own: the
+			// guest learns the others itself.
+			ip, ok := netip.AddrFromSlice(n.IP)
+			if n.State&netlink.NUD_PERMANENT == 0 || !ok || len(n.HardwareAddr) != 6 {
+				continue
+			}
+			neighs = append(neighs, Neighbor{IP: ip.Unmap(), MAC: slices.Clone(n.HardwareAddr), Device: a.Name})
+		}
 		eps = append(eps, Endpoint{Interface: ifc, Veth: a.Name, Tap: fmt.Sprintf("cctap%d", len(eps))})
 	}
-	return eps, routes, nil
+	return eps, routes, neighs, nil
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

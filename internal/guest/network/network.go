@@ -23,6 +23,7 @@ const (
 	maxInterfaces = 32
 	maxAddresses  = 64
 	maxRoutes     = 256
+	maxNeighbors  = 256
 	minMTU        = 68
 	maxMTU        = 65535
 )
@@ -52,13 +53,19 @@ func Setup(req *protocol.SetupNetworkRequest) ([]*protocol.NetInterface, error) 
 			}
 		}
 	}
+	for _, n := range req.Neighbors {
+		if err := addNeighbor(n); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 
 // Validate checks req without touching the system.
 func Validate(req *protocol.SetupNetworkRequest) error {
-	if len(req.Interfaces) > maxInterfaces || len(req.Routes) > maxRoutes {
-		return fmt.Errorf("network setup: %d interfaces and %d routes: over the limit of %d and %d", len(req.Interfaces), len(req.Routes), maxInterfaces, maxRoutes)
+	if len(req.Interfaces) > maxInterfaces || len(req.Routes) > maxRoutes || len(req.Neighbors) > maxNeighbors {
+		return fmt.Errorf("network setup: %d interfaces, %d routes and %d neighbours: over the limit of %d, %d and %d",
+			len(req.Interfaces), len(req.Routes), len(req.Neighbors), maxInterfaces, maxRoutes, maxNeighbors)
 	}
 	names := map[string]bool{}
 	macs := map[string]bool{}
@@ -105,6 +112,17 @@ func Validate(req *protocol.SetupNetworkRequest) error {
 		}
 		if r.Scope > 255 {
 			return fmt.Errorf("network setup: route on %s: scope %d", r.Device, r.Scope)
+		}
+	}
+	for _, n := range req.Neighbors {
+		if !names[n.Device] {
+			return fmt.Errorf("network setup: neighbour %s: unknown device %q", n.Ip, n.Device)
+		}
+		if net.ParseIP(n.Ip) == nil {
+			return fmt.Errorf("network setup: neighbour on %s: bad address %q", n.Device, n.Ip)
+		}
+		if mac, err := net.ParseMAC(n.Mac); err != nil || len(mac) != 6 {
+			return fmt.Errorf("network setup: neighbour %s on %s: bad mac %q", n.Ip, n.Device, n.Mac)
 		}
 	}
 	return nil
@@ -215,6 +233,25 @@ func addRoute(r *protocol.NetRoute) error {
 	// The kernel already added the prefix routes of the addresses.
 	if err := netlink.RouteReplace(rt); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("route %s via %q dev %s: %w", rt.Dst, r.Gateway, r.Device, err)
+	}
+	return nil
+}
+
+// addNeighbor adds n as a permanent neighbour entry.
+func addNeighbor(n *protocol.NetNeighbor) error {
+	link, err := netlink.LinkByName(n.Device)
+	if err != nil {
+		return fmt.Errorf("neighbour on %s: %w", n.Device, err)
+	}
+	ip := net.ParseIP(n.Ip)
+	mac, _ := net.ParseMAC(n.Mac)
+	fam := netlink.FAMILY_V6
+	if ip.To4() != nil {
+		fam = netlink.FAMILY_V4
+	}
+	err = netlink.NeighSet(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT, IP: ip, HardwareAddr: mac})
+	if err != nil {
+		return fmt.Errorf("neighbour %s lladdr %s dev %s: %w", n.Ip, n.Mac, n.Device, err)
 	}
 	return nil
 }

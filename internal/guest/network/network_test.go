@@ -12,6 +12,7 @@ func TestValidate(t *testing.T) {
 		return &protocol.SetupNetworkRequest{
 			Interfaces: []*protocol.NetInterface{{Name: "eth0", Mac: "02:cc:00:00:00:02", Mtu: 1400, Addresses: []string{"10.0.0.2/24", "fd00::2/64"}}},
 			Routes:     []*protocol.NetRoute{{Gateway: "10.0.0.1", Device: "eth0", Family: 4}, {Destination: "10.1.0.0/16", Device: "eth0", Scope: 253, Family: 4}},
+			Neighbors:  []*protocol.NetNeighbor{{Ip: "10.0.0.9", Mac: "02:cc:00:00:00:09", Device: "eth0"}, {Ip: "fd00::9", Mac: "02:cc:00:00:00:0a", Device: "eth0"}},
 		}
 	}
 	if err := Validate(good()); err != nil {
@@ -36,6 +37,12 @@ func TestValidate(t *testing.T) {
 		"too many": {func(r *protocol.SetupNetworkRequest) {
 			r.Routes = make([]*protocol.NetRoute, maxRoutes+1)
 		}, "over the limit"},
+		"too many neighbours": {func(r *protocol.SetupNetworkRequest) {
+			r.Neighbors = make([]*protocol.NetNeighbor, maxNeighbors+1)
+		}, "over the limit"},
+		"neighbour device": {func(r *protocol.SetupNetworkRequest) { r.Neighbors[0].Device = "eth9" }, "unknown device"},
+		"neighbour ip":     {func(r *protocol.SetupNetworkRequest) { r.Neighbors[0].Ip = "10.0.0" }, "bad address"},
+		"neighbour mac":    {func(r *protocol.SetupNetworkRequest) { r.Neighbors[1].Mac = "02:cc:00:00:00:00:00:01" }, "bad mac"},
 	} {
 		r := good()
 		tc.mod(r)
