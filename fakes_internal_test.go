@@ -177,6 +177,14 @@ func (h *fakeHandle) Close() error {
 	return nil
 }
 
+// The fake VM has no hotplug slots.
+func (h *fakeHandle) AddDevice(ctx context.Context, dev hypervisor.Device) error {
+	return fmt.Errorf("fake vm %s: add device %s: %w", h.vm.id, dev.ID, hypervisor.ErrNotSupported)
+}
+func (h *fakeHandle) RemoveDevice(ctx context.Context, dev hypervisor.Device) error {
+	return fmt.Errorf("fake vm %s: remove device %s: %w", h.vm.id, dev.ID, hypervisor.ErrNotSupported)
+}
+
 // fakeAgent keeps the state of the containers and processes in a fake
 // guest and records every call.
 type fakeAgent struct {
@@ -415,6 +423,17 @@ func (a *fakeAgent) SetupNetwork(ctx context.Context, cfg network.Config) error 
 	defer a.mu.Unlock()
 	return a.Record("SetupNetwork", len(cfg.Interfaces), len(cfg.Routes))
 }
+
+// The fake guest has no network beyond its loopback: it lists nothing
+// and refuses changes.
+func (a *fakeAgent) UpdateInterface(ctx context.Context, ifc network.Interface, _ []network.Route, _ []network.Neighbor, _ time.Duration) (network.Interface, error) {
+	return network.Interface{}, fmt.Errorf("fake agent: no interface %s", ifc.Name)
+}
+func (a *fakeAgent) ListInterfaces(ctx context.Context) ([]network.Interface, error) { return nil, nil }
+func (a *fakeAgent) UpdateRoutes(ctx context.Context, rs []network.Route) ([]network.Route, error) {
+	return nil, fmt.Errorf("fake agent: no interfaces for %d routes", len(rs))
+}
+func (a *fakeAgent) ListRoutes(ctx context.Context) ([]network.Route, error) { return nil, nil }
 
 // OpenStream returns the host's end of a stream whose guest end closes at
 // once: output streams read end of file.

@@ -232,8 +232,17 @@ func TestNetworkBadNetNS(t *testing.T) {
 // qdiscs and filters on the veth that remain.
 func TestNetworkVMKilled(t *testing.T) {
 	ctx := context.Background()
-	rt, sb, pod, _ := runNetSandbox(t)
+	rt, sb, pod, peer := runNetSandbox(t)
 	id := sb.ID()
+	// A VM without hotplug slots cannot take a second interface: the
+	// error says so and nothing of the attempt stays.
+	secondNetwork(t, pod, peer)
+	if _, err := sb.AddInterface(ctx, "net1"); err == nil || !strings.Contains(err.Error(), "hotplug slots") {
+		t.Errorf("hot-add without hotplug slots: %v", err)
+	}
+	if taps, qdiscs, _ := cocoonLeftovers(t, pod); taps != 1 || qdiscs != 2 {
+		t.Errorf("after a failed hot-add: %d taps, %d ingress qdiscs; want 1, 2", taps, qdiscs)
+	}
 	pids := sb.Status(ctx).HypervisorPids
 	sb.Release()
 	if len(pids) == 0 {

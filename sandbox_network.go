@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"path/filepath"
+	"slices"
+	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/cni"
@@ -113,4 +117,243 @@ func removeNetwork(ctx context.Context, own ownNetwork) error {
 		errs = append(errs, cni.Del(ctx, *own.CNI))
 	}
 	return errors.Join(append(errs, network.DeleteNetNS(own.NetNS))...)
+}
+
+// NetInterface is a network interface of a pod: as Cocoon found it in
+// the pod's network namespace, and as the guest has it.
+type NetInterface = network.Interface
+
+// NetRoute is a route of a pod's network.
+type NetRoute = network.Route
+
+// NetStats are an interface's counters in the guest.
+type NetStats = network.Stats
+
+// hotplugWait bounds the guest's wait for a hot-plugged NIC to appear.
+const hotplugWait = 20 * time.Second
+
+// AddInterface wires interface name of the sandbox's network namespace —
+// a veth that appeared there after the sandbox started, such as a second
+// network CNI added — to the running VM: a tap beside it redirected with
+// tc, a NIC hot-plugged into a free PCIe root port (the VM needs
+// VMConfig.HotplugSlots), and in the guest the veth's name, MAC, MTU,
+// addresses, routes and permanent neighbours. It returns the interface as
+// the guest has it. On error nothing of it is left.
+func (s *Sandbox) AddInterface(ctx context.Context, name string) (_ NetInterface, err error) {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return NetInterface{}, err
+	}
+	defer unlock()
+	rec, v, ag, err := s.networkLocked("add interface " + name)
+	if err != nil {
+		return NetInterface{}, err
+	}
+	var taps []string
+	for _, e := range rec.Endpoints {
+		if e.Veth == name {
+			return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w: it is attached already", s.id, name, ErrExists)
+		}
+		taps = append(taps, e.Tap)
+	}
+	ep, routes, neighs, err := network.PlanInterface(rec.NetNS, name, taps)
+	if err != nil {
+		return NetInterface{}, fmt.Errorf("sandbox %s: add interface: %w", s.id, err)
+	}
+	mac := ep.Interface.MAC.String()
+	for _, e := range rec.Endpoints {
+		if e.MAC == mac {
+			return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w: mac %s is %s's already", s.id, name, ErrInvalidConfig, mac, e.Veth)
+		}
+	}
+	one := network.Record{NetNS: rec.NetNS, Endpoints: []network.RecordEndpoint{{Veth: name, Tap: ep.Tap, MAC: mac, Hotplugged: true}}}
+	// The record first, so that whatever a crash leaves is removed with
+	// the sandbox; on error it is taken back with what was made.
+	if err := s.updateLocked(func(st *sandboxState) error {
+		st.Network.Endpoints = append(st.Network.Endpoints, one.Endpoints[0])
+		return nil
+	}); err != nil {
+		return NetInterface{}, err
+	}
+	dev := hypervisor.Device{Kind: hypervisor.DeviceNet, ID: ep.Tap, MAC: mac}
+	plugged := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		if plugged {
+			v.RemoveDevice(context.WithoutCancel(ctx), dev)
+		}
+		errs := []error{err, network.Remove(one)}
+		errs = append(errs, s.updateLocked(func(st *sandboxState) error {
+			st.Network.Endpoints = slices.DeleteFunc(st.Network.Endpoints, func(e network.RecordEndpoint) bool { return e.Tap == ep.Tap })
+			return nil
+		}))
+		err = errors.Join(errs...)
+	}()
+	files, err := network.Attach(rec.NetNS, []network.Endpoint{ep})
+	if err != nil {
+		return NetInterface{}, fmt.Errorf("sandbox %s: add interface: %w", s.id, err)
+	}
+	defer files[0].Close()
+	dev.Tap = files[0]
+	if err := v.AddDevice(ctx, dev); err != nil {
+		return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w", s.id, name, err)
+	}
+	plugged = true
+	ifc, err := ag.UpdateInterface(ctx, ep.Interface, routes, neighs, hotplugWait)
+	if err != nil {
+		return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w", s.id, name, err)
+	}
+	return ifc, nil
+}
+
+// RemoveInterface detaches interface name, added with AddInterface, from
+// the running VM: the guest's NIC is unplugged (with its addresses and
+// routes), and the tap and tc redirection beside the veth removed. The
+// veth itself stays the namespace owner's. Interfaces the sandbox booted
+// with stay for its life.
+func (s *Sandbox) RemoveInterface(ctx context.Context, name string) error {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	rec, v, _, err := s.networkLocked("remove interface " + name)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(rec.Endpoints, func(e network.RecordEndpoint) bool { return e.Veth == name })
+	if i < 0 {
+		return fmt.Errorf("sandbox %s: remove interface %s: %w", s.id, name, ErrNotFound)
+	}
+	e := rec.Endpoints[i]
+	if !e.Hotplugged {
+		return fmt.Errorf("sandbox %s: remove interface %s: %w: the sandbox booted with it", s.id, name, ErrState)
+	}
+	if err := v.RemoveDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceNet, ID: e.Tap}); err != nil {
+		return fmt.Errorf("sandbox %s: remove interface %s: %w", s.id, name, err)
+	}
+	err = network.Remove(network.Record{NetNS: rec.NetNS, Endpoints: []network.RecordEndpoint{e}})
+	return errors.Join(err, s.updateLocked(func(st *sandboxState) error {
+		st.Network.Endpoints = slices.DeleteFunc(st.Network.Endpoints, func(x network.RecordEndpoint) bool { return x.Tap == e.Tap })
+		return nil
+	}))
+}
+
+// UpdateInterface sets the addresses and MTU of the guest's interface
+// ifc.Name, which the sandbox has (booted with or added); its MAC, when
+// given, must be the interface's. It returns the interface as the guest
+// then has it.
+func (s *Sandbox) UpdateInterface(ctx context.Context, ifc NetInterface) (NetInterface, error) {
+	unlock, err := s.rt.store.Lock(ctx, s.id)
+	if err != nil {
+		return NetInterface{}, err
+	}
+	defer unlock()
+	rec, _, ag, err := s.networkLocked("update interface " + ifc.Name)
+	if err != nil {
+		return NetInterface{}, err
+	}
+	i := slices.IndexFunc(rec.Endpoints, func(e network.RecordEndpoint) bool { return e.Veth == ifc.Name })
+	if i < 0 {
+		return NetInterface{}, fmt.Errorf("sandbox %s: update interface %s: %w", s.id, ifc.Name, ErrNotFound)
+	}
+	mac, err := net.ParseMAC(rec.Endpoints[i].MAC)
+	if err != nil {
+		return NetInterface{}, fmt.Errorf("sandbox %s: update interface %s: no mac on record", s.id, ifc.Name)
+	}
+	if ifc.MAC != nil && ifc.MAC.String() != mac.String() {
+		return NetInterface{}, fmt.Errorf("sandbox %s: update interface %s: %w: mac %s is not the interface's (%s)", s.id, ifc.Name, ErrInvalidConfig, ifc.MAC, mac)
+	}
+	ifc.MAC, ifc.Stats = mac, nil
+	out, err := ag.UpdateInterface(ctx, ifc, nil, nil, 0)
+	if err != nil {
+		return NetInterface{}, fmt.Errorf("sandbox %s: update interface %s: %w", s.id, ifc.Name, err)
+	}
+	return out, nil
+}
+
+// ListInterfaces lists the guest's network interfaces (the loopback left
+// out) with their counters, as the guest reports them.
+func (s *Sandbox) ListInterfaces(ctx context.Context) ([]NetInterface, error) {
+	ag, err := s.agentClient()
+	if err != nil {
+		return nil, err
+	}
+	ifcs, err := ag.ListInterfaces(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: list interfaces: %w", s.id, err)
+	}
+	return ifcs, nil
+}
+
+// UpdateRoutes replaces the guest's routes with routes (the prefix routes
+// of its addresses stay) and returns its routes then. A route's Family
+// may be left 0 where its destination or gateway tells it.
+func (s *Sandbox) UpdateRoutes(ctx context.Context, routes []NetRoute) ([]NetRoute, error) {
+	ag, err := s.agentClient()
+	if err != nil {
+		return nil, err
+	}
+	routes = slices.Clone(routes)
+	for i, r := range routes {
+		if r.Family != 0 {
+			continue
+		}
+		switch {
+		case r.Destination.IsValid():
+			routes[i].Family = familyOf(r.Destination.Addr())
+		case r.Gateway.IsValid():
+			routes[i].Family = familyOf(r.Gateway)
+		default:
+			return nil, fmt.Errorf("sandbox %s: update routes: %w: route %d on %s names no family, destination or gateway", s.id, ErrInvalidConfig, i, r.Device)
+		}
+	}
+	out, err := ag.UpdateRoutes(ctx, routes)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: update routes: %w", s.id, err)
+	}
+	return out, nil
+}
+
+// ListRoutes lists the guest's routes (IPv6 link-local and multicast
+// ones left out).
+func (s *Sandbox) ListRoutes(ctx context.Context) ([]NetRoute, error) {
+	ag, err := s.agentClient()
+	if err != nil {
+		return nil, err
+	}
+	out, err := ag.ListRoutes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: list routes: %w", s.id, err)
+	}
+	return out, nil
+}
+
+// networkLocked loads the sandbox's state afresh (another process may
+// have changed it) and returns its network record, VM and agent, or why
+// an interface cannot be changed. The caller holds the sandbox's lock.
+func (s *Sandbox) networkLocked(op string) (network.Record, sandboxVM, guestAgent, error) {
+	if err := s.updateLocked(func(*sandboxState) error { return nil }); err != nil {
+		return network.Record{}, nil, nil, err
+	}
+	ag, err := s.agentClient()
+	if err != nil {
+		return network.Record{}, nil, nil, err
+	}
+	s.mu.Lock()
+	rec, v := s.state.Network, s.vm
+	s.mu.Unlock()
+	if rec == nil {
+		return network.Record{}, nil, nil, fmt.Errorf("sandbox %s: %s: %w: the sandbox has no network namespace", s.id, op, ErrState)
+	}
+	return *rec, v, ag, nil
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
 }

@@ -50,6 +50,10 @@ type sandboxVM interface {
 	Stop(ctx context.Context) error
 	// Close releases this process's connections and leaves the VM running.
 	Close() error
+	// AddDevice and RemoveDevice hot-plug a device into the running VM
+	// and unplug it (see hypervisor.Hypervisor).
+	AddDevice(ctx context.Context, dev hypervisor.Device) error
+	RemoveDevice(ctx context.Context, dev hypervisor.Device) error
 }
 
 // guestAgent is the guest agent as the sandbox and container code calls
@@ -72,6 +76,10 @@ type guestAgent interface {
 	CloseStdin(ctx context.Context, id, execID string) error
 	OpenStream(ctx context.Context, h protocol.StreamHeader) (net.Conn, error)
 	SetupNetwork(ctx context.Context, cfg network.Config) error
+	UpdateInterface(ctx context.Context, ifc network.Interface, routes []network.Route, neighs []network.Neighbor, wait time.Duration) (network.Interface, error)
+	ListInterfaces(ctx context.Context) ([]network.Interface, error)
+	UpdateRoutes(ctx context.Context, routes []network.Route) ([]network.Route, error)
+	ListRoutes(ctx context.Context) ([]network.Route, error)
 }
 
 var _ guestAgent = (*agent.Client)(nil)
@@ -125,3 +133,9 @@ func (b bootedVM) Pause(ctx context.Context) error  { return b.v.Pause(ctx) }
 func (b bootedVM) Resume(ctx context.Context) error { return b.v.Resume(ctx) }
 func (b bootedVM) Stop(ctx context.Context) error   { return b.v.Stop(ctx) }
 func (b bootedVM) Close() error                     { return b.v.Close() }
+func (b bootedVM) AddDevice(ctx context.Context, dev hypervisor.Device) error {
+	return b.v.HV.AddDevice(ctx, dev)
+}
+func (b bootedVM) RemoveDevice(ctx context.Context, dev hypervisor.Device) error {
+	return b.v.HV.RemoveDevice(ctx, dev)
+}

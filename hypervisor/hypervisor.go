@@ -255,10 +255,14 @@ type Device struct {
 	Kind DeviceKind
 	// ID is unique within the VM.
 	ID string
-	// Path is the backing file or block device (DeviceBlock), the tap
-	// device name (DeviceNet) or the sysfs path of the host device (DeviceVFIO).
+	// Path is the backing file or block device (DeviceBlock) or the
+	// sysfs path of the host device (DeviceVFIO).
 	Path     string
 	ReadOnly bool
+	// Tap is the open tap device (DeviceNet), opened by the host in the
+	// pod's network namespace; the VMM gets a copy, the caller keeps and
+	// closes this one.
+	Tap *os.File `json:"-"`
 	// MAC is the guest MAC address (DeviceNet).
 	MAC string
 }

@@ -1788,7 +1788,9 @@ type NetInterface struct {
 	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
 	Mtu uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// Addresses in CIDR form ("10.0.0.2/24", "fd00::2/64").
-	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Addresses []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Stats are the interface's counters (ListInterfaces only).
+	Stats         *NetStats `protobuf:"bytes,5,opt,name=stats,proto3" json:"stats,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1851,6 +1853,274 @@ func (x *NetInterface) GetAddresses() []string {
 	return nil
 }
 
+func (x *NetInterface) GetStats() *NetStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// NetStats are an interface's counters since it appeared.
+type NetStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RxBytes       uint64                 `protobuf:"varint,1,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	RxPackets     uint64                 `protobuf:"varint,2,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	RxErrors      uint64                 `protobuf:"varint,3,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	RxDropped     uint64                 `protobuf:"varint,4,opt,name=rx_dropped,json=rxDropped,proto3" json:"rx_dropped,omitempty"`
+	TxBytes       uint64                 `protobuf:"varint,5,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	TxPackets     uint64                 `protobuf:"varint,6,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	TxErrors      uint64                 `protobuf:"varint,7,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	TxDropped     uint64                 `protobuf:"varint,8,opt,name=tx_dropped,json=txDropped,proto3" json:"tx_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetStats) Reset() {
+	*x = NetStats{}
+	mi := &file_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetStats) ProtoMessage() {}
+
+func (x *NetStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetStats.ProtoReflect.Descriptor instead.
+func (*NetStats) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *NetStats) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *NetStats) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *NetStats) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *NetStats) GetRxDropped() uint64 {
+	if x != nil {
+		return x.RxDropped
+	}
+	return 0
+}
+
+func (x *NetStats) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *NetStats) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *NetStats) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *NetStats) GetTxDropped() uint64 {
+	if x != nil {
+		return x.TxDropped
+	}
+	return 0
+}
+
+type NetInterfaces struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interfaces    []*NetInterface        `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetInterfaces) Reset() {
+	*x = NetInterfaces{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetInterfaces) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetInterfaces) ProtoMessage() {}
+
+func (x *NetInterfaces) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetInterfaces.ProtoReflect.Descriptor instead.
+func (*NetInterfaces) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *NetInterfaces) GetInterfaces() []*NetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+type UpdateInterfaceRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Interface *NetInterface          `protobuf:"bytes,1,opt,name=interface,proto3" json:"interface,omitempty"`
+	// WaitMs bounds the wait for the NIC to appear, in milliseconds
+	// (the guest caps it); 0 does not wait.
+	WaitMs uint32 `protobuf:"varint,2,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	// Routes and Neighbors of the interface (each naming it as its
+	// device) are added once it is configured.
+	Routes        []*NetRoute    `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
+	Neighbors     []*NetNeighbor `protobuf:"bytes,4,rep,name=neighbors,proto3" json:"neighbors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateInterfaceRequest) Reset() {
+	*x = UpdateInterfaceRequest{}
+	mi := &file_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateInterfaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateInterfaceRequest) ProtoMessage() {}
+
+func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateInterfaceRequest.ProtoReflect.Descriptor instead.
+func (*UpdateInterfaceRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *UpdateInterfaceRequest) GetInterface() *NetInterface {
+	if x != nil {
+		return x.Interface
+	}
+	return nil
+}
+
+func (x *UpdateInterfaceRequest) GetWaitMs() uint32 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+func (x *UpdateInterfaceRequest) GetRoutes() []*NetRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *UpdateInterfaceRequest) GetNeighbors() []*NetNeighbor {
+	if x != nil {
+		return x.Neighbors
+	}
+	return nil
+}
+
+type NetRoutes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Routes        []*NetRoute            `protobuf:"bytes,1,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetRoutes) Reset() {
+	*x = NetRoutes{}
+	mi := &file_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetRoutes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetRoutes) ProtoMessage() {}
+
+func (x *NetRoutes) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetRoutes.ProtoReflect.Descriptor instead.
+func (*NetRoutes) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *NetRoutes) GetRoutes() []*NetRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
 // NetRoute is a route of the pod's network namespace.
 type NetRoute struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1872,7 +2142,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2154,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2167,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NetRoute) GetDestination() string {
@@ -1958,7 +2228,7 @@ type NetNeighbor struct {
 
 func (x *NetNeighbor) Reset() {
 	*x = NetNeighbor{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2240,7 @@ func (x *NetNeighbor) String() string {
 func (*NetNeighbor) ProtoMessage() {}
 
 func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2253,7 @@ func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNeighbor.ProtoReflect.Descriptor instead.
 func (*NetNeighbor) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NetNeighbor) GetIp() string {
@@ -2018,7 +2288,7 @@ type SetupNetworkRequest struct {
 
 func (x *SetupNetworkRequest) Reset() {
 	*x = SetupNetworkRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2300,7 @@ func (x *SetupNetworkRequest) String() string {
 func (*SetupNetworkRequest) ProtoMessage() {}
 
 func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2313,7 @@ func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetupNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetupNetworkRequest) GetInterfaces() []*NetInterface {
@@ -2077,7 +2347,7 @@ type SetupNetworkResponse struct {
 
 func (x *SetupNetworkResponse) Reset() {
 	*x = SetupNetworkResponse{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2089,7 +2359,7 @@ func (x *SetupNetworkResponse) String() string {
 func (*SetupNetworkResponse) ProtoMessage() {}
 
 func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2372,7 @@ func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetupNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetupNetworkResponse) GetInterfaces() []*NetInterface {
@@ -2243,12 +2513,37 @@ const file_agent_proto_rawDesc = "" +
 	"\x14ReclaimMemoryRequest\"`\n" +
 	"\x15ReclaimMemoryResponse\x12!\n" +
 	"\fzeroed_bytes\x18\x01 \x01(\x04R\vzeroedBytes\x12$\n" +
-	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\"d\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\"\x95\x01\n" +
 	"\fNetInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
-	"\taddresses\x18\x04 \x03(\tR\taddresses\"\xa4\x01\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\x12/\n" +
+	"\x05stats\x18\x05 \x01(\v2\x19.cocoon.agent.v1.NetStatsR\x05stats\"\xf6\x01\n" +
+	"\bNetStats\x12\x19\n" +
+	"\brx_bytes\x18\x01 \x01(\x04R\arxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\x02 \x01(\x04R\trxPackets\x12\x1b\n" +
+	"\trx_errors\x18\x03 \x01(\x04R\brxErrors\x12\x1d\n" +
+	"\n" +
+	"rx_dropped\x18\x04 \x01(\x04R\trxDropped\x12\x19\n" +
+	"\btx_bytes\x18\x05 \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\x06 \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\ttx_errors\x18\a \x01(\x04R\btxErrors\x12\x1d\n" +
+	"\n" +
+	"tx_dropped\x18\b \x01(\x04R\ttxDropped\"N\n" +
+	"\rNetInterfaces\x12=\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2\x1d.cocoon.agent.v1.NetInterfaceR\n" +
+	"interfaces\"\xdd\x01\n" +
+	"\x16UpdateInterfaceRequest\x12;\n" +
+	"\tinterface\x18\x01 \x01(\v2\x1d.cocoon.agent.v1.NetInterfaceR\tinterface\x12\x17\n" +
+	"\await_ms\x18\x02 \x01(\rR\x06waitMs\x121\n" +
+	"\x06routes\x18\x03 \x03(\v2\x19.cocoon.agent.v1.NetRouteR\x06routes\x12:\n" +
+	"\tneighbors\x18\x04 \x03(\v2\x1c.cocoon.agent.v1.NetNeighborR\tneighbors\">\n" +
+	"\tNetRoutes\x121\n" +
+	"\x06routes\x18\x01 \x03(\v2\x19.cocoon.agent.v1.NetRouteR\x06routes\"\xa4\x01\n" +
 	"\bNetRoute\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
@@ -2272,7 +2567,7 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces2\x9e\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12L\n" +
-	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xa6\f\n" +
+	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xd5\x0e\n" +
 	"\x05Agent\x12Y\n" +
 	"\x0fGetGuestDetails\x12'.cocoon.agent.v1.GetGuestDetailsRequest\x1a\x1d.cocoon.agent.v1.GuestDetails\x12a\n" +
 	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a'.cocoon.agent.v1.DestroySandboxResponse\x12R\n" +
@@ -2293,7 +2588,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fRemoveContainer\x12'.cocoon.agent.v1.RemoveContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12H\n" +
 	"\rDeleteProcess\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a\x16.cocoon.agent.v1.Empty\x12^\n" +
 	"\rReclaimMemory\x12%.cocoon.agent.v1.ReclaimMemoryRequest\x1a&.cocoon.agent.v1.ReclaimMemoryResponse\x12[\n" +
-	"\fSetupNetwork\x12$.cocoon.agent.v1.SetupNetworkRequest\x1a%.cocoon.agent.v1.SetupNetworkResponseB:Z8github.com/cocoon-runtime/cocoon/agent/protocol;protocolb\x06proto3"
+	"\fSetupNetwork\x12$.cocoon.agent.v1.SetupNetworkRequest\x1a%.cocoon.agent.v1.SetupNetworkResponse\x12Y\n" +
+	"\x0fUpdateInterface\x12'.cocoon.agent.v1.UpdateInterfaceRequest\x1a\x1d.cocoon.agent.v1.NetInterface\x12H\n" +
+	"\x0eListInterfaces\x12\x16.cocoon.agent.v1.Empty\x1a\x1e.cocoon.agent.v1.NetInterfaces\x12F\n" +
+	"\fUpdateRoutes\x12\x1a.cocoon.agent.v1.NetRoutes\x1a\x1a.cocoon.agent.v1.NetRoutes\x12@\n" +
+	"\n" +
+	"ListRoutes\x12\x16.cocoon.agent.v1.Empty\x1a\x1a.cocoon.agent.v1.NetRoutesB:Z8github.com/cocoon-runtime/cocoon/agent/protocol;protocolb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2308,7 +2608,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_agent_proto_goTypes = []any{
 	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
 	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
@@ -2340,10 +2640,14 @@ var file_agent_proto_goTypes = []any{
 	(*ReclaimMemoryRequest)(nil),     // 27: cocoon.agent.v1.ReclaimMemoryRequest
 	(*ReclaimMemoryResponse)(nil),    // 28: cocoon.agent.v1.ReclaimMemoryResponse
 	(*NetInterface)(nil),             // 29: cocoon.agent.v1.NetInterface
-	(*NetRoute)(nil),                 // 30: cocoon.agent.v1.NetRoute
-	(*NetNeighbor)(nil),              // 31: cocoon.agent.v1.NetNeighbor
-	(*SetupNetworkRequest)(nil),      // 32: cocoon.agent.v1.SetupNetworkRequest
-	(*SetupNetworkResponse)(nil),     // 33: cocoon.agent.v1.SetupNetworkResponse
+	(*NetStats)(nil),                 // 30: cocoon.agent.v1.NetStats
+	(*NetInterfaces)(nil),            // 31: cocoon.agent.v1.NetInterfaces
+	(*UpdateInterfaceRequest)(nil),   // 32: cocoon.agent.v1.UpdateInterfaceRequest
+	(*NetRoutes)(nil),                // 33: cocoon.agent.v1.NetRoutes
+	(*NetRoute)(nil),                 // 34: cocoon.agent.v1.NetRoute
+	(*NetNeighbor)(nil),              // 35: cocoon.agent.v1.NetNeighbor
+	(*SetupNetworkRequest)(nil),      // 36: cocoon.agent.v1.SetupNetworkRequest
+	(*SetupNetworkResponse)(nil),     // 37: cocoon.agent.v1.SetupNetworkResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
@@ -2352,57 +2656,71 @@ var file_agent_proto_depIdxs = []int32{
 	12, // 3: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
 	1,  // 4: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
 	2,  // 5: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
-	29, // 6: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	30, // 7: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	31, // 8: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	29, // 9: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	19, // 10: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	21, // 11: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
-	23, // 12: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
-	25, // 13: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	5,  // 14: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	3,  // 15: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	8,  // 16: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	9,  // 17: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	4,  // 18: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	11, // 19: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
-	4,  // 20: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	3,  // 21: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 22: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 23: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 24: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 25: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	16, // 26: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	17, // 27: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	4,  // 28: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	27, // 29: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	32, // 30: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
-	20, // 31: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	22, // 32: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	24, // 33: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	26, // 34: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
-	18, // 35: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 36: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 37: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	18, // 38: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	10, // 39: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	18, // 40: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	18, // 41: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	13, // 42: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	15, // 43: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	14, // 44: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	18, // 45: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 46: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 47: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 48: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 49: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	28, // 50: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	33, // 51: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
-	31, // [31:52] is the sub-list for method output_type
-	10, // [10:31] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	30, // 6: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
+	29, // 7: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	29, // 8: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
+	34, // 9: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	35, // 10: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	34, // 11: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
+	29, // 12: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	34, // 13: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	35, // 14: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	29, // 15: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	19, // 16: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	21, // 17: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
+	23, // 18: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
+	25, // 19: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	5,  // 20: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	3,  // 21: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	8,  // 22: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	9,  // 23: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	4,  // 24: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	11, // 25: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
+	4,  // 26: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	3,  // 27: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 28: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 29: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 30: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 31: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	16, // 32: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	17, // 33: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	4,  // 34: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	27, // 35: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	36, // 36: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
+	32, // 37: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
+	18, // 38: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
+	33, // 39: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
+	18, // 40: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
+	20, // 41: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	22, // 42: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	24, // 43: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	26, // 44: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
+	18, // 45: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 46: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 47: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	18, // 48: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	10, // 49: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	18, // 50: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	18, // 51: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	13, // 52: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	15, // 53: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	14, // 54: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	18, // 55: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 56: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 57: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 58: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 59: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	28, // 60: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	37, // 61: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
+	29, // 62: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
+	31, // 63: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
+	33, // 64: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	33, // 65: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	41, // [41:66] is the sub-list for method output_type
+	16, // [16:41] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2416,7 +2734,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

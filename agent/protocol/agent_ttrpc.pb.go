@@ -79,6 +79,10 @@ type AgentService interface {
 	DeleteProcess(context.Context, *ProcessRequest) (*Empty, error)
 	ReclaimMemory(context.Context, *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error)
 	SetupNetwork(context.Context, *SetupNetworkRequest) (*SetupNetworkResponse, error)
+	UpdateInterface(context.Context, *UpdateInterfaceRequest) (*NetInterface, error)
+	ListInterfaces(context.Context, *Empty) (*NetInterfaces, error)
+	UpdateRoutes(context.Context, *NetRoutes) (*NetRoutes, error)
+	ListRoutes(context.Context, *Empty) (*NetRoutes, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -216,6 +220,34 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.SetupNetwork(ctx, &req)
+			},
+			"UpdateInterface": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UpdateInterfaceRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UpdateInterface(ctx, &req)
+			},
+			"ListInterfaces": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ListInterfaces(ctx, &req)
+			},
+			"UpdateRoutes": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req NetRoutes
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UpdateRoutes(ctx, &req)
+			},
+			"ListRoutes": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ListRoutes(ctx, &req)
 			},
 		},
 	})
@@ -378,6 +410,38 @@ func (c *agentClient) ReclaimMemory(ctx context.Context, req *ReclaimMemoryReque
 func (c *agentClient) SetupNetwork(ctx context.Context, req *SetupNetworkRequest) (*SetupNetworkResponse, error) {
 	var resp SetupNetworkResponse
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "SetupNetwork", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) UpdateInterface(ctx context.Context, req *UpdateInterfaceRequest) (*NetInterface, error) {
+	var resp NetInterface
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "UpdateInterface", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ListInterfaces(ctx context.Context, req *Empty) (*NetInterfaces, error) {
+	var resp NetInterfaces
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ListInterfaces", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) UpdateRoutes(ctx context.Context, req *NetRoutes) (*NetRoutes, error) {
+	var resp NetRoutes
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "UpdateRoutes", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ListRoutes(ctx context.Context, req *Empty) (*NetRoutes, error) {
+	var resp NetRoutes
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ListRoutes", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

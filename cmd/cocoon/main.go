@@ -71,6 +71,7 @@ func newRootCommand() *cobra.Command {
 		newStatsCommand(g),
 		newEventsCommand(g),
 		newUpdateCommand(g),
+		newNetworkCommand(g),
 	)
 	return root
 }

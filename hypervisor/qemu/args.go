@@ -228,10 +228,12 @@ func (l launch) args() []string {
 	}
 	// Network devices: each tap was opened by the host and is inherited
 	// (QEMU, confined, could open none). vhost-net needs /dev/vhost-net.
+	// No option ROM: the guest kernel boots directly.
+	nic := dev("virtio-net-pci,romfile=", "virtio-net-device")
 	for i, d := range c.NetDevices {
 		a = append(a,
 			"-netdev", fmt.Sprintf("tap,id=net-%s,fd=%d,vhost=off", d.ID, netDeviceFD(i)),
-			"-device", fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s", dev("virtio-net-pci", "virtio-net-device"), d.ID, d.ID, d.MAC),
+			"-device", fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s", nic, d.ID, d.ID, d.MAC),
 		)
 	}
 	// Free page reporting hands memory the guest freed (the unpacked

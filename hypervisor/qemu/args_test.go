@@ -196,7 +196,7 @@ func TestArgsNetDevices(t *testing.T) {
 		if !slices.Equal(nd, []string{"tap,id=net-net0,fd=3,vhost=off", "tap,id=net-net1,fd=4,vhost=off"}) {
 			t.Errorf("%s: -netdev %v", machine, nd)
 		}
-		drv := "virtio-net-pci"
+		drv := "virtio-net-pci,romfile="
 		if machine == MachineMicrovm {
 			drv = "virtio-net-device"
 		}

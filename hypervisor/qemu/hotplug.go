@@ -9,7 +9,6 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
-	"github.com/cocoon-runtime/cocoon/internal/network"
 	"golang.org/x/sys/unix"
 )
 
@@ -64,17 +63,12 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		}
 	case hypervisor.DeviceNet:
 		netdev := "net-" + dev.ID
-		// The tap is made beforehand, wired to what the NIC serves:
-		// opening a name that does not exist would make a new tap that
-		// nothing is connected to.
-		if _, err := net.InterfaceByName(dev.Path); err != nil {
-			return fmt.Errorf("add device %s: tap %s: %w", dev.ID, dev.Path, err)
+		// The tap was made and opened by the host, wired to what the NIC
+		// serves, in a namespace QEMU cannot (and need not) enter.
+		tap := dev.Tap
+		if tap == nil {
+			return fmt.Errorf("add device %s: no tap", dev.ID)
 		}
-		tap, err := network.OpenTap(dev.Path)
-		if err != nil {
-			return fmt.Errorf("add device %s: %w", dev.ID, err)
-		}
-		defer tap.Close()
 		if err := c.GetFD(ctx, netdev, tap); err != nil {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
@@ -83,7 +77,9 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 			c.CloseFD(context.WithoutCancel(ctx), netdev)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
-		args := map[string]any{"driver": "virtio-net-pci", "id": dev.ID, "netdev": netdev, "bus": rootPort(port)}
+		// No option ROM: the guest boots its kernel directly, and a
+		// confined QEMU could not read the ROM file anyway.
+		args := map[string]any{"driver": "virtio-net-pci", "id": dev.ID, "netdev": netdev, "bus": rootPort(port), "romfile": ""}
 		if dev.MAC != "" {
 			args["mac"] = dev.MAC
 		}

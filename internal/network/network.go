@@ -36,6 +36,20 @@ type Interface struct {
 	MTU int              `json:"mtu"`
 	// Addresses are its IPv4 and IPv6 addresses, link-local ones left out.
 	Addresses []netip.Prefix `json:"addresses,omitempty"`
+	// Stats are its counters, as the guest reports them (when listed).
+	Stats *Stats `json:"stats,omitempty"`
+}
+
+// Stats are an interface's counters in the guest.
+type Stats struct {
+	RxBytes   uint64 `json:"rx_bytes"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxErrors  uint64 `json:"rx_errors"`
+	RxDropped uint64 `json:"rx_dropped"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxErrors  uint64 `json:"tx_errors"`
+	TxDropped uint64 `json:"tx_dropped"`
 }
 
 // Route is a route of the pod's network namespace.
@@ -93,6 +107,11 @@ type Record struct {
 type RecordEndpoint struct {
 	Veth string `json:"veth"`
 	Tap  string `json:"tap"`
+	// MAC is the guest NIC's.
+	MAC string `json:"mac,omitempty"`
+	// Hotplugged is set for an endpoint added to the running VM, whose
+	// NIC's hypervisor device ID is Tap.
+	Hotplugged bool `json:"hotplugged,omitempty"`
 }
 
 // Plan scans the pod network namespace at path and returns the endpoints
@@ -112,76 +131,118 @@ func Plan(path string) ([]Endpoint, []Route, []Neighbor, error) {
 	var routes []Route
 	var neighs []Neighbor
 	for _, l := range links {
-		a := l.Attrs()
 		if l.Type() != "veth" {
 			continue
 		}
-		ifc := Interface{Name: a.Name, MAC: slices.Clone(a.HardwareAddr), MTU: a.MTU}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		ifc, rs, ns, err := scanLink(h, l)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("network namespace %s: interface %s: addresses: %w", path, a.Name, err)
+			return nil, nil, nil, fmt.Errorf("network namespace %s: %w", path, err)
 		}
-		for _, ad := range addrs {
-			if ad.IP.IsLinkLocalUnicast() {
-				continue
-			}
-			if p, ok := prefixOf(ad.IPNet); ok {
-				ifc.Addresses = append(ifc.Addresses, p)
-			}
-		}
-		rs, err := h.RouteList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("network namespace %s: interface %s: routes: %w", path, a.Name, err)
-		}
-		for _, r := range rs {
-			// The kernel makes the prefix routes of addresses (and
-			// IPv6's link-local and multicast ones) by itself.
-			if r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST {
-				continue
-			}
-			rt := Route{Device: a.Name, Scope: uint8(r.Scope), Family: 4}
-			if r.Family == netlink.FAMILY_V6 {
-				rt.Family = 6
-			}
-			if r.Dst != nil {
-				p, ok := prefixOf(r.Dst)
-				if !ok {
-					continue
-				}
-				if p.Bits() == 0 {
-					p = netip.Prefix{} // a default route
-				}
-				rt.Destination = p
-			}
-			if rt.Family == 6 && rt.Destination.IsValid() && rt.Destination.Addr().IsLinkLocalUnicast() {
-				continue
-			}
-			if r.Gw != nil {
-				rt.Gateway, _ = netip.AddrFromSlice(r.Gw)
-				rt.Gateway = rt.Gateway.Unmap()
-			}
-			if r.Src != nil {
-				rt.Source, _ = netip.AddrFromSlice(r.Src)
-				rt.Source = rt.Source.Unmap()
-			}
-			routes = append(routes, rt)
-		}
-		ns, err := h.NeighList(a.Index, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("network namespace %s: interface %s: neighbours: %w", path, a.Name, err)
-		}
-		for _, n := range ns {
-			// Only entries made by hand (or by CNI) are the pod's own: the
-			// guest learns the others itself.
-			ip, ok := netip.AddrFromSlice(n.IP)
-			if n.State&netlink.NUD_PERMANENT == 0 || !ok || len(n.HardwareAddr) != 6 {
-				continue
-			}
-			neighs = append(neighs, Neighbor{IP: ip.Unmap(), MAC: slices.Clone(n.HardwareAddr), Device: a.Name})
-		}
-		eps = append(eps, Endpoint{Interface: ifc, Veth: a.Name, Tap: fmt.Sprintf("cctap%d", len(eps))})
+		routes, neighs = append(routes, rs...), append(neighs, ns...)
+		eps = append(eps, Endpoint{Interface: ifc, Veth: ifc.Name, Tap: fmt.Sprintf("cctap%d", len(eps))})
 	}
 	return eps, routes, neighs, nil
+}
+
+// PlanInterface scans veth name of the pod network namespace at path, to
+// wire it to a running VM; its tap gets the first name cctapN not in
+// taken.
+func PlanInterface(path, name string, taken []string) (Endpoint, []Route, []Neighbor, error) {
+	h, closeNS, err := handleAt(path)
+	if err != nil {
+		return Endpoint{}, nil, nil, err
+	}
+	defer closeNS()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: interface %s: %w", path, name, err)
+	}
+	if l.Type() != "veth" {
+		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: interface %s is a %s, not a veth", path, name, l.Type())
+	}
+	ifc, rs, ns, err := scanLink(h, l)
+	if err != nil {
+		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	e := Endpoint{Interface: ifc, Veth: name}
+	for i := 0; e.Tap == ""; i++ {
+		if t := fmt.Sprintf("cctap%d", i); !slices.Contains(taken, t) {
+			e.Tap = t
+		}
+	}
+	return e, rs, ns, nil
+}
+
+// scanLink reads veth l: the interface the guest is to get, its routes
+// and its permanent neighbour entries.
+func scanLink(h *netlink.Handle, l netlink.Link) (Interface, []Route, []Neighbor, error) {
+	a := l.Attrs()
+	var routes []Route
+	var neighs []Neighbor
+	ifc := Interface{Name: a.Name, MAC: slices.Clone(a.HardwareAddr), MTU: a.MTU}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return Interface{}, nil, nil, fmt.Errorf("interface %s: addresses: %w", a.Name, err)
+	}
+	for _, ad := range addrs {
+		if ad.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if p, ok := prefixOf(ad.IPNet); ok {
+			ifc.Addresses = append(ifc.Addresses, p)
+		}
+	}
+	rs, err := h.RouteList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return Interface{}, nil, nil, fmt.Errorf("interface %s: routes: %w", a.Name, err)
+	}
+	for _, r := range rs {
+		// The kernel makes the prefix routes of addresses (and
+		// IPv6's link-local and multicast ones) by itself.
+		if r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		rt := Route{Device: a.Name, Scope: uint8(r.Scope), Family: 4}
+		if r.Family == netlink.FAMILY_V6 {
+			rt.Family = 6
+		}
+		if r.Dst != nil {
+			p, ok := prefixOf(r.Dst)
+			if !ok {
+				continue
+			}
+			if p.Bits() == 0 {
+				p = netip.Prefix{} // a default route
+			}
+			rt.Destination = p
+		}
+		if rt.Family == 6 && rt.Destination.IsValid() && rt.Destination.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		if r.Gw != nil {
+			rt.Gateway, _ = netip.AddrFromSlice(r.Gw)
+			rt.Gateway = rt.Gateway.Unmap()
+		}
+		if r.Src != nil {
+			rt.Source, _ = netip.AddrFromSlice(r.Src)
+			rt.Source = rt.Source.Unmap()
+		}
+		routes = append(routes, rt)
+	}
+	ns, err := h.NeighList(a.Index, netlink.FAMILY_ALL)
+	if err != nil {
+		return Interface{}, nil, nil, fmt.Errorf("interface %s: neighbours: %w", a.Name, err)
+	}
+	for _, n := range ns {
+		// Only entries made by hand (or by CNI) are the pod's own: the
+		// guest learns the others itself.
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if n.State&netlink.NUD_PERMANENT == 0 || !ok || len(n.HardwareAddr) != 6 {
+			continue
+		}
+		neighs = append(neighs, Neighbor{IP: ip.Unmap(), MAC: slices.Clone(n.HardwareAddr), Device: a.Name})
+	}
+	return ifc, routes, neighs, nil
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
@@ -198,7 +259,7 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 func RecordOf(path string, eps []Endpoint) Record {
 	r := Record{NetNS: path}
 	for _, e := range eps {
-		r.Endpoints = append(r.Endpoints, RecordEndpoint{Veth: e.Veth, Tap: e.Tap})
+		r.Endpoints = append(r.Endpoints, RecordEndpoint{Veth: e.Veth, Tap: e.Tap, MAC: e.Interface.MAC.String()})
 	}
 	return r
 }
@@ -367,7 +428,7 @@ func openTap(path, name string) (*os.File, error) {
 			ch <- result{err: fmt.Errorf("enter network namespace %s: %w", path, err)}
 			return
 		}
-		f, err := OpenTap(name)
+		f, err := createTap(name)
 		if err := netns.Set(orig); err != nil {
 			// The thread stays locked, so it ends with this goroutine
 			// rather than serve others in the pod's netns.
@@ -387,10 +448,11 @@ func openTap(path, name string) (*os.File, error) {
 	return r.f, nil
 }
 
-// OpenTap opens tap name in the current thread's netns, creating it
-// (non-persistent) if it does not exist. IFF_VNET_HDR lets the VMM pass
+// createTap creates tap name (non-persistent) in the current thread's
+// netns and opens it; a tap of that name that exists already is an error,
+// since it is another's. IFF_VNET_HDR lets the VMM pass
 // checksum and segmentation offloads through.
-func OpenTap(name string) (*os.File, error) {
+func createTap(name string) (*os.File, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)

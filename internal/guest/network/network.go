@@ -11,7 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
+	"time"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/vishvananda/netlink"
@@ -26,6 +26,9 @@ const (
 	maxNeighbors  = 256
 	minMTU        = 68
 	maxMTU        = 65535
+	// maxWait caps how long UpdateInterface waits for a hot-plugged NIC.
+	maxWait      = 30 * time.Second
+	pollInterval = 50 * time.Millisecond
 )
 
 // Setup applies req: first every interface (rename, MTU, addresses, up),
@@ -34,26 +37,24 @@ func Setup(req *protocol.SetupNetworkRequest) ([]*protocol.NetInterface, error) 
 	if err := Validate(req); err != nil {
 		return nil, err
 	}
+	return apply(req.Interfaces, req.Routes, req.Neighbors, 0)
+}
+
+// apply configures ifcs (see setupInterface), then adds routes and
+// neighs; it reports the interfaces as configured.
+func apply(ifcs []*protocol.NetInterface, routes []*protocol.NetRoute, neighs []*protocol.NetNeighbor, wait time.Duration) ([]*protocol.NetInterface, error) {
 	var out []*protocol.NetInterface
-	for _, ifc := range req.Interfaces {
-		got, err := setupInterface(ifc)
+	for _, ifc := range ifcs {
+		got, err := setupInterface(ifc, wait)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, got)
 	}
-	// On-link routes first: a gateway must be reachable when its route is added.
-	for _, pass := range []bool{true, false} {
-		for _, r := range req.Routes {
-			if (r.Gateway == "") != pass {
-				continue
-			}
-			if err := addRoute(r); err != nil {
-				return nil, err
-			}
-		}
+	if err := addRoutes(routes); err != nil {
+		return nil, err
 	}
-	for _, n := range req.Neighbors {
+	for _, n := range neighs {
 		if err := addNeighbor(n); err != nil {
 			return nil, err
 		}
@@ -70,48 +71,19 @@ func Validate(req *protocol.SetupNetworkRequest) error {
 	names := map[string]bool{}
 	macs := map[string]bool{}
 	for _, ifc := range req.Interfaces {
-		if err := ValidName(ifc.Name); err != nil {
+		if err := validInterface(ifc); err != nil {
 			return fmt.Errorf("network setup: %w", err)
 		}
-		mac, err := net.ParseMAC(ifc.Mac)
-		if err != nil || len(mac) != 6 {
-			return fmt.Errorf("network setup: interface %s: bad mac %q", ifc.Name, ifc.Mac)
-		}
+		mac, _ := net.ParseMAC(ifc.Mac)
 		if names[ifc.Name] || macs[mac.String()] {
 			return fmt.Errorf("network setup: interface %s (%s) given twice", ifc.Name, mac)
 		}
 		names[ifc.Name], macs[mac.String()] = true, true
-		if ifc.Mtu != 0 && (ifc.Mtu < minMTU || ifc.Mtu > maxMTU) {
-			return fmt.Errorf("network setup: interface %s: mtu %d out of range %d-%d", ifc.Name, ifc.Mtu, minMTU, maxMTU)
-		}
-		if len(ifc.Addresses) > maxAddresses {
-			return fmt.Errorf("network setup: interface %s: %d addresses, over the limit of %d", ifc.Name, len(ifc.Addresses), maxAddresses)
-		}
-		for _, a := range ifc.Addresses {
-			if _, err := netlink.ParseIPNet(a); err != nil {
-				return fmt.Errorf("network setup: interface %s: address %q: %w", ifc.Name, a, err)
-			}
-		}
 	}
+	known := func(name string) bool { return names[name] }
 	for _, r := range req.Routes {
-		if !names[r.Device] {
-			return fmt.Errorf("network setup: route %s via %q: unknown device %q", r.Destination, r.Gateway, r.Device)
-		}
-		if r.Family != 4 && r.Family != 6 {
-			return fmt.Errorf("network setup: route on %s: family %d (want 4 or 6)", r.Device, r.Family)
-		}
-		if r.Destination != "" {
-			if _, err := netlink.ParseIPNet(r.Destination); err != nil {
-				return fmt.Errorf("network setup: route destination %q: %w", r.Destination, err)
-			}
-		}
-		for _, ip := range []string{r.Gateway, r.Source} {
-			if ip != "" && net.ParseIP(ip) == nil {
-				return fmt.Errorf("network setup: route on %s: bad address %q", r.Device, ip)
-			}
-		}
-		if r.Scope > 255 {
-			return fmt.Errorf("network setup: route on %s: scope %d", r.Device, r.Scope)
+		if err := validRoute(r, known); err != nil {
+			return fmt.Errorf("network setup: %w", err)
 		}
 	}
 	for _, n := range req.Neighbors {
@@ -128,21 +100,73 @@ func Validate(req *protocol.SetupNetworkRequest) error {
 	return nil
 }
 
-// ValidName reports whether name can name a network interface.
-func ValidName(name string) error {
-	if name == "" || len(name) >= unix.IFNAMSIZ || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\x00") {
-		return fmt.Errorf("bad interface name %q", name)
+// validInterface checks one interface of a request.
+func validInterface(ifc *protocol.NetInterface) error {
+	if ifc == nil {
+		return errors.New("no interface")
+	}
+	if err := protocol.ValidInterfaceName(ifc.Name); err != nil {
+		return err
+	}
+	mac, err := net.ParseMAC(ifc.Mac)
+	if err != nil || len(mac) != 6 {
+		return fmt.Errorf("interface %s: bad mac %q", ifc.Name, ifc.Mac)
+	}
+	if ifc.Mtu != 0 && (ifc.Mtu < minMTU || ifc.Mtu > maxMTU) {
+		return fmt.Errorf("interface %s: mtu %d out of range %d-%d", ifc.Name, ifc.Mtu, minMTU, maxMTU)
+	}
+	if len(ifc.Addresses) > maxAddresses {
+		return fmt.Errorf("interface %s: %d addresses, over the limit of %d", ifc.Name, len(ifc.Addresses), maxAddresses)
+	}
+	for _, a := range ifc.Addresses {
+		if _, err := netlink.ParseIPNet(a); err != nil {
+			return fmt.Errorf("interface %s: address %q: %w", ifc.Name, a, err)
+		}
 	}
 	return nil
 }
 
-func setupInterface(ifc *protocol.NetInterface) (*protocol.NetInterface, error) {
+// validRoute checks one route of a request; known tells the devices a
+// route may name.
+func validRoute(r *protocol.NetRoute, known func(string) bool) error {
+	if r == nil {
+		return errors.New("no route")
+	}
+	if !known(r.Device) {
+		return fmt.Errorf("route %s via %q: unknown device %q", r.Destination, r.Gateway, r.Device)
+	}
+	if r.Family != 4 && r.Family != 6 {
+		return fmt.Errorf("route on %s: family %d (want 4 or 6)", r.Device, r.Family)
+	}
+	if r.Destination != "" {
+		if _, err := netlink.ParseIPNet(r.Destination); err != nil {
+			return fmt.Errorf("route destination %q: %w", r.Destination, err)
+		}
+	}
+	for _, ip := range []string{r.Gateway, r.Source} {
+		if ip != "" && net.ParseIP(ip) == nil {
+			return fmt.Errorf("route on %s: bad address %q", r.Device, ip)
+		}
+	}
+	if r.Scope > 255 {
+		return fmt.Errorf("route on %s: scope %d", r.Device, r.Scope)
+	}
+	return nil
+}
+
+// setupInterface gives the NIC with ifc's MAC ifc's name, MTU and
+// exactly ifc's addresses (link-local ones aside), and sets it up. It
+// waits up to wait for the NIC to appear.
+func setupInterface(ifc *protocol.NetInterface, wait time.Duration) (*protocol.NetInterface, error) {
 	mac, _ := net.ParseMAC(ifc.Mac)
-	link, err := byMAC(mac)
+	link, err := byMAC(mac, wait)
 	if err != nil {
 		return nil, err
 	}
 	if link.Attrs().Name != ifc.Name {
+		if other, err := netlink.LinkByName(ifc.Name); err == nil && other.Attrs().Index != link.Attrs().Index {
+			return nil, fmt.Errorf("interface %s: the name is taken by another interface (%s)", ifc.Name, other.Attrs().HardwareAddr)
+		}
 		// A link must be down to be renamed.
 		if err := netlink.LinkSetDown(link); err != nil {
 			return nil, fmt.Errorf("interface %s: set down: %w", link.Attrs().Name, err)
@@ -156,17 +180,37 @@ func setupInterface(ifc *protocol.NetInterface) (*protocol.NetInterface, error) 
 			return nil, fmt.Errorf("interface %s: mtu %d: %w", ifc.Name, ifc.Mtu, err)
 		}
 	}
+	addrs := make([]*netlink.Addr, 0, len(ifc.Addresses))
+	want := map[string]bool{}
 	for _, a := range ifc.Addresses {
 		addr, err := netlink.ParseAddr(a)
 		if err != nil {
 			return nil, fmt.Errorf("interface %s: address %q: %w", ifc.Name, a, err)
 		}
+		want[addr.IPNet.String()] = true
+		addrs = append(addrs, addr)
+	}
+	// Addresses not asked for go first: removing a subnet's primary
+	// address takes its secondaries with it, such as one just added.
+	have, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: addresses: %w", ifc.Name, err)
+	}
+	for _, a := range have {
+		if a.IP.IsLinkLocalUnicast() || want[a.IPNet.String()] {
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return nil, fmt.Errorf("interface %s: remove address %s: %w", ifc.Name, a.IPNet, err)
+		}
+	}
+	for _, addr := range addrs {
 		if addr.IP.To4() == nil {
 			// The host already did duplicate address detection.
 			addr.Flags |= unix.IFA_F_NODAD
 		}
 		if err := netlink.AddrReplace(link, addr); err != nil {
-			return nil, fmt.Errorf("interface %s: add address %s: %w", ifc.Name, a, err)
+			return nil, fmt.Errorf("interface %s: add address %s: %w", ifc.Name, addr.IPNet, err)
 		}
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
@@ -175,18 +219,24 @@ func setupInterface(ifc *protocol.NetInterface) (*protocol.NetInterface, error) 
 	return describe(ifc.Name)
 }
 
-// byMAC finds the link with MAC mac.
-func byMAC(mac net.HardwareAddr) (netlink.Link, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list interfaces: %w", err)
-	}
-	for _, l := range links {
-		if l.Attrs().HardwareAddr.String() == mac.String() {
-			return l, nil
+// byMAC finds the link with MAC mac, waiting up to wait for it to appear.
+func byMAC(mac net.HardwareAddr, wait time.Duration) (netlink.Link, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return nil, fmt.Errorf("list interfaces: %w", err)
 		}
+		for _, l := range links {
+			if l.Attrs().HardwareAddr.String() == mac.String() {
+				return l, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no interface with mac %s in the guest", mac)
+		}
+		time.Sleep(pollInterval)
 	}
-	return nil, fmt.Errorf("no interface with mac %s in the guest", mac)
 }
 
 // describe reports interface name as it is now.

@@ -51,3 +51,38 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// An interface update may add routes and neighbours of that interface
+// only, and is checked whole before anything is touched.
+func TestValidateUpdate(t *testing.T) {
+	good := func() *protocol.UpdateInterfaceRequest {
+		return &protocol.UpdateInterfaceRequest{
+			Interface: &protocol.NetInterface{Name: "net1", Mac: "02:cc:00:00:01:02", Mtu: 1300, Addresses: []string{"10.232.0.2/24"}},
+			Routes:    []*protocol.NetRoute{{Destination: "10.240.0.0/16", Gateway: "10.232.0.1", Device: "net1", Family: 4}},
+			Neighbors: []*protocol.NetNeighbor{{Ip: "10.232.0.9", Mac: "02:cc:00:00:00:09", Device: "net1"}},
+		}
+	}
+	if err := ValidateUpdate(good()); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		mod  func(*protocol.UpdateInterfaceRequest)
+		want string
+	}{
+		"no interface":  {func(r *protocol.UpdateInterfaceRequest) { r.Interface = nil }, "no interface"},
+		"control name":  {func(r *protocol.UpdateInterfaceRequest) { r.Interface.Name = "net\x1b1" }, "bad interface name"},
+		"other device":  {func(r *protocol.UpdateInterfaceRequest) { r.Routes[0].Device = "eth0" }, "unknown device"},
+		"neighbour dev": {func(r *protocol.UpdateInterfaceRequest) { r.Neighbors[0].Device = "eth0" }, "unknown device"},
+		"too many":      {func(r *protocol.UpdateInterfaceRequest) { r.Routes = make([]*protocol.NetRoute, maxRoutes+1) }, "over the limit"},
+		"mac":           {func(r *protocol.UpdateInterfaceRequest) { r.Interface.Mac = "" }, "bad mac"},
+	} {
+		r := good()
+		tc.mod(r)
+		if err := ValidateUpdate(r); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", name, err, tc.want)
+		}
+	}
+	if _, err := ReplaceRoutes(make([]*protocol.NetRoute, maxRoutes+1)); err == nil || !strings.Contains(err.Error(), "over the limit") {
+		t.Errorf("too many routes to replace: %v", err)
+	}
+}
