@@ -53,6 +53,11 @@ type Options struct {
 	// template and restored VMs' RAM (0: factory's default).
 	TemplateLimit     int
 	TemplateMemoryMiB uint32
+	// DANConfDir is where directly attachable network files are: a
+	// sandbox whose <DANConfDir>/<ID>.json exists gets exactly the host
+	// devices that file lists (see package dan's format), and its netns
+	// is not scanned. "" turns DAN off.
+	DANConfDir string
 	// Log receives the runtime's messages; nil discards them.
 	Log *slog.Logger
 }

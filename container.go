@@ -593,6 +593,16 @@ type ContainerStats struct {
 		ReadOps    uint64 `json:"read_ops"`
 		WriteOps   uint64 `json:"write_ops"`
 	} `json:"io"`
+	// Network has the counters of the pod's interfaces in the guest
+	// (every container of the pod shares them), when the sandbox has a
+	// network namespace.
+	Network []InterfaceStats `json:"network,omitempty"`
+}
+
+// InterfaceStats are one network interface's counters.
+type InterfaceStats struct {
+	Name string `json:"name"`
+	NetStats
 }
 
 // StatsContainer reports a container's resource usage.
@@ -613,6 +623,20 @@ func (s *Sandbox) StatsContainer(ctx context.Context, id string) (*ContainerStat
 	o.Memory.OOMEvents, o.Memory.OOMKillEvents = st.MemoryOomEvents, st.MemoryOomKillEvents
 	o.Pids.Current, o.Pids.Limit = st.PidsCurrent, st.PidsLimit
 	o.IO.ReadBytes, o.IO.WriteBytes, o.IO.ReadOps, o.IO.WriteOps = st.IoReadBytes, st.IoWriteBytes, st.IoReadOps, st.IoWriteOps
+	s.mu.Lock()
+	hasNet := s.state.Network != nil
+	s.mu.Unlock()
+	if hasNet {
+		ifcs, err := c.ListInterfaces(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", id, err)
+		}
+		for _, i := range ifcs {
+			if i.Stats != nil {
+				o.Network = append(o.Network, InterfaceStats{Name: i.Name, NetStats: *i.Stats})
+			}
+		}
+	}
 	return &o, nil
 }
 

@@ -48,14 +48,16 @@ func netnsPair(t *testing.T) (pod, peer string) {
 }
 
 // runNetSandbox runs a sandbox whose container sleeps, in the pod netns
-// of a fresh netnsPair; it is deleted at the test's end.
-func runNetSandbox(t *testing.T) (rt *cocoon.Runtime, sb *cocoon.Sandbox, pod, peer string) {
+// of a fresh netnsPair, with slots hotplug slots; it is deleted at the
+// test's end.
+func runNetSandbox(t *testing.T, slots int) (rt *cocoon.Runtime, sb *cocoon.Sandbox, pod, peer string) {
 	t.Helper()
 	rt, env := newRuntime(t)
 	pod, peer = netnsPair(t)
 	id := testutil.UniqueID(t)
 	cfg := sandboxConfig(env, id, bundle(t, "sleep", "600"))
 	cfg.NetNS = filepath.Join("/var/run/netns", pod)
+	cfg.VM.HotplugSlots = slots
 	sb, err := rt.RunSandbox(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +77,26 @@ func run(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// tcpExchange has a server in netns ns, on port, and the container of sb
+// connect to it at addr: each sends the other a line, and each must get
+// the other's.
+func tcpExchange(t *testing.T, sb *cocoon.Sandbox, id, ns, addr, port string) {
+	t.Helper()
+	got := filepath.Join(t.TempDir(), "got")
+	srv := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo from-peer | timeout 30 busybox nc -l -p "+port+" > "+got)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	out, st := execIn(t, sb, id, "sh", "-c", "echo from-container | nc -w 10 "+addr+" "+port)
+	if err := srv.Wait(); err != nil {
+		t.Errorf("server in %s: %v", ns, err)
+	}
+	if data, _ := os.ReadFile(got); st.Code != 0 || strings.TrimSpace(out) != "from-peer" || strings.TrimSpace(string(data)) != "from-container" {
+		t.Errorf("TCP with %s:%s: exit %d, container got %q, server got %q", addr, port, st.Code, out, data)
+	}
+}
+
 // cocoonLeftovers counts what Cocoon makes in a pod netns: taps, ingress
 // qdiscs and tc filters.
 func cocoonLeftovers(t *testing.T, ns string) (taps, qdiscs, filters int) {
@@ -88,7 +110,7 @@ func cocoonLeftovers(t *testing.T, ns string) (taps, qdiscs, filters int) {
 func TestNetworkVeth(t *testing.T) {
 	ctx := context.Background()
 	start := time.Now()
-	_, sb, pod, peer := runNetSandbox(t)
+	_, sb, pod, peer := runNetSandbox(t, 0)
 	id := sb.ID()
 	defer sb.Release()
 	t.Logf("sandbox with network running in %v", time.Since(start).Round(time.Millisecond))
@@ -118,22 +140,7 @@ func TestNetworkVeth(t *testing.T) {
 	}
 
 	// TCP both ways with a server in the peer netns.
-	got := filepath.Join(t.TempDir(), "got")
-	srv := exec.Command("ip", "netns", "exec", peer, "sh", "-c", "echo from-peer | timeout 30 busybox nc -l -p 5001 > "+got)
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	out, st = execIn(t, sb, id, "sh", "-c", "echo from-container | nc -w 10 10.231.0.1 5001")
-	if err := srv.Wait(); err != nil {
-		t.Errorf("peer server: %v", err)
-	}
-	if st.Code != 0 || strings.TrimSpace(out) != "from-peer" {
-		t.Errorf("container got %q (exit %d), want from-peer", out, st.Code)
-	}
-	if b, _ := os.ReadFile(got); strings.TrimSpace(string(b)) != "from-container" {
-		t.Errorf("peer got %q, want from-container", b)
-	}
+	tcpExchange(t, sb, id, peer, "10.231.0.1", "5001")
 
 	// Throughput each way: the peer's server counts what it receives, or
 	// sends; busybox nc -e gives it the connection as stdin and stdout.
@@ -232,7 +239,7 @@ func TestNetworkBadNetNS(t *testing.T) {
 // qdiscs and filters on the veth that remain.
 func TestNetworkVMKilled(t *testing.T) {
 	ctx := context.Background()
-	rt, sb, pod, peer := runNetSandbox(t)
+	rt, sb, pod, peer := runNetSandbox(t, 0)
 	id := sb.ID()
 	// A VM without hotplug slots cannot take a second interface: the
 	// error says so and nothing of the attempt stays.

@@ -14,6 +14,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/image"
+	"github.com/cocoon-runtime/cocoon/internal/dan"
 	"github.com/cocoon-runtime/cocoon/internal/factory"
 	"github.com/cocoon-runtime/cocoon/internal/failpoint"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
@@ -44,6 +45,12 @@ type SandboxConfig struct {
 	// Network, when set (and NetNS is ""), has Cocoon make the pod's
 	// network itself: see NetworkConfig.
 	Network *NetworkConfig
+	// NetworkModel is how each veth of the netns is wired to the VM's NIC:
+	// "tcfilter" (the default: a tap beside it, frames redirected both
+	// ways with tc), "macvtap" (a macvtap in passthru mode on it) or
+	// "none" (only taps and macvtaps, which another made, are attached,
+	// as they are). Macvlans and ipvlans are wired with tc either way.
+	NetworkModel string
 }
 
 // VMConfig is what a caller chooses of a sandbox's VM. Zero values select
@@ -104,6 +111,8 @@ type sandboxState struct {
 	// OwnNetwork is the pod network Cocoon made itself, saved before it
 	// is made (see SandboxConfig.Network).
 	OwnNetwork *ownNetwork `json:"own_network,omitempty"`
+	// NetworkModel is how interfaces added later are wired.
+	NetworkModel network.Model `json:"network_model,omitempty"`
 }
 
 // containerState is the persisted part of a container.
@@ -173,6 +182,19 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	if cfg.Network != nil && cfg.NetNS != "" {
 		return nil, fmt.Errorf("create sandbox %s: %w: both a network namespace (%s) and a network for Cocoon to make", cfg.ID, ErrInvalidConfig, cfg.NetNS)
 	}
+	model, err := network.ParseModel(cfg.NetworkModel)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w: %w", cfg.ID, ErrInvalidConfig, err)
+	}
+	var danCfg *dan.Config
+	if r.opts.DANConfDir != "" {
+		if danCfg, err = dan.Load(r.opts.DANConfDir, cfg.ID); err != nil {
+			return nil, fmt.Errorf("create sandbox %s: %w: %w", cfg.ID, ErrInvalidConfig, err)
+		}
+		if danCfg != nil && cfg.Network != nil {
+			return nil, fmt.Errorf("create sandbox %s: %w: both a DAN file (%s) and a network for Cocoon to make", cfg.ID, ErrInvalidConfig, dan.Path(r.opts.DANConfDir, cfg.ID))
+		}
+	}
 	hv := cfg.VM.HypervisorConfig()
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
@@ -193,6 +215,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	s.state = &sandboxState{
 		ID: cfg.ID, State: StateCreating, Created: time.Now().UTC(),
 		Annotations: cfg.Annotations, Containers: map[string]*containerState{},
+		NetworkModel: model,
 	}
 	if err := r.store.Save(cfg.ID, s.state); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
@@ -231,8 +254,12 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	var netCfg network.Config
-	if cfg.NetNS != "" {
-		taps, nc, err := s.attachNetwork(cfg.NetNS)
+	if danCfg != nil || cfg.NetNS != "" {
+		attach := func() ([]hypervisor.NetDevice, network.Config, error) { return s.attachNetwork(cfg.NetNS, model) }
+		if danCfg != nil {
+			attach = func() ([]hypervisor.NetDevice, network.Config, error) { return s.attachDAN(*danCfg) }
+		}
+		taps, nc, err := attach()
 		if err != nil {
 			return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 		}

@@ -5,23 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/cni"
+	"github.com/cocoon-runtime/cocoon/internal/dan"
 	"github.com/cocoon-runtime/cocoon/internal/network"
 )
 
-// attachNetwork wires the veths of the pod netns at path to taps for the
-// VM (see network.Attach), after saving the record of what it will make
+// attachNetwork wires the interfaces of the pod netns at path to taps for
+// the VM with model (see network.Attach), after saving the record of what it will make
 // there. It returns the VM's network devices, whose files the caller
 // closes once the VM started, and what the guest is to be given. The
 // caller holds the sandbox's lock.
-func (s *Sandbox) attachNetwork(path string) ([]hypervisor.NetDevice, network.Config, error) {
-	eps, routes, neighs, err := network.Plan(path)
+func (s *Sandbox) attachNetwork(path string, model network.Model) ([]hypervisor.NetDevice, network.Config, error) {
+	eps, routes, neighs, err := network.Plan(path, model)
 	if err != nil {
 		return nil, network.Config{}, err
 	}
@@ -41,6 +41,47 @@ func (s *Sandbox) attachNetwork(path string) ([]hypervisor.NetDevice, network.Co
 	for i, e := range eps {
 		devs[i] = hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: files[i], MAC: e.Interface.MAC.String()}
 		cfg.Interfaces = append(cfg.Interfaces, e.Interface)
+	}
+	return devs, cfg, nil
+}
+
+// attachDAN opens the host taps a DAN file lists (in its netns) for the
+// VM, after saving the record of them: taps Cocoon did not make, which
+// it leaves when the sandbox goes. It returns the VM's network devices,
+// whose files the caller closes once the VM started, and what the guest
+// is to be given. The caller holds the sandbox's lock.
+func (s *Sandbox) attachDAN(d dan.Config) (_ []hypervisor.NetDevice, _ network.Config, err error) {
+	rec := network.Record{NetNS: d.NetNS}
+	for _, dev := range d.Devices {
+		rec.Endpoints = append(rec.Endpoints, network.RecordEndpoint{Link: dev.Interface.Name, Model: network.ModelNone, Tap: dev.TapName, MAC: dev.Interface.MAC.String()})
+	}
+	s.mu.Lock()
+	s.state.Network = &rec
+	s.mu.Unlock()
+	if err := s.rt.store.Save(s.id, s.state); err != nil {
+		return nil, network.Config{}, err
+	}
+	var devs []hypervisor.NetDevice
+	defer func() {
+		if err != nil {
+			for _, d := range devs {
+				d.Tap.Close()
+			}
+		}
+	}()
+	var cfg network.Config
+	for i, dev := range d.Devices {
+		if dev.Type != dan.TypeHostTap {
+			return nil, network.Config{}, fmt.Errorf("DAN device %s: type %s: %w", dev.Interface.Name, dev.Type, hypervisor.ErrNotSupported)
+		}
+		f, err := network.OpenGivenTap(d.NetNS, dev.TapName)
+		if err != nil {
+			return nil, network.Config{}, fmt.Errorf("DAN device %s: %w", dev.Interface.Name, err)
+		}
+		devs = append(devs, hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: f, MAC: dev.Interface.MAC.String(), QueueSize: dev.QueueSize})
+		cfg.Interfaces = append(cfg.Interfaces, dev.Interface)
+		cfg.Routes = append(cfg.Routes, dev.Routes...)
+		cfg.Neighbors = append(cfg.Neighbors, dev.Neighbors...)
 	}
 	return devs, cfg, nil
 }
@@ -133,9 +174,9 @@ type NetStats = network.Stats
 const hotplugWait = 20 * time.Second
 
 // AddInterface wires interface name of the sandbox's network namespace —
-// a veth that appeared there after the sandbox started, such as a second
-// network CNI added — to the running VM: a tap beside it redirected with
-// tc, a NIC hot-plugged into a free PCIe root port (the VM needs
+// one that appeared there after the sandbox started, such as a second
+// network CNI added — to the running VM as the sandbox's interworking
+// model has it (see SandboxConfig.NetworkModel), a NIC hot-plugged into a free PCIe root port (the VM needs
 // VMConfig.HotplugSlots), and in the guest the veth's name, MAC, MTU,
 // addresses, routes and permanent neighbours. It returns the interface as
 // the guest has it. On error nothing of it is left.
@@ -149,24 +190,31 @@ func (s *Sandbox) AddInterface(ctx context.Context, name string) (_ NetInterface
 	if err != nil {
 		return NetInterface{}, err
 	}
+	s.mu.Lock()
+	model := s.state.NetworkModel
+	s.mu.Unlock()
+	if model == "" {
+		model = network.ModelTCFilter
+	}
 	var taps []string
 	for _, e := range rec.Endpoints {
-		if e.Veth == name {
+		if e.Link == name {
 			return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w: it is attached already", s.id, name, ErrExists)
 		}
 		taps = append(taps, e.Tap)
 	}
-	ep, routes, neighs, err := network.PlanInterface(rec.NetNS, name, taps)
+	ep, routes, neighs, err := network.PlanInterface(rec.NetNS, name, model, taps)
 	if err != nil {
 		return NetInterface{}, fmt.Errorf("sandbox %s: add interface: %w", s.id, err)
 	}
 	mac := ep.Interface.MAC.String()
 	for _, e := range rec.Endpoints {
 		if e.MAC == mac {
-			return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w: mac %s is %s's already", s.id, name, ErrInvalidConfig, mac, e.Veth)
+			return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w: mac %s is %s's already", s.id, name, ErrInvalidConfig, mac, e.Link)
 		}
 	}
-	one := network.Record{NetNS: rec.NetNS, Endpoints: []network.RecordEndpoint{{Veth: name, Tap: ep.Tap, MAC: mac, Hotplugged: true}}}
+	one := network.RecordOf(rec.NetNS, []network.Endpoint{ep})
+	one.Endpoints[0].Hotplugged = true
 	// The record first, so that whatever a crash leaves is removed with
 	// the sandbox; on error it is taken back with what was made.
 	if err := s.updateLocked(func(st *sandboxState) error {
@@ -223,7 +271,7 @@ func (s *Sandbox) RemoveInterface(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	i := slices.IndexFunc(rec.Endpoints, func(e network.RecordEndpoint) bool { return e.Veth == name })
+	i := slices.IndexFunc(rec.Endpoints, func(e network.RecordEndpoint) bool { return e.Link == name })
 	if i < 0 {
 		return fmt.Errorf("sandbox %s: remove interface %s: %w", s.id, name, ErrNotFound)
 	}
@@ -255,7 +303,7 @@ func (s *Sandbox) UpdateInterface(ctx context.Context, ifc NetInterface) (NetInt
 	if err != nil {
 		return NetInterface{}, err
 	}
-	i := slices.IndexFunc(rec.Endpoints, func(e network.RecordEndpoint) bool { return e.Veth == ifc.Name })
+	i := slices.IndexFunc(rec.Endpoints, func(e network.RecordEndpoint) bool { return e.Link == ifc.Name })
 	if i < 0 {
 		return NetInterface{}, fmt.Errorf("sandbox %s: update interface %s: %w", s.id, ifc.Name, ErrNotFound)
 	}
@@ -303,9 +351,9 @@ func (s *Sandbox) UpdateRoutes(ctx context.Context, routes []NetRoute) ([]NetRou
 		}
 		switch {
 		case r.Destination.IsValid():
-			routes[i].Family = familyOf(r.Destination.Addr())
+			routes[i].Family = network.Family(r.Destination.Addr())
 		case r.Gateway.IsValid():
-			routes[i].Family = familyOf(r.Gateway)
+			routes[i].Family = network.Family(r.Gateway)
 		default:
 			return nil, fmt.Errorf("sandbox %s: update routes: %w: route %d on %s names no family, destination or gateway", s.id, ErrInvalidConfig, i, r.Device)
 		}
@@ -349,11 +397,4 @@ func (s *Sandbox) networkLocked(op string) (network.Record, sandboxVM, guestAgen
 		return network.Record{}, nil, nil, fmt.Errorf("sandbox %s: %s: %w: the sandbox has no network namespace", s.id, op, ErrState)
 	}
 	return *rec, v, ag, nil
-}
-
-func familyOf(a netip.Addr) int {
-	if a.Is4() {
-		return 4
-	}
-	return 6
 }

@@ -118,6 +118,12 @@ type Runtime struct {
 	// EnableAnnotations lists the keys, as "<section>.<key>", that a pod
 	// may override with an annotation (see Config.WithAnnotations).
 	EnableAnnotations []string `toml:"enable_annotations"`
+	// DANConfDir is the directory of directly attachable network files,
+	// <sandbox ID>.json each; "" turns DAN off.
+	DANConfDir string `toml:"dan_conf_dir"`
+	// InternetworkingModel is how a pod's veths are wired to its VM:
+	// "tcfilter", "macvtap" or "none" (see cocoon.SandboxConfig).
+	InternetworkingModel string `toml:"internetworking_model"`
 }
 
 // Duration is a time.Duration written in the file as a Go duration string
@@ -158,9 +164,10 @@ func Default() *Config {
 		// 256 MiB VMs that touched all their memory.
 		Factory: Factory{EnableTemplate: true, TemplateLimit: 4, MemoryMiB: 5120},
 		Runtime: Runtime{
-			StateDir: layout.StateDir,
-			DataDir:  layout.DataDir,
-			LogLevel: "info",
+			StateDir:             layout.StateDir,
+			DataDir:              layout.DataDir,
+			LogLevel:             "info",
+			InternetworkingModel: "tcfilter",
 		},
 	}
 }
@@ -337,6 +344,8 @@ func (c *Config) Validate() error {
 
 	absolute("runtime.state_dir", c.Runtime.StateDir, true)
 	absolute("runtime.data_dir", c.Runtime.DataDir, true)
+	absolute("runtime.dan_conf_dir", c.Runtime.DANConfDir, false)
+	oneOf("runtime.internetworking_model", c.Runtime.InternetworkingModel, "tcfilter", "macvtap", "none")
 	oneOf("runtime.log_level", c.Runtime.LogLevel, "debug", "info", "warn", "error")
 	for _, k := range c.Runtime.EnableAnnotations {
 		switch {

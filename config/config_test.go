@@ -23,7 +23,7 @@ func TestDefault(t *testing.T) {
 		Hypervisor: Hypervisor{Accelerator: "auto", VCPUs: 1, MemoryMiB: 256},
 		Agent:      Agent{Transport: "auto", BootTimeout: Duration{30 * time.Second}},
 		Factory:    Factory{EnableTemplate: true, TemplateLimit: 4, MemoryMiB: 5120},
-		Runtime:    Runtime{StateDir: "/run/cocoon", DataDir: "/var/lib/cocoon", LogLevel: "info"},
+		Runtime:    Runtime{StateDir: "/run/cocoon", DataDir: "/var/lib/cocoon", LogLevel: "info", InternetworkingModel: "tcfilter"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default() = %+v, want %+v", c, want)
@@ -234,6 +234,10 @@ func TestValidate(t *testing.T) {
 		{"maximum hotplug slots", func(c *Config) { c.Hypervisor.HotplugSlots = 32 }, ""},
 		{"too many hotplug slots", func(c *Config) { c.Hypervisor.HotplugSlots = 33 }, "hypervisor.hotplug_slots"},
 		{"negative hotplug slots", func(c *Config) { c.Hypervisor.HotplugSlots = -1 }, "hypervisor.hotplug_slots"},
+		{"relative DAN directory", func(c *Config) { c.Runtime.DANConfDir = "dan" }, "runtime.dan_conf_dir"},
+		{"DAN directory", func(c *Config) { c.Runtime.DANConfDir = "/etc/cocoon/dan" }, ""},
+		{"macvtap model", func(c *Config) { c.Runtime.InternetworkingModel = "macvtap" }, ""},
+		{"unknown model", func(c *Config) { c.Runtime.InternetworkingModel = "bridge" }, "runtime.internetworking_model"},
 		{"hotplug on microvm", func(c *Config) { c.Hypervisor.MachineType = "microvm"; c.Hypervisor.HotplugSlots = 1 }, "microvm cannot hotplug"},
 		{"kernel param with space", func(c *Config) { c.Hypervisor.KernelParams = []string{"a b"} }, "hypervisor.kernel_params"},
 		{"empty kernel param", func(c *Config) { c.Hypervisor.KernelParams = []string{""} }, "hypervisor.kernel_params"},
@@ -556,8 +560,8 @@ func TestOverridableKeys(t *testing.T) {
 			t.Errorf("overridable key %s is not a file key", k)
 		}
 	}
-	if n := len(fileKeys()); n != 11+3+3+4 {
-		t.Errorf("fileKeys() has %d keys, want 21: %v", n, fileKeys())
+	if n := len(fileKeys()); n != 11+3+3+6 {
+		t.Errorf("fileKeys() has %d keys, want 23: %v", n, fileKeys())
 	}
 }
 

@@ -163,6 +163,9 @@ type NetDevice struct {
 	Tap *os.File `json:"-"`
 	// MAC is the guest NIC's MAC address.
 	MAC string
+	// QueueSize is the NIC's receive ring size (a power of two from 256
+	// to 1024); 0 for the VMM's default.
+	QueueSize int
 }
 
 // Accelerator selects how the VMM executes guest code.

@@ -9,7 +9,7 @@ import (
 // cgroup v2 hierarchy) into containerd's cgroup v2 metrics type, which
 // `ctr task metrics` and the CRI decode.
 func metrics(st *cocoon.ContainerStats) *v2.Metrics {
-	return &v2.Metrics{
+	m := &v2.Metrics{
 		Pids: &v2.PidsStat{Current: st.Pids.Current, Limit: st.Pids.Limit},
 		CPU: &v2.CPUStat{
 			UsageUsec:     st.CPU.UsageNs / 1000,
@@ -29,4 +29,11 @@ func metrics(st *cocoon.ContainerStats) *v2.Metrics {
 			Rbytes: st.IO.ReadBytes, Wbytes: st.IO.WriteBytes, Rios: st.IO.ReadOps, Wios: st.IO.WriteOps,
 		}}},
 	}
+	for _, n := range st.Network {
+		m.Network = append(m.Network, &v2.NetworkStat{
+			Name: n.Name, RxBytes: n.RxBytes, RxPackets: n.RxPackets, RxErrors: n.RxErrors, RxDropped: n.RxDropped,
+			TxBytes: n.TxBytes, TxPackets: n.TxPackets, TxErrors: n.TxErrors, TxDropped: n.TxDropped,
+		})
+	}
+	return m
 }

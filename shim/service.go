@@ -331,6 +331,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		StateDir:    cfg.Runtime.StateDir,
 		DataDir:     cfg.Runtime.DataDir,
 		Virtiofsd:   cfg.Hypervisor.Virtiofsd,
+		DANConfDir:  cfg.Runtime.DANConfDir,
 		VMTemplates: cfg.Factory.EnableTemplate,
 		Log:         logger(s.ctx, cfg.Runtime.LogLevel),
 
@@ -356,12 +357,13 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		return err
 	}
 	sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{
-		ID:          r.ID,
-		VM:          cfg.VMConfig(),
-		BootTimeout: cfg.Agent.BootTimeout.Duration,
-		Annotations: cc.Spec.Annotations,
-		Containers:  []cocoon.ContainerConfig{cc},
-		NetNS:       specutil.NetNSPath(cc.Spec),
+		ID:           r.ID,
+		VM:           cfg.VMConfig(),
+		BootTimeout:  cfg.Agent.BootTimeout.Duration,
+		Annotations:  cc.Spec.Annotations,
+		Containers:   []cocoon.ContainerConfig{cc},
+		NetNS:        specutil.NetNSPath(cc.Spec),
+		NetworkModel: cfg.Runtime.InternetworkingModel,
 	})
 	if err != nil {
 		os.Remove(filepath.Join(r.Bundle, bundleRecordFile))

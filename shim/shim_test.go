@@ -384,3 +384,22 @@ func TestStdioCloseIOWithFIFOOpen(t *testing.T) {
 		t.Fatal("CloseIO did not close stdin while the client kept the FIFO open")
 	}
 }
+
+// The pod's interface counters reach containerd's metrics, one entry each.
+func TestMetricsNetwork(t *testing.T) {
+	st := &cocoon.ContainerStats{Network: []cocoon.InterfaceStats{
+		{Name: "eth0", NetStats: cocoon.NetStats{RxBytes: 10, RxPackets: 2, TxBytes: 30, TxPackets: 4, RxDropped: 1, TxErrors: 5}},
+		{Name: "net1", NetStats: cocoon.NetStats{TxBytes: 7}},
+	}}
+	m := metrics(st)
+	if len(m.Network) != 2 {
+		t.Fatalf("network metrics: %v", m.Network)
+	}
+	e := m.Network[0]
+	if e.Name != "eth0" || e.RxBytes != 10 || e.RxPackets != 2 || e.TxBytes != 30 || e.TxPackets != 4 || e.RxDropped != 1 || e.TxErrors != 5 {
+		t.Errorf("eth0 metrics: %v", e)
+	}
+	if m.Network[1].Name != "net1" || m.Network[1].TxBytes != 7 {
+		t.Errorf("net1 metrics: %v", m.Network[1])
+	}
+}

@@ -20,6 +20,8 @@ type globalOptions struct {
 	json     bool
 	// templates makes new sandbox VMs from VM templates (package factory).
 	templates bool
+	// danConfDir is where directly attachable network files are.
+	danConfDir string
 }
 
 func (g *globalOptions) logger() *slog.Logger {
@@ -49,6 +51,7 @@ func newRootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", layout.DataDir, "directory for persistent data (guest images, caches)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print data as JSON")
+	root.PersistentFlags().StringVar(&g.danConfDir, "dan-conf-dir", "", "directory of directly attachable network files (<ID>.json): a sandbox with one gets exactly the host devices it lists")
 	root.PersistentFlags().BoolVar(&g.templates, "vm-templates", false, "make new sandbox VMs from a saved VM template (made by the first, under --root) instead of booting each")
 	root.AddCommand(
 		newCheckCommand(g),

@@ -14,8 +14,8 @@ import (
 
 // netFlags choose a sandbox's network.
 type netFlags struct {
-	net, confDir string
-	binDirs      []string
+	net, confDir, model string
+	binDirs             []string
 }
 
 func (f *netFlags) register(cmd *cobra.Command) {
@@ -25,10 +25,12 @@ func (f *netFlags) register(cmd *cobra.Command) {
 		`default: the network namespace config.json names, else none`)
 	fl.StringVar(&f.confDir, "cni-conf-dir", cni.DefaultConfDir, "directory of CNI network configurations, for --net cni:NAME")
 	fl.StringSliceVar(&f.binDirs, "cni-bin-dir", cni.DefaultBinDirs(), "directories of CNI plugins, for --net cni:NAME")
+	fl.StringVar(&f.model, "net-model", "tcfilter", `how each veth of the network namespace is wired to the VM: "tcfilter", "macvtap", or "none" (only taps and macvtaps, attached as they are)`)
 }
 
 // apply sets cfg's network as the flags (or, without --net, spec) say.
 func (f *netFlags) apply(cfg *cocoon.SandboxConfig, spec *specs.Spec) error {
+	cfg.NetworkModel = f.model
 	kind, arg, _ := strings.Cut(f.net, ":")
 	switch {
 	case f.net == "":

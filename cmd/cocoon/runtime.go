@@ -20,7 +20,7 @@ import (
 
 // runtime returns the library's Runtime for the global flags.
 func (g *globalOptions) runtime() (*cocoon.Runtime, error) {
-	rt, err := cocoon.New(cocoon.Options{StateDir: g.root, DataDir: g.dataDir, VMTemplates: g.templates, Log: g.logger()})
+	rt, err := cocoon.New(cocoon.Options{StateDir: g.root, DataDir: g.dataDir, VMTemplates: g.templates, DANConfDir: g.danConfDir, Log: g.logger()})
 	if err != nil {
 		return nil, fmt.Errorf("open runtime state %s: %w", g.root, err)
 	}

@@ -15,7 +15,8 @@ func newStatsCommand(g *globalOptions) *cobra.Command {
 		Use:   "stats [--json] ID",
 		Short: "Print a container's resource usage",
 		Long: `Print a container's resource usage, from its cgroup in the sandbox VM:
-CPU time, memory, PIDs and block I/O.`,
+CPU time, memory, PIDs and block I/O; and the counters of the pod's
+network interfaces.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
@@ -49,6 +50,10 @@ func printStats(w io.Writer, s *cocoon.ContainerStats) error {
 	fmt.Fprintf(tw, "pids\tcurrent %d\tlimit %s\t\t\n", s.Pids.Current, limit(s.Pids.Limit))
 	fmt.Fprintf(tw, "io\tread %d bytes\twrite %d bytes\t%d read ops\t%d write ops\n",
 		s.IO.ReadBytes, s.IO.WriteBytes, s.IO.ReadOps, s.IO.WriteOps)
+	for _, n := range s.Network {
+		fmt.Fprintf(tw, "net %s\trx %d bytes, %d packets\ttx %d bytes, %d packets\terrors %d rx, %d tx\tdrops %d rx, %d tx\n",
+			n.Name, n.RxBytes, n.RxPackets, n.TxBytes, n.TxPackets, n.RxErrors, n.TxErrors, n.RxDropped, n.TxDropped)
+	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write stats: %w", err)
 	}

@@ -233,7 +233,7 @@ func (l launch) args() []string {
 	for i, d := range c.NetDevices {
 		a = append(a,
 			"-netdev", fmt.Sprintf("tap,id=net-%s,fd=%d,vhost=off", d.ID, netDeviceFD(i)),
-			"-device", fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s", nic, d.ID, d.ID, d.MAC),
+			"-device", fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s%s", nic, d.ID, d.ID, d.MAC, queueSize(d.QueueSize)),
 		)
 	}
 	// Free page reporting hands memory the guest freed (the unpacked
@@ -270,3 +270,11 @@ func rootPort(i int) string { return fmt.Sprintf("rp%d", i) }
 // netDeviceFD is QEMU's fd of the tap of network device i: the files
 // passed to QEMU follow stdin, stdout and stderr.
 func netDeviceFD(i int) int { return 3 + i }
+
+// queueSize is the NIC option of a receive ring of n entries.
+func queueSize(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(",rx_queue_size=%d", n)
+}

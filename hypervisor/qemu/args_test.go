@@ -190,7 +190,7 @@ func TestArgsConfined(t *testing.T) {
 func TestArgsNetDevices(t *testing.T) {
 	for _, machine := range []string{MachineQ35, MachineMicrovm} {
 		l := testLaunch(machine)
-		l.cfg.NetDevices = []hypervisor.NetDevice{{ID: "net0", MAC: "02:00:00:00:00:01"}, {ID: "net1", MAC: "02:00:00:00:00:02"}}
+		l.cfg.NetDevices = []hypervisor.NetDevice{{ID: "net0", MAC: "02:00:00:00:00:01", QueueSize: 512}, {ID: "net1", MAC: "02:00:00:00:00:02"}}
 		args := l.args()
 		nd := argValues(args, "-netdev")
 		if !slices.Equal(nd, []string{"tap,id=net-net0,fd=3,vhost=off", "tap,id=net-net1,fd=4,vhost=off"}) {
@@ -201,6 +201,9 @@ func TestArgsNetDevices(t *testing.T) {
 			drv = "virtio-net-device"
 		}
 		if want := drv + ",netdev=net-net1,id=net1,mac=02:00:00:00:00:02"; !slices.Contains(argValues(args, "-device"), want) {
+			t.Errorf("%s: no -device %s in %v", machine, want, args)
+		}
+		if want := drv + ",netdev=net-net0,id=net0,mac=02:00:00:00:00:01,rx_queue_size=512"; !slices.Contains(argValues(args, "-device"), want) {
 			t.Errorf("%s: no -device %s in %v", machine, want, args)
 		}
 	}

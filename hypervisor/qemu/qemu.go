@@ -219,6 +219,9 @@ func (q *QEMU) resolve(ctx context.Context, cfg hypervisor.Config) (hypervisor.C
 		if mac, err := net.ParseMAC(d.MAC); err != nil || len(mac) != 6 {
 			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s: bad mac %q", d.ID, d.MAC)}
 		}
+		if q := d.QueueSize; q != 0 && (q < 256 || q > 1024 || q&(q-1) != 0) {
+			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s: queue size %d (want 0, or a power of two from 256 to 1024)", d.ID, q)}
+		}
 	}
 	return cfg, nil
 }

@@ -210,6 +210,20 @@ func TestRepeatedFieldsBoundedBeforeDecoding(t *testing.T) {
 				return err
 			},
 		},
+		"interfaces": {
+			reply: withPayload(manyEmpty(1, size)),
+			call: func(c *Client) error {
+				_, err := c.ListInterfaces(context.Background())
+				return err
+			},
+		},
+		"routes": {
+			reply: withPayload(manyEmpty(1, size)),
+			call: func(c *Client) error {
+				_, err := c.ListRoutes(context.Background())
+				return err
+			},
+		},
 		// The reply envelope's error status has a repeated field too.
 		"status details": {
 			reply: withStatus(append(protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), uint64(codes.Internal)), manyEmpty(3, size)...)),

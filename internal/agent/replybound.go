@@ -38,6 +38,9 @@ const (
 var methodMaxElements = map[protoreflect.Name]int{
 	"ListProcesses":   maxProcesses,
 	"GetGuestDetails": 2 * maxModules, // modules and block devices
+	"ListInterfaces":  maxGuestInterfaces * (1 + maxGuestAddresses),
+	"ListRoutes":      maxGuestRoutes,
+	"UpdateRoutes":    maxGuestRoutes,
 }
 
 // replyDescriptors maps each agent method's full ttrpc path to its reply

@@ -1,10 +1,10 @@
 // Package network wires a pod's network namespace into its sandbox VM on
-// the host: it scans the interfaces CNI made there, and for each veth
-// creates a tap beside it with traffic redirected both ways by tc (the
-// tcfilter model: an ingress qdisc on each, and a u32 match-all filter
-// whose mirred action sends every frame out of the other). The tap is
-// opened here, inside the namespace, and its file handed to the VMM, which
-// so needs no access to the namespace.
+// the host: it scans the interfaces CNI (or a user) made there and wires a
+// NIC of the VM to each, by an interworking Model — a tap beside a veth,
+// macvlan or ipvlan with traffic redirected both ways by tc (tcfilter), a
+// macvtap on a veth (macvtap), or a tap or macvtap that is there already,
+// as it is (none). Every tap is opened here, inside the namespace, and its
+// file handed to the VMM, which so needs no access to the namespace.
 //
 // What it creates is listed in a Record, persisted with the sandbox before
 // anything is made, so that Remove undoes it from another process or after
@@ -12,17 +12,12 @@
 package network
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"slices"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,12 +79,48 @@ type Config struct {
 	Neighbors  []Neighbor
 }
 
-// Endpoint is one veth of the pod netns and the tap wired to it.
+// Model is how a pod interface is wired to the VM's NIC.
+type Model string
+
+// Interworking models.
+const (
+	// ModelTCFilter puts a tap beside the interface (a veth, macvlan or
+	// ipvlan) and redirects every frame both ways between the two with
+	// tc: an ingress qdisc on each, a u32 match-all filter whose mirred
+	// action sends the frame out of the other.
+	ModelTCFilter Model = "tcfilter"
+	// ModelMacvtap puts a macvtap in passthru mode on the veth: the NIC
+	// is on the macvtap, and owns the veth's traffic.
+	ModelMacvtap Model = "macvtap"
+	// ModelNone wires nothing: the interface is itself a tap or macvtap
+	// that another made (a CNI plugin, a DAN file), opened as it is.
+	ModelNone Model = "none"
+)
+
+// ParseModel checks a configured model; "" is ModelTCFilter.
+func ParseModel(s string) (Model, error) {
+	switch m := Model(s); m {
+	case "":
+		return ModelTCFilter, nil
+	case ModelTCFilter, ModelMacvtap, ModelNone:
+		return m, nil
+	}
+	return "", fmt.Errorf("interworking model %q: want %q, %q or %q", s, ModelTCFilter, ModelMacvtap, ModelNone)
+}
+
+// Endpoint is one interface of the pod netns and how the VM's NIC is
+// wired to it.
 type Endpoint struct {
 	Interface Interface
-	// Veth is the name of the veth in the pod netns (Interface.Name).
-	Veth string
-	// Tap is the name of the tap Cocoon creates beside it.
+	// Link is the interface's name in the pod netns (Interface.Name).
+	Link string
+	// Kind is its link type: "veth", "macvlan", "ipvlan", "tuntap" (a
+	// tap) or "macvtap".
+	Kind string
+	// Model is how it is wired: ModelNone for a tap or macvtap.
+	Model Model
+	// Tap is the tap (ModelTCFilter) or macvtap (ModelMacvtap) Cocoon
+	// creates beside it, or the interface itself (ModelNone).
 	Tap string
 }
 
@@ -103,10 +134,15 @@ type Record struct {
 	Endpoints []RecordEndpoint `json:"endpoints,omitempty"`
 }
 
-// RecordEndpoint is one veth/tap pair of a Record.
+// RecordEndpoint is one endpoint of a Record.
 type RecordEndpoint struct {
-	Veth string `json:"veth"`
-	Tap  string `json:"tap"`
+	// Link is the pod interface's name in the netns (for a DAN device,
+	// its name in the guest).
+	Link string `json:"link"`
+	// Model is how it was wired.
+	Model Model `json:"model"`
+	// Tap is the tap or macvtap the VM's NIC is on.
+	Tap string `json:"tap"`
 	// MAC is the guest NIC's.
 	MAC string `json:"mac,omitempty"`
 	// Hotplugged is set for an endpoint added to the running VM, whose
@@ -115,9 +151,10 @@ type RecordEndpoint struct {
 }
 
 // Plan scans the pod network namespace at path and returns the endpoints
-// to wire (one for each veth, lo and other kinds of link left out), the
+// to wire (one for each veth, macvlan, ipvlan, tap or macvtap; lo and
+// other kinds left out), wired with model where that is a choice, the
 // routes of their interfaces and their permanent neighbour entries.
-func Plan(path string) ([]Endpoint, []Route, []Neighbor, error) {
+func Plan(path string, model Model) ([]Endpoint, []Route, []Neighbor, error) {
 	h, closeNS, err := handleAt(path)
 	if err != nil {
 		return nil, nil, nil, err
@@ -131,7 +168,11 @@ func Plan(path string) ([]Endpoint, []Route, []Neighbor, error) {
 	var routes []Route
 	var neighs []Neighbor
 	for _, l := range links {
-		if l.Type() != "veth" {
+		m, ok, err := modelFor(l, model)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("network namespace %s: %w", path, err)
+		}
+		if !ok {
 			continue
 		}
 		ifc, rs, ns, err := scanLink(h, l)
@@ -139,41 +180,80 @@ func Plan(path string) ([]Endpoint, []Route, []Neighbor, error) {
 			return nil, nil, nil, fmt.Errorf("network namespace %s: %w", path, err)
 		}
 		routes, neighs = append(routes, rs...), append(neighs, ns...)
-		eps = append(eps, Endpoint{Interface: ifc, Veth: ifc.Name, Tap: fmt.Sprintf("cctap%d", len(eps))})
+		eps = append(eps, endpoint(ifc, l.Type(), m, fmt.Sprintf("cctap%d", len(eps))))
 	}
 	return eps, routes, neighs, nil
 }
 
-// PlanInterface scans veth name of the pod network namespace at path, to
-// wire it to a running VM; its tap gets the first name cctapN not in
-// taken.
-func PlanInterface(path, name string, taken []string) (Endpoint, []Route, []Neighbor, error) {
+// endpoint is the endpoint of interface ifc, of link type kind, wired
+// with model m, on tap (or the interface itself, for ModelNone).
+func endpoint(ifc Interface, kind string, m Model, tap string) Endpoint {
+	if m == ModelNone {
+		tap = ifc.Name
+	}
+	return Endpoint{Interface: ifc, Link: ifc.Name, Kind: kind, Model: m, Tap: tap}
+}
+
+// modelFor tells how link l is wired when model is chosen, and whether
+// it is an interface of the pod at all.
+func modelFor(l netlink.Link, model Model) (Model, bool, error) {
+	switch t := l.Type(); t {
+	case "veth", "macvlan", "ipvlan":
+		switch {
+		case model == ModelNone:
+			return "", false, fmt.Errorf("interface %s is a %s: model %s attaches taps and macvtaps only", l.Attrs().Name, t, ModelNone)
+		case model == ModelMacvtap && t != "veth":
+			// A macvtap in passthru mode takes a veth over; on a macvlan
+			// or ipvlan, tc is what works.
+			return ModelTCFilter, true, nil
+		}
+		return model, true, nil
+	case "tuntap":
+		tt, ok := l.(*netlink.Tuntap)
+		return ModelNone, ok && tt.Mode == netlink.TUNTAP_MODE_TAP, nil
+	case "macvtap":
+		return ModelNone, true, nil
+	}
+	return "", false, nil
+}
+
+// PlanInterface scans interface name of the pod network namespace at
+// path, to wire it with model to a running VM; a tap Cocoon makes for it
+// gets the first name cctapN not in taken, which it may not be itself.
+func PlanInterface(path, name string, model Model, taken []string) (Endpoint, []Route, []Neighbor, error) {
 	h, closeNS, err := handleAt(path)
 	if err != nil {
 		return Endpoint{}, nil, nil, err
 	}
 	defer closeNS()
+	if slices.Contains(taken, name) {
+		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: interface %s is the VM's own", path, name)
+	}
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: interface %s: %w", path, name, err)
 	}
-	if l.Type() != "veth" {
-		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: interface %s is a %s, not a veth", path, name, l.Type())
+	m, ok, err := modelFor(l, model)
+	if err != nil {
+		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: %w", path, err)
+	}
+	if !ok {
+		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: interface %s is a %s, not a veth, macvlan, ipvlan, tap or macvtap", path, name, l.Type())
 	}
 	ifc, rs, ns, err := scanLink(h, l)
 	if err != nil {
 		return Endpoint{}, nil, nil, fmt.Errorf("network namespace %s: %w", path, err)
 	}
-	e := Endpoint{Interface: ifc, Veth: name}
-	for i := 0; e.Tap == ""; i++ {
+	tap := ""
+	for i := 0; tap == ""; i++ {
 		if t := fmt.Sprintf("cctap%d", i); !slices.Contains(taken, t) {
-			e.Tap = t
+			tap = t
 		}
 	}
-	return e, rs, ns, nil
+	return endpoint(ifc, l.Type(), m, tap), rs, ns, nil
 }
 
-// scanLink reads veth l: the interface the guest is to get, its routes
+// scanLink reads interface l: the interface the guest is to get, its routes
 // and its permanent neighbour entries.
 func scanLink(h *netlink.Handle, l netlink.Link) (Interface, []Route, []Neighbor, error) {
 	a := l.Attrs()
@@ -245,6 +325,14 @@ func scanLink(h *netlink.Handle, l netlink.Link) (Interface, []Route, []Neighbor
 	return ifc, routes, neighs, nil
 }
 
+// Family is 4 for an IPv4 address, else 6.
+func Family(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	ip, ok := netip.AddrFromSlice(n.IP)
 	if !ok {
@@ -253,219 +341,4 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	ip = ip.Unmap()
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(ip, ones), true
-}
-
-// RecordOf is the record of wiring eps in the netns at path.
-func RecordOf(path string, eps []Endpoint) Record {
-	r := Record{NetNS: path}
-	for _, e := range eps {
-		r.Endpoints = append(r.Endpoints, RecordEndpoint{Veth: e.Veth, Tap: e.Tap, MAC: e.Interface.MAC.String()})
-	}
-	return r
-}
-
-// Attach wires each endpoint in the netns at path: it creates its tap
-// (non-persistent, so that the kernel removes it when the last file on it
-// closes — the VMM's), sets the tap's MTU to the veth's, adds the ingress
-// qdiscs and the redirect filters, and returns the taps' files in the
-// order of eps. On error it removes what it made and closes every file.
-func Attach(path string, eps []Endpoint) (_ []*os.File, err error) {
-	h, closeNS, err := handleAt(path)
-	if err != nil {
-		return nil, err
-	}
-	defer closeNS()
-	var files []*os.File
-	defer func() {
-		if err != nil {
-			for _, f := range files {
-				f.Close()
-			}
-			Remove(RecordOf(path, eps))
-		}
-	}()
-	for _, e := range eps {
-		f, err := openTap(path, e.Tap)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, f)
-		if err := wire(h, e); err != nil {
-			return nil, fmt.Errorf("network namespace %s: %w", path, err)
-		}
-	}
-	return files, nil
-}
-
-func wire(h *netlink.Handle, e Endpoint) error {
-	veth, err := h.LinkByName(e.Veth)
-	if err != nil {
-		return fmt.Errorf("interface %s: %w", e.Veth, err)
-	}
-	tap, err := h.LinkByName(e.Tap)
-	if err != nil {
-		return fmt.Errorf("tap %s: %w", e.Tap, err)
-	}
-	if err := h.LinkSetMTU(tap, veth.Attrs().MTU); err != nil {
-		return fmt.Errorf("tap %s: mtu %d: %w", e.Tap, veth.Attrs().MTU, err)
-	}
-	if err := h.LinkSetUp(tap); err != nil {
-		return fmt.Errorf("tap %s: set up: %w", e.Tap, err)
-	}
-	for _, pair := range [][2]netlink.Link{{veth, tap}, {tap, veth}} {
-		if err := redirect(h, pair[0], pair[1]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ingressHandle is the handle of an ingress qdisc, netlink.MakeHandle(0xffff, 0).
-const ingressHandle uint32 = 0xffff << 16
-
-// redirect adds an ingress qdisc on from and a filter redirecting every
-// frame it receives out of to.
-func redirect(h *netlink.Handle, from, to netlink.Link) error {
-	q := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: from.Attrs().Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}}
-	if err := h.QdiscAdd(q); err != nil {
-		return fmt.Errorf("interface %s: add ingress qdisc: %w", from.Attrs().Name, err)
-	}
-	// u32 with no keys matches every frame (this host's kernel has neither
-	// matchall nor flower).
-	f := &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: from.Attrs().Index, Parent: ingressHandle, Priority: 1, Protocol: unix.ETH_P_ALL},
-		Actions: []netlink.Action{&netlink.MirredAction{
-			ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
-			MirredAction: netlink.TCA_EGRESS_REDIR,
-			Ifindex:      to.Attrs().Index,
-		}},
-	}
-	if err := h.FilterAdd(f); err != nil {
-		return fmt.Errorf("interface %s: add redirect filter to %s: %w", from.Attrs().Name, to.Attrs().Name, err)
-	}
-	return nil
-}
-
-// Remove undoes what Attach made for rec: the taps (gone already once
-// their files closed, unless a file is still open) and the ingress qdiscs
-// on the veths, which take their filters with them. A netns that no
-// longer exists has nothing left in it.
-func Remove(rec Record) error {
-	if rec.NetNS == "" || len(rec.Endpoints) == 0 {
-		return nil
-	}
-	h, closeNS, err := handleAt(rec.NetNS)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	defer closeNS()
-	var errs []error
-	for _, e := range rec.Endpoints {
-		if l, err := h.LinkByName(e.Tap); err == nil {
-			if err := h.LinkDel(l); err != nil {
-				errs = append(errs, fmt.Errorf("remove tap %s: %w", e.Tap, err))
-			}
-		}
-		if l, err := h.LinkByName(e.Veth); err == nil {
-			q := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: ingressHandle, Parent: netlink.HANDLE_INGRESS}}
-			if err := h.QdiscDel(q); err != nil && !isGone(err) {
-				errs = append(errs, fmt.Errorf("remove ingress qdisc of %s: %w", e.Veth, err))
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("network namespace %s: %w", rec.NetNS, errors.Join(errs...))
-	}
-	return nil
-}
-
-func isGone(err error) bool {
-	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV)
-}
-
-// handleAt opens the netns at path and a netlink handle in it.
-func handleAt(path string) (*netlink.Handle, func(), error) {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		return nil, nil, fmt.Errorf("network namespace %s: netlink: %w", path, err)
-	}
-	return h, func() { h.Close(); ns.Close() }, nil
-}
-
-// openTap creates tap name in the netns at path and returns its file. The
-// tun device binds the netns of the thread that opens it, so the open
-// happens on a locked thread switched into the netns, and switched back.
-func openTap(path, name string) (*os.File, error) {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	type result struct {
-		f   *os.File
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("current network namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter network namespace %s: %w", path, err)}
-			return
-		}
-		f, err := createTap(name)
-		if err := netns.Set(orig); err != nil {
-			// The thread stays locked, so it ends with this goroutine
-			// rather than serve others in the pod's netns.
-			if f != nil {
-				f.Close()
-			}
-			ch <- result{err: fmt.Errorf("leave network namespace %s: %w", path, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{f, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return nil, fmt.Errorf("network namespace %s: %w", path, r.err)
-	}
-	return r.f, nil
-}
-
-// createTap creates tap name (non-persistent) in the current thread's
-// netns and opens it; a tap of that name that exists already is an error,
-// since it is another's. IFF_VNET_HDR lets the VMM pass
-// checksum and segmentation offloads through.
-func createTap(name string) (*os.File, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tap %q: %w", name, err)
-	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("open tap %s: %w", name, err)
-	}
-	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }
