@@ -92,3 +92,35 @@ func TestNetworkEndpoints(t *testing.T) {
 		})
 	}
 }
+
+// A VM of two vCPUs gets a multi-queue NIC: a multi-queue tap, a NIC
+// offering the guest two queue pairs, and traffic over it.
+func TestNetworkMultiQueue(t *testing.T) {
+	ctx := context.Background()
+	rt, env := newRuntime(t)
+	pod, peer := netnsPair(t)
+	id := testutil.UniqueID(t)
+	cfg := sandboxConfig(env, id, bundle(t, "sleep", "600"))
+	cfg.NetNS = filepath.Join("/var/run/netns", pod)
+	cfg.VM.VCPUs = 2
+	sb, err := rt.RunSandbox(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	defer sb.Release()
+	if out := run(t, "ip", "-n", pod, "-d", "link", "show", "cctap0"); !strings.Contains(out, "multi_queue") {
+		t.Errorf("the tap is not multi-queue:\n%s", out)
+	}
+	// The NIC offers the guest several queue pairs (VIRTIO_NET_F_MQ, bit
+	// 22 of the features). How many the guest uses is one a CPU it has
+	// online, and this guest kernel brings up one (see issue 16).
+	out, _ := execIn(t, sb, id, "cat", "/sys/class/net/eth0/device/features")
+	if f := strings.TrimSpace(out); len(f) <= 22 || f[22] != '1' {
+		t.Errorf("the guest's NIC does not offer multi-queue: features %q", f)
+	}
+	queues, _ := execIn(t, sb, id, "ls", "/sys/class/net/eth0/queues")
+	cpus, _ := execIn(t, sb, id, "nproc")
+	t.Logf("guest: %s CPU(s) online, queues %s", strings.TrimSpace(cpus), strings.Join(strings.Fields(queues), " "))
+	tcpExchange(t, sb, id, peer, "10.231.0.1", "5005")
+}

@@ -255,7 +255,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	}
 	var netCfg network.Config
 	if danCfg != nil || cfg.NetNS != "" {
-		attach := func() ([]hypervisor.NetDevice, network.Config, error) { return s.attachNetwork(cfg.NetNS, model) }
+		attach := func() ([]hypervisor.NetDevice, network.Config, error) {
+			return s.attachNetwork(cfg.NetNS, model, netQueues(hv.VCPUs))
+		}
 		if danCfg != nil {
 			attach = func() ([]hypervisor.NetDevice, network.Config, error) { return s.attachDAN(*danCfg) }
 		}
@@ -265,11 +267,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 		// QEMU holds the taps once started; ours close either way (a tap
 		// then lives as long as QEMU's file on it).
-		defer func() {
-			for _, d := range taps {
-				d.Tap.Close()
-			}
-		}()
+		defer closeNetDevices(taps)
 		hv.NetDevices, netCfg = taps, nc
 	}
 	if s.vm, err = r.vmm.Start(ctx, cfg.ID, hv, cfg.BootTimeout); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -16,11 +17,13 @@ import (
 )
 
 // attachNetwork wires the interfaces of the pod netns at path to taps for
-// the VM with model (see network.Attach), after saving the record of what it will make
-// there. It returns the VM's network devices, whose files the caller
-// closes once the VM started, and what the guest is to be given. The
-// caller holds the sandbox's lock.
-func (s *Sandbox) attachNetwork(path string, model network.Model) ([]hypervisor.NetDevice, network.Config, error) {
+// the VM with model (see network.Attach), after saving the record of what
+// it will make there: with queues queue pairs each where Cocoon makes the
+// tap, and vhost-net where the host has it. It returns the VM's network
+// devices, whose files the caller closes once the VM started (see
+// closeNetDevices), and what the guest is to be given. The caller holds
+// the sandbox's lock.
+func (s *Sandbox) attachNetwork(path string, model network.Model, queues int) (_ []hypervisor.NetDevice, _ network.Config, err error) {
 	eps, routes, neighs, err := network.Plan(path, model)
 	if err != nil {
 		return nil, network.Config{}, err
@@ -32,17 +35,39 @@ func (s *Sandbox) attachNetwork(path string, model network.Model) ([]hypervisor.
 	if err := s.rt.store.Save(s.id, s.state); err != nil {
 		return nil, network.Config{}, err
 	}
-	files, err := network.Attach(path, eps)
+	files, err := network.Attach(path, eps, queues)
 	if err != nil {
 		return nil, network.Config{}, err
 	}
 	devs := make([]hypervisor.NetDevice, len(eps))
+	defer func() {
+		if err != nil {
+			closeNetDevices(devs)
+		}
+	}()
 	cfg := network.Config{Routes: routes, Neighbors: neighs}
 	for i, e := range eps {
-		devs[i] = hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: files[i], MAC: e.Interface.MAC.String()}
+		devs[i] = hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Taps: files[i], MAC: e.Interface.MAC.String()}
+		if devs[i].VhostNet, err = network.OpenVhostNet(vhostNetDevice, len(files[i])); err != nil {
+			return nil, network.Config{}, err
+		}
 		cfg.Interfaces = append(cfg.Interfaces, e.Interface)
 	}
 	return devs, cfg, nil
+}
+
+// vhostNetDevice is the host's vhost-net device, used where it exists.
+const vhostNetDevice = "/dev/vhost-net"
+
+// netQueues is how many queue pairs a NIC Cocoon makes the tap of gets:
+// one a vCPU, up to 8.
+func netQueues(vcpus uint32) int { return int(min(max(vcpus, 1), 8)) }
+
+// closeNetDevices closes the files of devs.
+func closeNetDevices(devs []hypervisor.NetDevice) {
+	for _, d := range devs {
+		network.CloseAll([][]*os.File{d.Taps, d.VhostNet})
+	}
 }
 
 // attachDAN opens the host taps a DAN file lists (in its netns) for the
@@ -64,9 +89,7 @@ func (s *Sandbox) attachDAN(d dan.Config) (_ []hypervisor.NetDevice, _ network.C
 	var devs []hypervisor.NetDevice
 	defer func() {
 		if err != nil {
-			for _, d := range devs {
-				d.Tap.Close()
-			}
+			closeNetDevices(devs)
 		}
 	}()
 	var cfg network.Config
@@ -78,7 +101,11 @@ func (s *Sandbox) attachDAN(d dan.Config) (_ []hypervisor.NetDevice, _ network.C
 		if err != nil {
 			return nil, network.Config{}, fmt.Errorf("DAN device %s: %w", dev.Interface.Name, err)
 		}
-		devs = append(devs, hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: f, MAC: dev.Interface.MAC.String(), QueueSize: dev.QueueSize})
+		nd := hypervisor.NetDevice{ID: fmt.Sprintf("net%d", i), Taps: []*os.File{f}, MAC: dev.Interface.MAC.String(), QueueSize: dev.QueueSize}
+		devs = append(devs, nd)
+		if devs[i].VhostNet, err = network.OpenVhostNet(vhostNetDevice, 1); err != nil {
+			return nil, network.Config{}, err
+		}
 		cfg.Interfaces = append(cfg.Interfaces, dev.Interface)
 		cfg.Routes = append(cfg.Routes, dev.Routes...)
 		cfg.Neighbors = append(cfg.Neighbors, dev.Neighbors...)
@@ -239,12 +266,13 @@ func (s *Sandbox) AddInterface(ctx context.Context, name string) (_ NetInterface
 		}))
 		err = errors.Join(errs...)
 	}()
-	files, err := network.Attach(rec.NetNS, []network.Endpoint{ep})
+	// One queue: QEMU takes a hot-plugged NIC's tap as one file.
+	files, err := network.Attach(rec.NetNS, []network.Endpoint{ep}, 1)
 	if err != nil {
 		return NetInterface{}, fmt.Errorf("sandbox %s: add interface: %w", s.id, err)
 	}
-	defer files[0].Close()
-	dev.Tap = files[0]
+	defer network.CloseAll(files)
+	dev.Tap = files[0][0]
 	if err := v.AddDevice(ctx, dev); err != nil {
 		return NetInterface{}, fmt.Errorf("sandbox %s: add interface %s: %w", s.id, name, err)
 	}

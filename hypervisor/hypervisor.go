@@ -154,13 +154,17 @@ type Config struct {
 }
 
 // NetDevice is a network device the VM boots with: a tap the host opened
-// (in the pod's network namespace) and hands to the VMM as a file.
+// (in the pod's network namespace) and hands to the VMM as files.
 type NetDevice struct {
 	// ID is unique within the VM.
 	ID string
-	// Tap is the open tap device; the VMM inherits it. It is not
-	// persisted: the caller closes it once the VM started.
-	Tap *os.File `json:"-"`
+	// Taps are the open tap device, one file a queue pair: more than one
+	// makes the NIC multi-queue. The VMM inherits them. They are not
+	// persisted: the caller closes them once the VM started.
+	Taps []*os.File `json:"-"`
+	// VhostNet are open /dev/vhost-net files, one a tap, for the kernel
+	// to move the NIC's frames; none for the VMM's userspace path.
+	VhostNet []*os.File `json:"-"`
 	// MAC is the guest NIC's MAC address.
 	MAC string
 	// QueueSize is the NIC's receive ring size (a power of two from 256

@@ -2,7 +2,9 @@ package qemu
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
@@ -226,15 +228,34 @@ func (l launch) args() []string {
 			"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev=vfs,tag="+protocol.SharedFSTag+",queue-size=1024",
 		)
 	}
-	// Network devices: each tap was opened by the host and is inherited
-	// (QEMU, confined, could open none). vhost-net needs /dev/vhost-net.
-	// No option ROM: the guest kernel boots directly.
-	nic := dev("virtio-net-pci,romfile=", "virtio-net-device")
-	for i, d := range c.NetDevices {
-		a = append(a,
-			"-netdev", fmt.Sprintf("tap,id=net-%s,fd=%d,vhost=off", d.ID, netDeviceFD(i)),
-			"-device", fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s%s", nic, d.ID, d.ID, d.MAC, queueSize(d.QueueSize)),
-		)
+	// Network devices: each tap (and vhost-net file) was opened by the
+	// host and is inherited (QEMU, confined, could open none), as
+	// numbered by netFiles.
+	fd := netFilesFD
+	nic := dev("virtio-net-pci,romfile=", "virtio-net-device") // no option ROM: the kernel boots directly
+	for _, d := range c.NetDevices {
+		taps, vhosts := fdRange(&fd, len(d.Taps)), fdRange(&fd, len(d.VhostNet))
+		netdev := fmt.Sprintf("tap,id=net-%s,", d.ID)
+		if len(taps) == 1 {
+			netdev += "fd=" + taps[0]
+		} else {
+			netdev += "fds=" + strings.Join(taps, ":")
+		}
+		switch {
+		case len(vhosts) == 1:
+			netdev += ",vhost=on,vhostfd=" + vhosts[0]
+		case len(vhosts) > 1:
+			netdev += ",vhost=on,vhostfds=" + strings.Join(vhosts, ":")
+		default:
+			netdev += ",vhost=off"
+		}
+		device := fmt.Sprintf("%s,netdev=net-%s,id=%s,mac=%s%s", nic, d.ID, d.ID, d.MAC, queueSize(d.QueueSize))
+		if n := len(d.Taps); n > 1 {
+			// A vector for each queue of each pair, one for control, one
+			// for configuration changes.
+			device += fmt.Sprintf(",mq=on,vectors=%d", 2*n+2)
+		}
+		a = append(a, "-netdev", netdev, "-device", device)
 	}
 	// Free page reporting hands memory the guest freed (the unpacked
 	// initramfs, boot-time allocations) back to the host.
@@ -267,9 +288,32 @@ func (l launch) args() []string {
 
 func rootPort(i int) string { return fmt.Sprintf("rp%d", i) }
 
-// netDeviceFD is QEMU's fd of the tap of network device i: the files
-// passed to QEMU follow stdin, stdout and stderr.
-func netDeviceFD(i int) int { return 3 + i }
+// maxNetQueues bounds a NIC's queue pairs.
+const maxNetQueues = 8
+
+// netFilesFD is QEMU's fd of the first of netFiles: the files after
+// stdin, stdout and stderr.
+const netFilesFD = 3
+
+// netFiles are the files of the network devices in the order QEMU
+// inherits them: each device's taps, then its vhost-net files.
+func netFiles(devs []hypervisor.NetDevice) []*os.File {
+	var out []*os.File
+	for _, d := range devs {
+		out = append(append(out, d.Taps...), d.VhostNet...)
+	}
+	return out
+}
+
+// fdRange numbers the next n inherited files, from *next on.
+func fdRange(next *int, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = strconv.Itoa(*next)
+		*next++
+	}
+	return out
+}
 
 // queueSize is the NIC option of a receive ring of n entries.
 func queueSize(n int) string {

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -190,7 +191,8 @@ func TestArgsConfined(t *testing.T) {
 func TestArgsNetDevices(t *testing.T) {
 	for _, machine := range []string{MachineQ35, MachineMicrovm} {
 		l := testLaunch(machine)
-		l.cfg.NetDevices = []hypervisor.NetDevice{{ID: "net0", MAC: "02:00:00:00:00:01", QueueSize: 512}, {ID: "net1", MAC: "02:00:00:00:00:02"}}
+		one := []*os.File{nil} // args only count the files
+		l.cfg.NetDevices = []hypervisor.NetDevice{{ID: "net0", MAC: "02:00:00:00:00:01", QueueSize: 512, Taps: one}, {ID: "net1", MAC: "02:00:00:00:00:02", Taps: one}}
 		args := l.args()
 		nd := argValues(args, "-netdev")
 		if !slices.Equal(nd, []string{"tap,id=net-net0,fd=3,vhost=off", "tap,id=net-net1,fd=4,vhost=off"}) {
@@ -206,5 +208,36 @@ func TestArgsNetDevices(t *testing.T) {
 		if want := drv + ",netdev=net-net0,id=net0,mac=02:00:00:00:00:01,rx_queue_size=512"; !slices.Contains(argValues(args, "-device"), want) {
 			t.Errorf("%s: no -device %s in %v", machine, want, args)
 		}
+	}
+}
+
+// Several taps make a multi-queue NIC; vhost-net files turn vhost on, each
+// numbered after the files before it in netFiles' order.
+func TestArgsNetQueuesAndVhost(t *testing.T) {
+	l := testLaunch(MachineQ35)
+	files := func(n int) []*os.File { return make([]*os.File, n) }
+	l.cfg.NetDevices = []hypervisor.NetDevice{
+		{ID: "net0", MAC: "02:00:00:00:00:01", Taps: files(2), VhostNet: files(2)},
+		{ID: "net1", MAC: "02:00:00:00:00:02", Taps: files(1), VhostNet: files(1)},
+		{ID: "net2", MAC: "02:00:00:00:00:03", Taps: files(2)},
+	}
+	args := l.args()
+	want := []string{
+		"tap,id=net-net0,fds=3:4,vhost=on,vhostfds=5:6",
+		"tap,id=net-net1,fd=7,vhost=on,vhostfd=8",
+		"tap,id=net-net2,fds=9:10,vhost=off",
+	}
+	if nd := argValues(args, "-netdev"); !slices.Equal(nd, want) {
+		t.Errorf("-netdev %v, want %v", nd, want)
+	}
+	devs := argValues(args, "-device")
+	if !slices.Contains(devs, "virtio-net-pci,romfile=,netdev=net-net0,id=net0,mac=02:00:00:00:00:01,mq=on,vectors=6") {
+		t.Errorf("no multi-queue net0 in %v", devs)
+	}
+	if !slices.Contains(devs, "virtio-net-pci,romfile=,netdev=net-net1,id=net1,mac=02:00:00:00:00:02") {
+		t.Errorf("net1 in %v", devs)
+	}
+	if n := len(netFiles(l.cfg.NetDevices)); n != 8 {
+		t.Errorf("netFiles: %d files, want 8", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,8 +214,11 @@ func (q *QEMU) resolve(ctx context.Context, cfg hypervisor.Config) (hypervisor.C
 			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device id %q is invalid or given twice", d.ID)}
 		}
 		ids[d.ID] = true
-		if d.Tap == nil {
-			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s has no tap file", d.ID)}
+		if len(d.Taps) == 0 || len(d.Taps) > maxNetQueues || slices.Contains(d.Taps, nil) {
+			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s has %d tap files (want 1 to %d)", d.ID, len(d.Taps), maxNetQueues)}
+		}
+		if len(d.VhostNet) != 0 && (len(d.VhostNet) != len(d.Taps) || slices.Contains(d.VhostNet, nil)) {
+			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s has %d vhost-net files for %d taps", d.ID, len(d.VhostNet), len(d.Taps))}
 		}
 		if mac, err := net.ParseMAC(d.MAC); err != nil || len(mac) != 6 {
 			return cfg, &hypervisor.ConfigError{Field: "net devices", Err: fmt.Errorf("device %s: bad mac %q", d.ID, d.MAC)}
@@ -305,10 +309,8 @@ func (q *QEMU) launchLocked(ctx context.Context) (err error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = l.files.dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	// The taps, as fds 3, 4, ... (see netDeviceFD).
-	for _, d := range l.cfg.NetDevices {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, d.Tap)
-	}
+	// The taps and vhost-net files, as fds 3, 4, ... (see netFiles).
+	cmd.ExtraFiles = append(cmd.ExtraFiles, netFiles(l.cfg.NetDevices)...)
 	q.log.Debug("starting qemu", "vm", q.id, "args", cmd.Args)
 	if err := cmd.Start(); err != nil {
 		return &StartError{VM: q.id, Err: err}

@@ -20,32 +20,32 @@ func RecordOf(path string, eps []Endpoint) Record {
 }
 
 // Attach wires each endpoint in the netns at path and returns the files
-// of the taps the VM's NICs are to be on, in the order of eps:
+// of the taps the VM's NICs are to be on, in the order of eps, one a
+// queue pair (up to queues, for the taps and macvtaps Cocoon makes):
 //   - ModelTCFilter: a new tap (non-persistent, so that the kernel removes
 //     it when the last file on it closes — the VMM's) with the
 //     interface's MTU, and the ingress qdiscs and redirect filters;
 //   - ModelMacvtap: a new macvtap in passthru mode on the interface, with
 //     its MAC and MTU;
-//   - ModelNone: the interface itself, a tap or macvtap, opened.
+//   - ModelNone: the interface itself, a tap or macvtap, opened (one
+//     queue: it may not be multi-queue).
 //
 // On error it removes what it made and closes every file.
-func Attach(path string, eps []Endpoint) (_ []*os.File, err error) {
+func Attach(path string, eps []Endpoint, queues int) (_ [][]*os.File, err error) {
 	h, closeNS, err := handleAt(path)
 	if err != nil {
 		return nil, err
 	}
 	defer closeNS()
-	var files []*os.File
+	var files [][]*os.File
 	defer func() {
 		if err != nil {
-			for _, f := range files {
-				f.Close()
-			}
+			CloseAll(files)
 			Remove(RecordOf(path, eps))
 		}
 	}()
 	for _, e := range eps {
-		f, err := attach(h, path, e)
+		f, err := attach(h, path, e, max(queues, 1))
 		if err != nil {
 			return nil, fmt.Errorf("network namespace %s: %w", path, err)
 		}
@@ -54,18 +54,27 @@ func Attach(path string, eps []Endpoint) (_ []*os.File, err error) {
 	return files, nil
 }
 
-func attach(h *netlink.Handle, path string, e Endpoint) (*os.File, error) {
+// CloseAll closes every file of files.
+func CloseAll(files [][]*os.File) {
+	for _, fs := range files {
+		for _, f := range fs {
+			f.Close()
+		}
+	}
+}
+
+func attach(h *netlink.Handle, path string, e Endpoint, queues int) ([]*os.File, error) {
 	switch {
 	case e.Model == ModelTCFilter:
-		f, err := openTap(path, e.Tap)
+		files, err := openTap(path, e.Tap, queues)
 		if err != nil {
 			return nil, err
 		}
 		if err := wire(h, e); err != nil {
-			f.Close()
+			CloseAll([][]*os.File{files})
 			return nil, err
 		}
-		return f, nil
+		return files, nil
 	case e.Model == ModelMacvtap:
 		link, err := h.LinkByName(e.Link)
 		if err != nil {
@@ -75,6 +84,7 @@ func attach(h *netlink.Handle, path string, e Endpoint) (*os.File, error) {
 		// macvtap's queues rings of no entries, which drop every frame.
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.HardwareAddr = e.Tap, link.Attrs().Index, link.Attrs().MTU, link.Attrs().HardwareAddr
+		attrs.NumTxQueues, attrs.NumRxQueues = queues, queues
 		mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_PASSTHRU}}
 		if err := h.LinkAdd(mv); err != nil {
 			return nil, fmt.Errorf("macvtap %s on %s: %w", e.Tap, e.Link, err)
@@ -82,11 +92,15 @@ func attach(h *netlink.Handle, path string, e Endpoint) (*os.File, error) {
 		if err := h.LinkSetUp(mv); err != nil {
 			return nil, fmt.Errorf("macvtap %s: set up: %w", e.Tap, err)
 		}
-		return openMacvtap(h, path, e.Tap)
+		return openMacvtap(h, path, e.Tap, queues)
 	case e.Kind == "macvtap":
-		return openMacvtap(h, path, e.Link)
+		return openMacvtap(h, path, e.Link, 1)
 	case e.Kind == "tuntap":
-		return OpenGivenTap(path, e.Link)
+		f, err := OpenGivenTap(path, e.Link)
+		if err != nil {
+			return nil, err
+		}
+		return []*os.File{f}, nil
 	}
 	return nil, fmt.Errorf("interface %s: a %s cannot be wired with model %q", e.Link, e.Kind, e.Model)
 }

@@ -1,6 +1,7 @@
 package network
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -82,8 +83,12 @@ func TestAttachModels(t *testing.T) {
 	if _, err := exec.LookPath("tc"); err != nil {
 		t.Skip("no tc")
 	}
-	for _, m := range []Model{ModelTCFilter, ModelMacvtap} {
-		t.Run(string(m), func(t *testing.T) {
+	for _, tc := range []struct {
+		m      Model
+		queues int
+	}{{ModelTCFilter, 1}, {ModelMacvtap, 1}, {ModelTCFilter, 2}, {ModelMacvtap, 2}} {
+		m := tc.m
+		t.Run(fmt.Sprintf("%s-%d", m, tc.queues), func(t *testing.T) {
 			path := vethNetNS(t)
 			eps, _, _, err := Plan(path, m)
 			if err != nil {
@@ -98,16 +103,30 @@ func TestAttachModels(t *testing.T) {
 			if ep == nil || ep.Model != m {
 				t.Fatalf("plan: %+v", eps)
 			}
-			files, err := Attach(path, []Endpoint{*ep})
+			mounts := sysMounts(t)
+			files, err := Attach(path, []Endpoint{*ep}, tc.queues)
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The netns's sysfs, mounted to read the macvtap's device
+			// number, stays in the thread's own mount namespace.
+			if got := sysMounts(t); got != mounts {
+				t.Errorf("mounts on /sys: %d after Attach, %d before", got, mounts)
+			}
+			if len(files) != 1 || len(files[0]) != tc.queues {
+				t.Fatalf("files %v, want %d queues", files, tc.queues)
+			}
 			sendFrame(t, path, "peer0")
 			time.Sleep(100 * time.Millisecond)
-			if !readsFrame(t, files[0]) {
-				t.Errorf("no frame from the veth on the %s file", m)
+			// One queue takes the frame, chosen by the kernel.
+			got := false
+			for _, f := range files[0] {
+				got = got || readsFrame(t, f)
 			}
-			files[0].Close()
+			if !got {
+				t.Errorf("no frame from the veth on the %s files", m)
+			}
+			CloseAll(files)
 			if err := Remove(RecordOf(path, []Endpoint{*ep})); err != nil {
 				t.Fatal(err)
 			}
@@ -168,18 +187,21 @@ func TestAttachGiven(t *testing.T) {
 			if ep.Model != ModelNone || ep.Tap != "given0" || ep.Kind != kind {
 				t.Fatalf("endpoint %+v", ep)
 			}
-			files, err := Attach(path, []Endpoint{ep})
+			files, err := Attach(path, []Endpoint{ep}, 4)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer files[0].Close()
+			defer CloseAll(files)
+			if len(files[0]) != 1 {
+				t.Fatalf("%d files for a given %s, want 1", len(files[0]), kind)
+			}
 			dev := "given0"
 			if kind == "macvtap" {
 				dev = "peer0"
 			}
 			sendFrame(t, path, dev)
 			time.Sleep(100 * time.Millisecond)
-			if !readsFrame(t, files[0]) {
+			if !readsFrame(t, files[0][0]) {
 				t.Errorf("no frame on the %s's file", kind)
 			}
 			if err := Remove(RecordOf(path, []Endpoint{ep})); err != nil {
@@ -190,4 +212,38 @@ func TestAttachGiven(t *testing.T) {
 			}
 		})
 	}
+}
+
+// No vhost-net device: no files, and the userspace path.
+func TestOpenVhostNetAbsent(t *testing.T) {
+	files, err := OpenVhostNet(filepath.Join(t.TempDir(), "vhost-net"), 2)
+	if err != nil || files != nil {
+		t.Fatalf("files %v, err %v", files, err)
+	}
+	// A device that is there is opened once a queue (here a stand-in file).
+	dev := filepath.Join(t.TempDir(), "dev")
+	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	files, err = OpenVhostNet(dev, 2)
+	if err != nil || len(files) != 2 {
+		t.Fatalf("files %v, err %v", files, err)
+	}
+	CloseAll([][]*os.File{files})
+}
+
+// sysMounts counts this process's mounts on /sys.
+func sysMounts(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == "/sys" {
+			n++
+		}
+	}
+	return n
 }

@@ -1,7 +1,9 @@
 package network
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -90,22 +92,35 @@ func inNetNS(path string, sysfs bool, fn func() error) error {
 	return nil
 }
 
-// openTap creates tap name in the netns at path and returns its file.
-func openTap(path, name string) (*os.File, error) { return tapAt(path, name, true) }
+// openTap creates tap name in the netns at path and returns a file for
+// each of its queues: more than one makes it multi-queue.
+func openTap(path, name string, queues int) (files []*os.File, err error) {
+	err = inNetNS(path, false, func() error {
+		for i := range queues {
+			f, err := tapFile(name, i == 0, queues > 1)
+			if err != nil {
+				for _, f := range files {
+					f.Close()
+				}
+				files = nil
+				return err
+			}
+			files = append(files, f)
+		}
+		return nil
+	})
+	return files, err
+}
 
 // OpenGivenTap opens tap name, which another made (a CNI plugin, a DAN
 // device), in the netns at path, or in this process's when path is "".
 func OpenGivenTap(path, name string) (*os.File, error) {
 	if path == "" {
-		return tapFile(name, false)
+		return tapFile(name, false, false)
 	}
-	return tapAt(path, name, false)
-}
-
-// tapAt opens tap name in the netns at path (see tapFile).
-func tapAt(path, name string, create bool) (f *os.File, err error) {
-	err = inNetNS(path, false, func() error {
-		f, err = tapFile(name, create)
+	var f *os.File
+	err := inNetNS(path, false, func() (err error) {
+		f, err = tapFile(name, false, false)
 		return err
 	})
 	return f, err
@@ -113,10 +128,11 @@ func tapAt(path, name string, create bool) (f *os.File, err error) {
 
 // tapFile opens tap name in the current thread's netns: with create, a
 // new one (non-persistent) that must not exist yet, since one that does is
-// another's; without, one that exists. IFF_VNET_HDR lets the VMM pass
-// checksum and segmentation offloads through.
-func tapFile(name string, create bool) (*os.File, error) {
-	if !create {
+// another's; without, one that exists (with multiQueue, one more queue of
+// a multi-queue tap). IFF_VNET_HDR lets the VMM pass checksum and
+// segmentation offloads through.
+func tapFile(name string, create, multiQueue bool) (*os.File, error) {
+	if !create && !multiQueue {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
 			return nil, fmt.Errorf("tap %s: %w", name, err)
@@ -138,6 +154,9 @@ func tapFile(name string, create bool) (*os.File, error) {
 	if create {
 		flags |= unix.IFF_TUN_EXCL
 	}
+	if multiQueue {
+		flags |= unix.IFF_MULTI_QUEUE
+	}
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
@@ -151,7 +170,7 @@ func tapFile(name string, create bool) (*os.File, error) {
 // netns's macvtap may share, so the device number is read from the
 // netns's own sysfs and the device opened through a node of Cocoon's,
 // made for the open and removed after.
-func openMacvtap(h *netlink.Handle, path, name string) (f *os.File, err error) {
+func openMacvtap(h *netlink.Handle, path, name string, queues int) (files []*os.File, err error) {
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("macvtap %s: %w", name, err)
@@ -183,11 +202,38 @@ func openMacvtap(h *netlink.Handle, path, name string) (f *os.File, err error) {
 	if err := unix.Mknod(node, unix.S_IFCHR|0o600, int(dev)); err != nil {
 		return nil, fmt.Errorf("macvtap %s: device node: %w", name, err)
 	}
-	fd, err := unix.Open(node, unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open macvtap %s: %w", name, err)
+	// Each open is a queue of the macvtap.
+	for range queues {
+		fd, err := unix.Open(node, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("open macvtap %s: %w", name, err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), "macvtap:"+name))
 	}
-	return os.NewFile(uintptr(fd), "macvtap:"+name), nil
+	return files, nil
+}
+
+// OpenVhostNet opens n files of the vhost-net device at path, for the
+// kernel to move a NIC's frames; none when the host has no such device.
+func OpenVhostNet(path string, n int) ([]*os.File, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	var files []*os.File
+	for range n {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("vhost-net: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }
 
 // parseDevNum reads a device number in sysfs's "major:minor" form.
