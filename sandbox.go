@@ -524,23 +524,33 @@ func (s *Sandbox) update(ctx context.Context, fn func(*sandboxState) error) erro
 }
 
 func (s *Sandbox) updateLocked(fn func(*sandboxState) error) error {
+	st, err := s.loadLocked()
+	if err != nil {
+		return err
+	}
+	if err := fn(st); err != nil {
+		return err
+	}
+	if err := s.rt.store.Save(s.id, st); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.state = st
+	s.mu.Unlock()
+	return nil
+}
+
+// loadLocked reads the persisted state afresh (another process may have
+// changed it). The caller holds the sandbox's lock.
+func (s *Sandbox) loadLocked() (*sandboxState, error) {
 	var st sandboxState
 	if err := s.rt.store.Load(s.id, &st); err != nil {
-		return err
+		return nil, err
 	}
 	if st.Containers == nil {
 		st.Containers = map[string]*containerState{}
 	}
-	if err := fn(&st); err != nil {
-		return err
-	}
-	if err := s.rt.store.Save(s.id, &st); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.state = &st
-	s.mu.Unlock()
-	return nil
+	return &st, nil
 }
 
 // agentClient returns the connected agent or an error naming why there is

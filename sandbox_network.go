@@ -411,9 +411,13 @@ func (s *Sandbox) ListRoutes(ctx context.Context) ([]NetRoute, error) {
 // have changed it) and returns its network record, VM and agent, or why
 // an interface cannot be changed. The caller holds the sandbox's lock.
 func (s *Sandbox) networkLocked(op string) (network.Record, sandboxVM, guestAgent, error) {
-	if err := s.updateLocked(func(*sandboxState) error { return nil }); err != nil {
+	st, err := s.loadLocked()
+	if err != nil {
 		return network.Record{}, nil, nil, err
 	}
+	s.mu.Lock()
+	s.state = st
+	s.mu.Unlock()
 	ag, err := s.agentClient()
 	if err != nil {
 		return network.Record{}, nil, nil, err
