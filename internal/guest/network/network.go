@@ -27,7 +27,9 @@ const (
 	minMTU        = 68
 	maxMTU        = 65535
 	// maxWait caps how long UpdateInterface waits for a hot-plugged NIC.
-	maxWait      = 30 * time.Second
+	maxWait = 30 * time.Second
+	// bootWait bounds Setup's wait for each of the NICs the VM booted with.
+	bootWait     = 10 * time.Second
 	pollInterval = 50 * time.Millisecond
 )
 
@@ -37,7 +39,9 @@ func Setup(req *protocol.SetupNetworkRequest) ([]*protocol.NetInterface, error) 
 	if err := Validate(req); err != nil {
 		return nil, err
 	}
-	return apply(req.Interfaces, req.Routes, req.Neighbors, 0)
+	// The NICs the VM booted with may still be probing (one on a PCIe
+	// root port comes up late): each is waited for, as a hot-plugged one.
+	return apply(req.Interfaces, req.Routes, req.Neighbors, bootWait)
 }
 
 // apply configures ifcs (see setupInterface), then adds routes and
