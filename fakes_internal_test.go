@@ -448,6 +448,16 @@ func (a *fakeAgent) OpenStream(ctx context.Context, h protocol.StreamHeader) (ne
 	return host, nil
 }
 
+// DialPort answers as a guest where nothing listens.
+func (a *fakeAgent) DialPort(ctx context.Context, family byte, port uint16) (*protocol.PortStream, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.Record("DialPort", family, port); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("fake agent: port %d: %w", port, syscall.ECONNREFUSED)
+}
+
 // fakeVirtiofsd writes a stand-in for virtiofsd: a shell that creates the
 // socket file virtiofsd would, keeps its command line (which names the
 // socket, as LoadVirtiofsd checks) and blocks without a child process

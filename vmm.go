@@ -75,6 +75,7 @@ type guestAgent interface {
 	ResizeTTY(ctx context.Context, id, execID string, width, height uint32) error
 	CloseStdin(ctx context.Context, id, execID string) error
 	OpenStream(ctx context.Context, h protocol.StreamHeader) (net.Conn, error)
+	DialPort(ctx context.Context, family byte, port uint16) (*protocol.PortStream, error)
 	SetupNetwork(ctx context.Context, cfg network.Config) error
 	UpdateInterface(ctx context.Context, ifc network.Interface, routes []network.Route, neighs []network.Neighbor, wait time.Duration) (network.Interface, error)
 	ListInterfaces(ctx context.Context) ([]network.Interface, error)

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -313,6 +314,14 @@ func (sb *fakeSandbox) DeleteProcess(ctx context.Context, id, execID string) err
 	}
 	delete(sb.procs, id+"/"+execID)
 	return nil
+}
+
+// ForwardLocalhost records the call; the fake has no netns to serve.
+func (sb *fakeSandbox) ForwardLocalhost(ctx context.Context) (*cocoon.Forwarder, error) {
+	if err := sb.Record("ForwardLocalhost"); err != nil {
+		return nil, err
+	}
+	return nil, errors.New("fake sandbox: no network namespace")
 }
 
 // fakePublisher collects the events the service publishes.

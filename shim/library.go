@@ -47,6 +47,10 @@ type podSandbox interface {
 	WinsizeProcess(ctx context.Context, id, execID string, height, width uint32) error
 	WaitProcess(ctx context.Context, id, execID string) (cocoon.ExitStatus, error)
 	DeleteProcess(ctx context.Context, id, execID string) error
+
+	// ForwardLocalhost serves the pod's localhost in its netns until the
+	// forwarder is closed.
+	ForwardLocalhost(ctx context.Context) (*cocoon.Forwarder, error)
 }
 
 var _ podSandbox = (*cocoon.Sandbox)(nil)

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -114,6 +115,9 @@ type service struct {
 	removals int
 	// replyGrace overrides defaultReplyGrace (tests).
 	replyGrace time.Duration
+	// fwd serves the pod's localhost in its netns (kubectl port-forward)
+	// while the sandbox runs; nil without a netns.
+	fwd io.Closer
 }
 
 // removeTimeout bounds the removal of a container or of the sandbox,
@@ -130,6 +134,7 @@ func newService(ctx context.Context, pub cshim.Publisher, sd shutdown.Service) *
 	unix.CloseOnExec(3)
 	s := &service{ctx: ctx, publisher: pub, shutdown: sd, newRuntime: newRuntime, containers: map[string]*container{}, creating: map[string]bool{}}
 	sd.RegisterCallback(func(context.Context) error {
+		s.stopForwarding()
 		s.mu.Lock()
 		sb, gone := s.sb, s.sbDeleted
 		s.deleting = true
@@ -373,12 +378,43 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if st := sb.Status(ctx); len(st.HypervisorPids) > 0 {
 		vmPid = uint32(st.HypervisorPids[0])
 	}
+	fwd := forwardLocalhost(s.ctx, sb, cc.Spec)
 	s.mu.Lock()
 	s.cfg, s.rt, s.sb, s.vmPid = cfg, rt, sb, vmPid
 	s.deleting, s.sbDeleted = false, false
+	s.fwd = fwd
 	s.mu.Unlock()
 	go s.monitor(sb)
 	return nil
+}
+
+// forwardLocalhost serves the pod's localhost in the netns of its spec,
+// where containerd's CRI dials it for kubectl port-forward. A pod whose
+// forwarder cannot start still runs, without port-forward, and says so.
+func forwardLocalhost(ctx context.Context, sb podSandbox, spec *specs.Spec) io.Closer {
+	if specutil.NetNSPath(spec) == "" {
+		return nil
+	}
+	f, err := sb.ForwardLocalhost(ctx)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("port-forward into this pod will not work")
+		return nil
+	}
+	return f
+}
+
+// stopForwarding stops the pod's localhost forwarder, if any: its
+// listeners and netns rules go and connections in flight are reset.
+func (s *service) stopForwarding() {
+	s.mu.Lock()
+	f := s.fwd
+	s.fwd = nil
+	s.mu.Unlock()
+	if f != nil {
+		if err := f.Close(); err != nil {
+			log.G(s.ctx).WithError(err).Warn("stop the port forwarder")
+		}
+	}
 }
 
 // record is the bundle record of the pod's later tasks; call with s.mu
@@ -485,6 +521,9 @@ func (s *service) monitor(sb podSandbox) {
 		return
 	}
 	log.G(s.ctx).WithError(err).Error("sandbox VM died; every task exits")
+	// A client connecting to the pod's localhost is refused from now on,
+	// rather than accepted and reset.
+	s.stopForwarding()
 	for _, p := range procs {
 		s.exited(p, cocoon.ExitStatus{Code: vmDiedStatus})
 	}
@@ -636,6 +675,7 @@ func (s *service) removeContainer(ctx context.Context, c *container) error {
 		for _, o := range rest {
 			s.exited(o.init, signalled(syscall.SIGKILL))
 		}
+		s.stopForwarding()
 		err = s.sb.Delete(ctx)
 		if err == nil {
 			s.mu.Lock()

@@ -19,6 +19,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/guest/channel"
 	"github.com/cocoon-runtime/cocoon/internal/guest/container"
 	"github.com/cocoon-runtime/cocoon/internal/guest/modprobe"
+	"github.com/cocoon-runtime/cocoon/internal/guest/network"
 	"github.com/cocoon-runtime/cocoon/internal/guest/reaper"
 	"github.com/containerd/ttrpc"
 	"github.com/sirupsen/logrus"
@@ -77,6 +78,9 @@ func run(log *slog.Logger) error {
 	if err := boot.SetHostname(params.Hostname); err != nil {
 		return err
 	}
+	if err := network.LoopbackUp(); err != nil {
+		log.Warn("no localhost in the pod", "err", err)
+	}
 
 	l, err := listen(ctx, params, log)
 	if err != nil {
@@ -106,7 +110,7 @@ func run(log *slog.Logger) error {
 	})
 	a.Register(srv)
 	log.Info("agent serving", "transport", params.Transport, "since_boot", boot.SinceBoot())
-	return srv.Serve(ctx, channel.Demux(l, a.AttachStream))
+	return srv.Serve(ctx, channel.Demux(l, channel.Handlers{Stream: a.AttachStream, Port: a.ForwardPort}))
 }
 
 // sharedMount is where the agent mounts the host's shared directory.

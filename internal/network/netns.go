@@ -66,3 +66,7 @@ func DeleteNetNS(path string) error {
 	}
 	return nil
 }
+
+// Do runs fn on a thread switched into the network namespace at path,
+// and switches back: a socket fn makes belongs to that namespace.
+func Do(path string, fn func() error) error { return inNetNS(path, false, fn) }

@@ -37,6 +37,8 @@ type Agent struct {
 	// and zeroing 256 KiB per stream, and collecting them, costs every
 	// exec under TCG.
 	outBufs sync.Pool
+	// portSlots holds a token for each port connection being served.
+	portSlots chan struct{}
 }
 
 // Config configures an Agent.
@@ -63,6 +65,7 @@ func New(cfg Config) *Agent {
 	return &Agent{
 		log: cfg.Log, modules: cfg.Modules, bootServe: cfg.BootToServe, powerOff: cfg.PowerOff,
 		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount, mounted: cfg.SharedMounted},
+		portSlots: make(chan struct{}, maxPortConns),
 	}
 }
 

@@ -10,14 +10,23 @@ import (
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 )
 
+// Handlers take the connections that are not ttrpc, their header already
+// read and checked.
+type Handlers struct {
+	// Stream takes a process IO stream.
+	Stream func(protocol.StreamHeader, net.Conn)
+	// Port takes a port connection: it must answer the status byte.
+	Port func(protocol.PortRequest, net.Conn)
+}
+
 // Demux splits the connections accepted by l by their first byte: ttrpc
-// connections come out of the returned listener, process IO streams are
-// handed to onStream with their header already read. A connection that
-// sends anything else, or nothing within a few seconds, is closed.
-func Demux(l net.Listener, onStream func(protocol.StreamHeader, net.Conn)) net.Listener {
+// connections come out of the returned listener, process IO streams and
+// port connections go to h. A connection that sends anything else, or
+// nothing within a few seconds, is closed.
+func Demux(l net.Listener, h Handlers) net.Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &demux{Listener: l, rpc: make(chan net.Conn), ctx: ctx, cancel: cancel}
-	go d.run(onStream)
+	go d.run(h)
 	return d
 }
 
@@ -30,7 +39,7 @@ type demux struct {
 	err    error
 }
 
-func (d *demux) run(onStream func(protocol.StreamHeader, net.Conn)) {
+func (d *demux) run(h Handlers) {
 	for {
 		c, err := d.Listener.Accept()
 		if err != nil {
@@ -38,11 +47,11 @@ func (d *demux) run(onStream func(protocol.StreamHeader, net.Conn)) {
 			d.cancel()
 			return
 		}
-		go d.classify(c, onStream)
+		go d.classify(c, h)
 	}
 }
 
-func (d *demux) classify(c net.Conn, onStream func(protocol.StreamHeader, net.Conn)) {
+func (d *demux) classify(c net.Conn, hs Handlers) {
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var b [1]byte
 	if _, err := io.ReadFull(c, b[:]); err != nil {
@@ -64,7 +73,15 @@ func (d *demux) classify(c net.Conn, onStream func(protocol.StreamHeader, net.Co
 			return
 		}
 		c.SetReadDeadline(time.Time{})
-		onStream(h, c)
+		hs.Stream(h, c)
+	case protocol.ConnPort:
+		r, err := protocol.ReadPortRequest(c)
+		if err != nil || hs.Port == nil {
+			c.Close()
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		hs.Port(r, c)
 	default:
 		c.Close()
 	}

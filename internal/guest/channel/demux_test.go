@@ -30,7 +30,7 @@ func (pipeAddr) String() string  { return "pipe" }
 func TestDemuxRoutesByFirstByte(t *testing.T) {
 	pl := &pipeListener{conns: make(chan net.Conn, 3)}
 	streams := make(chan protocol.StreamHeader, 1)
-	l := Demux(pl, func(h protocol.StreamHeader, c net.Conn) { streams <- h; c.Close() })
+	l := Demux(pl, Handlers{Stream: func(h protocol.StreamHeader, c net.Conn) { streams <- h; c.Close() }})
 	defer l.Close()
 
 	dial := func() net.Conn {

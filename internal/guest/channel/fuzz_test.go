@@ -46,7 +46,7 @@ func FuzzDemux(f *testing.F) {
 			c net.Conn
 		}
 		streams := make(chan stream, 1)
-		l := Demux(pl, func(h protocol.StreamHeader, c net.Conn) { streams <- stream{h, c} })
+		l := Demux(pl, Handlers{Stream: func(h protocol.StreamHeader, c net.Conn) { streams <- stream{h, c} }})
 		defer close(pl.conns) // ends Demux's accept loop
 		defer l.Close()
 

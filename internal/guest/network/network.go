@@ -309,3 +309,18 @@ func addNeighbor(n *protocol.NetNeighbor) error {
 	}
 	return nil
 }
+
+// LoopbackUp brings the guest's lo up. The VM's network namespace is the
+// pod's: its containers talk to each other over localhost, and the
+// host's port-forward reaches them there, as CNI's loopback plugin makes
+// it so in a runc pod's netns.
+func LoopbackUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
+}
