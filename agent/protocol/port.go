@@ -22,7 +22,7 @@ import (
 // and the port, big-endian. The guest dials 127.0.0.1 or ::1 only, never
 // an address the host names: the family it was asked first, then the
 // other. It answers one status byte (PortOK, PortRefused, PortFailed),
-// and after PortOK both ends exchange frames: a kind byte, a 2-byte
+// and after PortOK both ends exchange frames: a kind byte, a 3-byte
 // big-endian length and that many bytes. FrameData carries 1 to MaxFrame
 // bytes, FrameFin (empty) says the sender will write no more (a TCP
 // half-close), FrameReset (empty) that its connection was reset or
@@ -55,8 +55,13 @@ const (
 	FrameReset byte = 'R'
 )
 
-// MaxFrame bounds a frame's payload.
-const MaxFrame = 32 << 10
+// MaxFrame bounds a frame's payload. Large frames matter: each one costs a
+// round of the channel (a yamux frame, virtqueue buffers, a QEMU wakeup)
+// whatever its size.
+const MaxFrame = 128 << 10
+
+// frameHeader is a frame's kind and length.
+const frameHeader = 4
 
 // ErrPortReset is returned by PortStream's Read when the other end reset
 // its connection.
@@ -109,7 +114,7 @@ type PortStream struct {
 	conn net.Conn
 
 	// Read side, used by one reader at a time.
-	hdr     [3]byte
+	hdr     [frameHeader]byte
 	pending int // payload bytes of the current data frame not read yet
 	rerr    error
 
@@ -137,7 +142,7 @@ func (s *PortStream) Read(p []byte) (int, error) {
 			s.rerr = err
 			return 0, err
 		}
-		n := int(binary.BigEndian.Uint16(s.hdr[1:]))
+		n := int(s.hdr[1])<<16 | int(binary.BigEndian.Uint16(s.hdr[2:]))
 		switch {
 		case s.hdr[0] == FrameData && n > 0 && n <= MaxFrame:
 			s.pending = n
@@ -210,7 +215,7 @@ func (s *PortStream) frameLocked(kind byte, payload []byte) error {
 	if s.werr != nil {
 		return s.werr
 	}
-	s.wbuf = append(s.wbuf[:0], kind, byte(len(payload)>>8), byte(len(payload)))
+	s.wbuf = append(s.wbuf[:0], kind, byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload)))
 	s.wbuf = append(s.wbuf, payload...)
 	if _, err := s.conn.Write(s.wbuf); err != nil {
 		s.werr = err
@@ -254,7 +259,9 @@ func SplicePort(tcp *net.TCPConn, s *PortStream) {
 	go func() {
 		defer close(done)
 		// TCP to the stream: end of file is a half-close, any error a reset.
-		if _, err := io.Copy(s, tcp); err != nil {
+		// Reads as large as a frame, so that a bulk transfer crosses the
+		// channel in few frames.
+		if _, err := io.CopyBuffer(s, tcpReader{tcp}, make([]byte, MaxFrame)); err != nil {
 			reset()
 			return
 		}
@@ -263,8 +270,7 @@ func SplicePort(tcp *net.TCPConn, s *PortStream) {
 		}
 	}()
 	// The stream to TCP.
-	buf := make([]byte, MaxFrame)
-	if _, err := io.CopyBuffer(tcpWriter{tcp}, s, buf); err != nil {
+	if _, err := io.CopyBuffer(tcpWriter{tcp}, s, make([]byte, 64<<10)); err != nil {
 		reset()
 	} else if tcp.CloseWrite() != nil {
 		reset()
@@ -274,8 +280,13 @@ func SplicePort(tcp *net.TCPConn, s *PortStream) {
 	s.Close()
 }
 
-// tcpWriter hides *net.TCPConn's ReadFrom, so that io.CopyBuffer uses its
-// bounded buffer rather than TCPConn's generic path.
+// tcpWriter and tcpReader hide *net.TCPConn's ReadFrom and WriteTo, so
+// that io.CopyBuffer uses the buffer it is given rather than TCPConn's
+// generic path (32 KiB at a time).
 type tcpWriter struct{ c *net.TCPConn }
+
+type tcpReader struct{ c *net.TCPConn }
+
+func (r tcpReader) Read(p []byte) (int, error) { return r.c.Read(p) }
 
 func (w tcpWriter) Write(p []byte) (int, error) { return w.c.Write(p) }

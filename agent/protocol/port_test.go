@@ -87,12 +87,13 @@ func TestPortStreamResetDoesNotHang(t *testing.T) {
 // after PortOK, to a PortStream. Reads must never panic, never return more
 // than the frames announced, and end with an error rather than spin.
 func FuzzPortStream(f *testing.F) {
-	f.Add([]byte{FrameData, 0, 3, 'a', 'b', 'c', FrameFin, 0, 0})
-	f.Add([]byte{FrameData, 0xff, 0xff})
-	f.Add([]byte{FrameData, 0, 0})
-	f.Add([]byte{FrameReset, 0, 0})
-	f.Add([]byte{FrameFin, 0, 1, 'x'})
-	f.Add([]byte{'Z', 0, 0})
+	f.Add([]byte{FrameData, 0, 0, 3, 'a', 'b', 'c', FrameFin, 0, 0, 0})
+	f.Add([]byte{FrameData, 0, 0xff, 0xff})
+	f.Add([]byte{FrameData, 0xff, 0xff, 0xff})
+	f.Add([]byte{FrameData, 0, 0, 0})
+	f.Add([]byte{FrameReset, 0, 0, 0})
+	f.Add([]byte{FrameFin, 0, 0, 1, 'x'})
+	f.Add([]byte{'Z', 0, 0, 0})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		a, b := net.Pipe()
 		defer b.Close()

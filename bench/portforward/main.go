@@ -35,7 +35,7 @@ const port = 8080
 
 func main() {
 	runs := flag.Int("runs", 5, "downloads timed for throughput")
-	mb := flag.Int("mb", 100, "MB in each download")
+	mb := flag.Int("mb", 48, "MB in each download (served from the pod's /dev/shm, 64 MiB)")
 	connects := flag.Int("connects", 200, "forwarded connections timed for latency")
 	handlers := flag.String("handlers", "cocoon,runc", "CRI runtime handlers to measure")
 	accel := flag.String("accel", "auto", "accelerator: auto, kvm, tcg")
@@ -118,8 +118,8 @@ func measureHandler(ctx context.Context, rs runtimeapi.RuntimeServiceClient, h, 
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: "web"},
 			Image:    &runtimeapi.ImageSpec{Image: ctrtest.BusyboxImage},
-			Command: []string{"sh", "-c", fmt.Sprintf("mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/big bs=1M count=%d 2>/dev/null && "+
-				"echo ok > /tmp/www/small && exec httpd -f -p %d -h /tmp/www", mb, port)},
+			Command: []string{"sh", "-c", fmt.Sprintf("mkdir -p /dev/shm/www && dd if=/dev/zero of=/dev/shm/www/big bs=1M count=%d 2>/dev/null && "+
+				"echo ok > /dev/shm/www/small && exec httpd -f -p %d -h /dev/shm/www", mb, port)},
 			LogPath: "web.log",
 		},
 	})

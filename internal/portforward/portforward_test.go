@@ -288,10 +288,10 @@ func TestForwardManyAtOnce(t *testing.T) {
 func TestForwardHostileGuest(t *testing.T) {
 	reached := make(chan struct{}, 10)
 	for name, answer := range map[string]func(protocol.PortRequest, net.Conn){
-		"oversized frame": func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{protocol.FrameData, 0xff, 0xff}) },
-		"unknown kind":    func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{'X', 0, 1, 0}) },
-		"empty data":      func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{protocol.FrameData, 0, 0}) },
-		"fin with body":   func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{protocol.FrameFin, 0, 1, 'x'}) },
+		"oversized frame": func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{protocol.FrameData, 0xff, 0xff, 0xff}) },
+		"unknown kind":    func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{'X', 0, 0, 1, 0}) },
+		"empty data":      func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{protocol.FrameData, 0, 0, 0}) },
+		"fin with body":   func(_ protocol.PortRequest, c net.Conn) { c.Write([]byte{protocol.FrameFin, 0, 0, 1, 'x'}) },
 		"address talk": func(_ protocol.PortRequest, c net.Conn) {
 			c.Write([]byte("\x00127.0.0.2:8080\n"))
 		},

@@ -12,8 +12,8 @@ import (
 )
 
 // maxPortConns bounds the port connections the agent serves at once: each
-// holds a goroutine pair, a frame buffer and a socket in the guest.
-const maxPortConns = 256
+// holds a goroutine pair, ~200 KiB of buffers and a socket in the guest.
+const maxPortConns = 128
 
 // portDialTimeout bounds the guest's connect to its own loopback.
 const portDialTimeout = 5 * time.Second
