@@ -1,13 +1,9 @@
 package cocoon_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cocoon-runtime/cocoon"
-	"github.com/cocoon-runtime/cocoon/internal/network"
 	"github.com/cocoon-runtime/cocoon/internal/portforward"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
@@ -39,36 +34,6 @@ func httpPod(t *testing.T) (*cocoon.Runtime, *cocoon.Sandbox, string) {
 	return rt, sb, cfg.NetNS
 }
 
-// getIn fetches http://addr/ from the netns at path, as containerd's
-// port-forward connects there.
-func getIn(ns, addr string) (string, error) {
-	var c net.Conn
-	if err := network.Do(ns, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
-		return err
-	}); err != nil {
-		return "", err
-	}
-	defer c.Close()
-	return httpGet(c)
-}
-
-// httpGet sends GET / on c and returns the body.
-func httpGet(c net.Conn) (string, error) {
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
-		return "", err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b)), err
-}
-
 func TestPortForwardLocalhost(t *testing.T) {
 	ctx := context.Background()
 	_, sb, ns := httpPod(t)
@@ -84,7 +49,7 @@ func TestPortForwardLocalhost(t *testing.T) {
 	var body string
 	for i := 0; ; i++ {
 		// The container may not be listening yet.
-		body, err = getIn(ns, "127.0.0.1:8080")
+		body, err = testutil.HTTPGetIn(ns, "127.0.0.1:8080")
 		if err == nil || i == 50 {
 			break
 		}
@@ -97,7 +62,7 @@ func TestPortForwardLocalhost(t *testing.T) {
 	if out, st := execIn(t, sb, sb.ID(), "wget", "-q", "-O", "-", "http://127.0.0.1:8080/"); st.Code != 0 || strings.TrimSpace(out) != "hello-from-pod" {
 		t.Errorf("wget of the pod's own localhost: exit %d, %q", st.Code, out)
 	}
-	if body, err := getIn(ns, "[::1]:8080"); err != nil || body != "hello-from-pod" {
+	if body, err := testutil.HTTPGetIn(ns, "[::1]:8080"); err != nil || body != "hello-from-pod" {
 		t.Fatalf("GET through [::1]:8080 in the netns: %q, %v", body, err)
 	}
 
@@ -105,7 +70,7 @@ func TestPortForwardLocalhost(t *testing.T) {
 	errs := make(chan error, 10)
 	for range 10 {
 		go func() {
-			body, err := getIn(ns, "127.0.0.1:8080")
+			body, err := testutil.HTTPGetIn(ns, "127.0.0.1:8080")
 			if err == nil && body != "hello-from-pod" {
 				err = fmt.Errorf("body %q", body)
 			}
@@ -120,7 +85,7 @@ func TestPortForwardLocalhost(t *testing.T) {
 
 	// A port nobody listens on: reset at once.
 	began := time.Now()
-	if _, err := getIn(ns, "127.0.0.1:8081"); !errors.Is(err, syscall.ECONNRESET) {
+	if _, err := testutil.HTTPGetIn(ns, "127.0.0.1:8081"); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("a port nobody listens on: %v, want a reset", err)
 	}
 	t.Logf("refused port reset after %v", time.Since(began).Round(time.Millisecond))
@@ -130,7 +95,7 @@ func TestPortForwardLocalhost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if body, err := httpGet(c); err != nil || body != "hello-from-pod" {
+	if body, err := testutil.HTTPGet(c); err != nil || body != "hello-from-pod" {
 		t.Errorf("GET through DialPort: %q, %v", body, err)
 	}
 	c.Close()
@@ -145,7 +110,7 @@ func TestPortForwardLocalhost(t *testing.T) {
 	if left, err := portforward.Installed(ns); err != nil || left {
 		t.Errorf("after Close, the forwarder's table in the netns: %v, %v", left, err)
 	}
-	if _, err := getIn(ns, "127.0.0.1:8080"); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := testutil.HTTPGetIn(ns, "127.0.0.1:8080"); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("after Close: %v, want refused", err)
 	}
 }
@@ -168,7 +133,7 @@ func TestPortForwardVMKilled(t *testing.T) {
 	}
 	<-sb.Monitor()
 	began := time.Now()
-	_, err = getIn(ns, "127.0.0.1:8080")
+	_, err = testutil.HTTPGetIn(ns, "127.0.0.1:8080")
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("with the VM dead: %v, want a reset", err)
 	}

@@ -75,6 +75,7 @@ func newRootCommand() *cobra.Command {
 		newEventsCommand(g),
 		newUpdateCommand(g),
 		newNetworkCommand(g),
+		newPortForwardCommand(g),
 	)
 	return root
 }
