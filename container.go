@@ -261,6 +261,12 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc
 		if !filepath.IsAbs(m.Source) {
 			return sc, fmt.Errorf("%w: bind mount source %q is not absolute", ErrInvalidConfig, m.Source)
 		}
+		if name, size, ok := storage.MemoryEmptyDir(m.Source); ok {
+			// A tmpfs of the guest's, not the host's memory shared back.
+			m.Source = ""
+			sc.storages = append(sc.storages, agent.Storage{Mount: i, Path: name, Ephemeral: true, SizeBytes: size})
+			continue
+		}
 		access := mountAccess(m.Options)
 		rel := fmt.Sprintf("%s/mounts/%d", id, i)
 		if propagates(m.Options) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // Host directories bind-mounted into a container are shared through the
@@ -77,5 +79,54 @@ func TestBindMountVolumes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ro, "g")); err == nil {
 		t.Error("the container wrote into a read-only volume")
+	}
+}
+
+// A Kubernetes emptyDir of medium Memory (a tmpfs the kubelet mounts at
+// .../volumes/kubernetes.io~empty-dir/NAME) is a tmpfs of the same size in
+// the guest, shared by the pod's containers that bind it, and never
+// reaches the host's tmpfs: it is the pod's memory, inside the VM.
+func TestMemoryEmptyDir(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	vol := filepath.Join(t.TempDir(), "pods", "uid", "volumes", "kubernetes.io~empty-dir", "cache")
+	if err := os.MkdirAll(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", vol, "tmpfs", 0, "size=8m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(vol, unix.MNT_DETACH) })
+	withCache := func(args ...string) string {
+		b := bundle(t, args...)
+		spec := specutil.Default(args...)
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/cache", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}})
+		if err := specutil.WriteBundle(b, spec); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	sb, err := rt.RunSandbox(ctx, sandboxConfig(env, id, withCache("sleep", "1000")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	defer sb.Release()
+	if out, st := execIn(t, sb, id, "sh", "-c", "grep ' /cache ' /proc/mounts; df -k /cache | tail -1; echo from-first > /cache/f"); st.Code != 0 ||
+		!strings.Contains(out, "tmpfs /cache tmpfs") || !strings.Contains(out, " 8192 ") {
+		t.Fatalf("the emptyDir in the container: exit %d, %q; want a tmpfs of 8192 KiB", st.Code, out)
+	}
+	if err := sb.CreateContainer(ctx, cocoon.ContainerConfig{ID: "second", Bundle: withCache("sleep", "1000")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.StartContainer(ctx, "second"); err != nil {
+		t.Fatal(err)
+	}
+	if out, st := execIn(t, sb, "second", "cat", "/cache/f"); st.Code != 0 || out != "from-first\n" {
+		t.Errorf("the pod's second container reads %q (exit %d), want the first's file", out, st.Code)
+	}
+	if entries, _ := os.ReadDir(vol); len(entries) != 0 {
+		t.Errorf("the host's tmpfs got %v", entries)
 	}
 }

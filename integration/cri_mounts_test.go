@@ -261,3 +261,38 @@ touch /ro/f 2>/dev/null && echo /ro top rw || echo /ro top ro`
 		t.Errorf("writes: %q, want %q", got, want)
 	}
 }
+
+// TestCRIMemoryEmptyDir: a volume at the kubelet's path of an emptyDir of
+// medium Memory (a tmpfs below volumes/kubernetes.io~empty-dir/) is, in a
+// Cocoon pod, a tmpfs of its size shared by the pod's containers.
+func TestCRIMemoryEmptyDir(t *testing.T) {
+	e := needContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rs := criAPI(t, ctx, e)
+	vol := filepath.Join(e.volumeDir(t, "pods"), "uid", "volumes", "kubernetes.io~empty-dir", "cache")
+	hostTmpfs(t, vol, false)
+	pod, err := runPodWith(t, ctx, e, rs, "cocoon", "pod-emptydir")
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(40))
+	}
+	cache := []*runtimeapi.Mount{{ContainerPath: "/cache", HostPath: vol}}
+	first := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "first"}, Command: []string{"sleep", "1000"}, Mounts: cache,
+	})
+	second := pod.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "second"}, Command: []string{"sleep", "1000"}, Mounts: cache,
+	})
+	if out := pod.exec(t, ctx, first, "sh", "-c", "df -k /cache | tail -1; echo shared > /cache/f"); !strings.Contains(out, " 4096 ") {
+		t.Errorf("df of the emptyDir: %q, want a 4096 KiB filesystem", out)
+	}
+	if got := pod.exec(t, ctx, second, "cat", "/cache/f"); got != "shared" {
+		t.Errorf("the second container reads %q", got)
+	}
+	if opts := pod.mountOptions(t, ctx, second, "/cache"); !strings.HasPrefix(opts, "rw,") {
+		t.Errorf("/cache is mounted %s", opts)
+	}
+	if entries, _ := os.ReadDir(vol); len(entries) != 0 {
+		t.Errorf("the host's tmpfs got %v", entries)
+	}
+}

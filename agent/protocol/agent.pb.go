@@ -34,15 +34,22 @@ const (
 	// A directory or file the host bound into the directory it shares
 	// over virtio-fs: path is relative to that directory.
 	Storage_SHARED Storage_Kind = 0
+	// A tmpfs of the guest's own, one for each path in the sandbox (a
+	// Kubernetes emptyDir of medium Memory, which every container of
+	// the pod binding it shares): path names it (EphemeralNameLen
+	// lowercase hex digits), size_bytes bounds it.
+	Storage_EPHEMERAL Storage_Kind = 1
 )
 
 // Enum value maps for Storage_Kind.
 var (
 	Storage_Kind_name = map[int32]string{
 		0: "SHARED",
+		1: "EPHEMERAL",
 	}
 	Storage_Kind_value = map[string]int32{
-		"SHARED": 0,
+		"SHARED":    0,
+		"EPHEMERAL": 1,
 	}
 )
 
@@ -372,7 +379,9 @@ type Storage struct {
 	// the container's mounts are made, so that each keeps its own flags
 	// instead of taking those of the container's bind (a tmpfs below a
 	// volume bound "ro" stays writable).
-	Submounts     []string `protobuf:"bytes,4,rep,name=submounts,proto3" json:"submounts,omitempty"`
+	Submounts []string `protobuf:"bytes,4,rep,name=submounts,proto3" json:"submounts,omitempty"`
+	// The size of an EPHEMERAL storage's tmpfs.
+	SizeBytes     uint64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -433,6 +442,13 @@ func (x *Storage) GetSubmounts() []string {
 		return x.Submounts
 	}
 	return nil
+}
+
+func (x *Storage) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
 }
 
 // JoinNamespace names the namespace of type type (an OCI namespace type:
@@ -2397,15 +2413,18 @@ const file_agent_proto_rawDesc = "" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x16\n" +
 	"\x06rootfs\x18\x03 \x01(\tR\x06rootfs\x12G\n" +
 	"\x0fjoin_namespaces\x18\x04 \x03(\v2\x1e.cocoon.agent.v1.JoinNamespaceR\x0ejoinNamespaces\x124\n" +
-	"\bstorages\x18\x06 \x03(\v2\x18.cocoon.agent.v1.StorageR\bstoragesJ\x04\b\x05\x10\x06\"\x98\x01\n" +
+	"\bstorages\x18\x06 \x03(\v2\x18.cocoon.agent.v1.StorageR\bstoragesJ\x04\b\x05\x10\x06\"\xc6\x01\n" +
 	"\aStorage\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\rR\x05mount\x121\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1d.cocoon.agent.v1.Storage.KindR\x04kind\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1c\n" +
-	"\tsubmounts\x18\x04 \x03(\tR\tsubmounts\"\x12\n" +
+	"\tsubmounts\x18\x04 \x03(\tR\tsubmounts\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x05 \x01(\x04R\tsizeBytes\"!\n" +
 	"\x04Kind\x12\n" +
 	"\n" +
-	"\x06SHARED\x10\x00\"F\n" +
+	"\x06SHARED\x10\x00\x12\r\n" +
+	"\tEPHEMERAL\x10\x01\"F\n" +
 	"\rJoinNamespace\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12!\n" +
 	"\fcontainer_id\x18\x02 \x01(\tR\vcontainerId\"j\n" +

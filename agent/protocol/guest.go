@@ -53,3 +53,8 @@ const ModprobeHelper = "/sbin/cocoon-modprobe"
 // VsockPort is the vsock port the agent listens on when served over
 // vsock.
 const VsockPort = 1024
+
+// EphemeralNameLen is the length of an EPHEMERAL storage's name: that many
+// lowercase hex digits, which the host derives from the volume's host
+// path and the guest checks before making a directory of it.
+const EphemeralNameLen = 16

@@ -25,11 +25,15 @@ const (
 
 // Storage is where the guest finds the source of the spec's bind mount
 // number Mount: Path below the shared directory, with the host's mounts
-// below it at Submounts (paths relative to it).
+// below it at Submounts (paths relative to it); or, when Ephemeral, a
+// tmpfs of the guest's own named Path, of SizeBytes, shared by every
+// container of the sandbox that names it.
 type Storage struct {
 	Mount     int
 	Path      string
 	Submounts []string
+	Ephemeral bool
+	SizeBytes uint64
 }
 
 // CreateContainer asks the agent to create a container from spec, whose
@@ -47,7 +51,11 @@ func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spe
 		req.JoinNamespaces = append(req.JoinNamespaces, &protocol.JoinNamespace{Type: string(typ), ContainerId: join[typ]})
 	}
 	for _, st := range storages {
-		req.Storages = append(req.Storages, &protocol.Storage{Mount: uint32(st.Mount), Kind: protocol.Storage_SHARED, Path: st.Path, Submounts: st.Submounts})
+		kind := protocol.Storage_SHARED
+		if st.Ephemeral {
+			kind = protocol.Storage_EPHEMERAL
+		}
+		req.Storages = append(req.Storages, &protocol.Storage{Mount: uint32(st.Mount), Kind: kind, Path: st.Path, Submounts: st.Submounts, SizeBytes: st.SizeBytes})
 	}
 	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
 		_, err := c.agent.CreateContainer(ctx, req)

@@ -39,6 +39,8 @@ type Agent struct {
 	outBufs sync.Pool
 	// portSlots holds a token for each port connection being served.
 	portSlots chan struct{}
+	// ephemeral holds the sandbox's EPHEMERAL storages.
+	ephemeral *ephemeralStorages
 }
 
 // Config configures an Agent.
@@ -66,6 +68,7 @@ func New(cfg Config) *Agent {
 		log: cfg.Log, modules: cfg.Modules, bootServe: cfg.BootToServe, powerOff: cfg.PowerOff,
 		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount, mounted: cfg.SharedMounted},
 		portSlots: make(chan struct{}, maxPortConns),
+		ephemeral: &ephemeralStorages{dir: ephemeralDir, mounted: map[string]string{}},
 	}
 }
 

@@ -142,6 +142,17 @@ func (a *Agent) resolveStorages(spec *specs.Spec, storages []*protocol.Storage) 
 		}
 		seen[st.Mount] = true
 		m := &spec.Mounts[st.Mount]
+		if st.Kind == protocol.Storage_EPHEMERAL {
+			p, err := a.ephemeral.mount(st.Path, st.SizeBytes)
+			if err != nil {
+				return fmt.Errorf("mount %s: %w", m.Destination, err)
+			}
+			if len(st.Submounts) > 0 {
+				return fmt.Errorf("mount %s: an ephemeral storage has no submounts", m.Destination)
+			}
+			m.Source = p
+			continue
+		}
 		if st.Kind != protocol.Storage_SHARED {
 			return fmt.Errorf("mount %s: storage kind %d is not known", m.Destination, int32(st.Kind))
 		}
