@@ -130,3 +130,62 @@ func TestMemoryEmptyDir(t *testing.T) {
 		t.Errorf("the host's tmpfs got %v", entries)
 	}
 }
+
+// A ConfigMap or Secret volume, as the kubelet's atomic writer keeps it
+// (the files in a timestamped directory, "..data" a symlink to it, each
+// key a symlink through "..data"), updates in the guest when the kubelet
+// swaps "..data" to a new directory on the host by a rename.
+func TestConfigMapSymlinkSwap(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	vol := t.TempDir()
+	publish := func(version, value string) {
+		t.Helper()
+		dir := "..2026_12_03_" + version
+		if err := os.Mkdir(filepath.Join(vol, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(vol, dir, "key"), []byte(value), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(dir, filepath.Join(vol, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(vol, "..data_tmp"), filepath.Join(vol, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("v1", "one")
+	if err := os.Symlink("..data/key", filepath.Join(vol, "key")); err != nil {
+		t.Fatal(err)
+	}
+	b := bundle(t, "sleep", "1000")
+	spec := specutil.Default("sleep", "1000")
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/cfg", Type: "bind", Source: vol, Options: []string{"rbind", "ro"}})
+	if err := specutil.WriteBundle(b, spec); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := rt.RunSandbox(ctx, sandboxConfig(env, id, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	defer sb.Release()
+	if out, _ := execIn(t, sb, id, "cat", "/cfg/key"); out != "one" {
+		t.Fatalf("container reads %q, want the first version", out)
+	}
+	publish("v2", "two")
+	os.RemoveAll(filepath.Join(vol, "..2026_12_03_v1"))
+	var out string
+	began := time.Now()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		if out, _ = execIn(t, sb, id, "cat", "/cfg/key"); out == "two" {
+			break
+		}
+	}
+	if out != "two" {
+		t.Fatalf("after the swap the container reads %q, want the new version", out)
+	}
+	t.Logf("the swap reached the container within %v", time.Since(began).Round(10*time.Millisecond))
+}
