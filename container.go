@@ -75,11 +75,8 @@ func checkBundle(dir string, spec *specs.Spec) error {
 	if err := checkSpec(spec); err != nil {
 		return err
 	}
-	rootfs := bundleRootfs(dir, spec)
-	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
-		return fmt.Errorf("%w: rootfs %s is not a directory", ErrInvalidConfig, rootfs)
-	}
-	return nil
+	_, err := rootfsImage(bundleRootfs(dir, spec))
+	return err
 }
 
 // bundleRootfs is the host path of the rootfs of spec, the spec of the
@@ -179,7 +176,11 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
-	sc, err := s.shareContainer(cfg.ID, spec, rootfs)
+	image, err := rootfsImage(rootfs)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	sc, err := s.shareContainer(cfg.ID, spec, rootfs, image)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
@@ -188,7 +189,21 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 			s.unshare(cfg.ID, sc.newVolumes)
 		}
 	}()
-	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, cfg.ID+"/rootfs", join, sc.storages); err != nil {
+	guestRootfs, rootDevice := cfg.ID+"/rootfs", ""
+	if image {
+		st, dev, err := s.attachRootfs(ctx, cfg.ID, rootfs, spec.Root.Readonly)
+		if err != nil {
+			return fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+		defer func() {
+			if err != nil {
+				s.detachRootfs(context.WithoutCancel(ctx), &containerState{ID: cfg.ID, RootDevice: dev.ID})
+			}
+		}()
+		sc.storages = append(sc.storages, st)
+		guestRootfs, rootDevice = "", dev.ID
+	}
+	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, guestRootfs, join, sc.storages); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.ContainerCreate)
@@ -197,7 +212,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
 			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
-			Volumes: sc.volumes,
+			Volumes: sc.volumes, RootDevice: rootDevice,
 		}
 		return nil
 	})
@@ -223,7 +238,7 @@ type sharedContainer struct {
 
 // shareContainer bind-mounts the container's rootfs and bind-mount sources
 // into the sandbox's shared directory.
-func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc sharedContainer, err error) {
+func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string, image bool) (sc sharedContainer, err error) {
 	defer func() {
 		if err != nil {
 			s.unshare(id, sc.newVolumes)
@@ -239,16 +254,19 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc
 		}
 	}
 	s.mu.Unlock()
-	rootAccess := storage.ReadWrite
-	if spec.Root.Readonly {
-		rootAccess = storage.ReadOnly
-		dests, files := mountpoints(spec.Mounts)
-		if err := storage.MakeMountpoints(rootfs, dests, files); err != nil {
+	// An image rootfs is the guest's to mount (see attachRootfs).
+	if !image {
+		rootAccess := storage.ReadWrite
+		if spec.Root.Readonly {
+			rootAccess = storage.ReadOnly
+			dests, files := mountpoints(spec.Mounts)
+			if err := storage.MakeMountpoints(rootfs, dests, files); err != nil {
+				return sc, err
+			}
+		}
+		if err := s.shared.Bind(rootfs, id+"/rootfs", rootAccess); err != nil {
 			return sc, err
 		}
-	}
-	if err := s.shared.Bind(rootfs, id+"/rootfs", rootAccess); err != nil {
-		return sc, err
 	}
 	g := *spec
 	g.Hooks = nil // host hooks cannot run in the guest
@@ -264,7 +282,7 @@ func (s *Sandbox) shareContainer(id string, spec *specs.Spec, rootfs string) (sc
 		if name, size, ok := storage.MemoryEmptyDir(m.Source); ok {
 			// A tmpfs of the guest's, not the host's memory shared back.
 			m.Source = ""
-			sc.storages = append(sc.storages, agent.Storage{Mount: i, Path: name, Ephemeral: true, SizeBytes: size})
+			sc.storages = append(sc.storages, agent.Storage{Mount: i, Kind: agent.StorageEphemeral, Path: name, SizeBytes: size})
 			continue
 		}
 		access := mountAccess(m.Options)
@@ -489,9 +507,12 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 		}
 	}
 	s.mu.Lock()
-	vols := s.state.Containers[id].Volumes
+	cs := *s.state.Containers[id]
 	s.mu.Unlock()
-	if err := s.unshare(id, vols); err != nil {
+	if err := s.detachRootfs(ctx, &cs); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	if err := s.unshare(id, cs.Volumes); err != nil {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
 	return s.updateLocked(func(st *sandboxState) error {

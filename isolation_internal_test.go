@@ -85,7 +85,7 @@ func TestSharedAccessFollowsSpec(t *testing.T) {
 		specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: conf, Options: []string{"rbind", "ro"}},
 		specs.Mount{Destination: "/dev", Type: "tmpfs", Source: "tmpfs"},
 		specs.Mount{Destination: "/dev/pts", Type: "devpts", Source: "devpts"})
-	if _, err := s.shareContainer("c1", spec, rootfs); err != nil {
+	if _, err := s.shareContainer("c1", spec, rootfs, false); err != nil {
 		t.Fatal(err)
 	}
 	for p, dir := range map[string]bool{"ro": true, "rro": true, "rw": true, "dev": true, "real/resolv.conf": false} {

@@ -32,7 +32,7 @@ func TestShareContainerPodWideVolumes(t *testing.T) {
 			Root:   &specs.Root{Path: rootfs},
 			Mounts: []specs.Mount{{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", prop, "rw"}}},
 		}
-		sc, err := s.shareContainer(id, spec, rootfs)
+		sc, err := s.shareContainer(id, spec, rootfs, false)
 		if err != nil {
 			t.Fatal(err)
 		}

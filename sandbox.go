@@ -130,6 +130,9 @@ type containerState struct {
 	// Volumes are the pod-wide binds below the shared tree the container
 	// uses (see volumeRel); the last container using one releases it.
 	Volumes []string `json:"volumes,omitempty"`
+	// RootDevice is the hotplug ID of the block device holding the
+	// container's root filesystem (an image rootfs; see attachRootfs).
+	RootDevice string `json:"root_device,omitempty"`
 }
 
 // Sandbox is a handle on one sandbox. Its methods may be called
@@ -196,6 +199,13 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	hv := cfg.VM.HypervisorConfig()
+	// Each image rootfs is hot-plugged after boot (or a template's
+	// restore), into a root port of its own.
+	for i := range cfg.Containers {
+		if image, _ := rootfsImage(containerRootfs(&cfg.Containers[i])); image {
+			hv.HotplugSlots++
+		}
+	}
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}

@@ -244,6 +244,10 @@ type Capabilities struct {
 	AcceleratorUsed Accelerator
 }
 
+// MaxBlockSerial bounds a block device's serial: virtio-blk shows the
+// guest 20 bytes.
+const MaxBlockSerial = 20
+
 // DeviceKind names the kinds of hot-pluggable device.
 type DeviceKind string
 
@@ -266,6 +270,10 @@ type Device struct {
 	// sysfs path of the host device (DeviceVFIO).
 	Path     string
 	ReadOnly bool
+	// Serial is the serial number a block device shows the guest (its
+	// /sys/block/<dev>/serial), by which the agent finds it; at most
+	// MaxBlockSerial characters of [A-Za-z0-9_-].
+	Serial string
 	// Tap is the open tap device (DeviceNet), opened by the host in the
 	// pod's network namespace; the VMM gets a copy, the caller keeps and
 	// closes this one.

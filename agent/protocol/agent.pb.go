@@ -39,6 +39,10 @@ const (
 	// the pod binding it shares): path names it (EphemeralNameLen
 	// lowercase hex digits), size_bytes bounds it.
 	Storage_EPHEMERAL Storage_Kind = 1
+	// A block device the host attached (virtio-blk): path is its serial
+	// (1 to 20 of [A-Za-z0-9_-]), fstype its file system (ext4, xfs or
+	// erofs), mounted read-only when readonly is set.
+	Storage_BLOCK Storage_Kind = 2
 )
 
 // Enum value maps for Storage_Kind.
@@ -46,10 +50,12 @@ var (
 	Storage_Kind_name = map[int32]string{
 		0: "SHARED",
 		1: "EPHEMERAL",
+		2: "BLOCK",
 	}
 	Storage_Kind_value = map[string]int32{
 		"SHARED":    0,
 		"EPHEMERAL": 1,
+		"BLOCK":     2,
 	}
 )
 
@@ -296,7 +302,10 @@ type CreateContainerRequest struct {
 	// Where the guest finds the sources of the spec's bind mounts: the
 	// sources in the spec itself mean nothing in the guest and are
 	// ignored for the mounts listed here.
-	Storages      []*Storage `protobuf:"bytes,6,rep,name=storages,proto3" json:"storages,omitempty"`
+	Storages []*Storage `protobuf:"bytes,6,rep,name=storages,proto3" json:"storages,omitempty"`
+	// When set (kind BLOCK), the root filesystem is on this block device
+	// instead, and rootfs is empty.
+	Root          *Storage `protobuf:"bytes,7,opt,name=root,proto3" json:"root,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -366,6 +375,13 @@ func (x *CreateContainerRequest) GetStorages() []*Storage {
 	return nil
 }
 
+func (x *CreateContainerRequest) GetRoot() *Storage {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
 // Storage is where the guest finds the source of one of the spec's bind
 // mounts.
 type Storage struct {
@@ -381,7 +397,10 @@ type Storage struct {
 	// volume bound "ro" stays writable).
 	Submounts []string `protobuf:"bytes,4,rep,name=submounts,proto3" json:"submounts,omitempty"`
 	// The size of an EPHEMERAL storage's tmpfs.
-	SizeBytes     uint64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	SizeBytes uint64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// A BLOCK storage's file system, and whether it is mounted read-only.
+	Fstype        string `protobuf:"bytes,6,opt,name=fstype,proto3" json:"fstype,omitempty"`
+	Readonly      bool   `protobuf:"varint,7,opt,name=readonly,proto3" json:"readonly,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -449,6 +468,20 @@ func (x *Storage) GetSizeBytes() uint64 {
 		return x.SizeBytes
 	}
 	return 0
+}
+
+func (x *Storage) GetFstype() string {
+	if x != nil {
+		return x.Fstype
+	}
+	return ""
+}
+
+func (x *Storage) GetReadonly() bool {
+	if x != nil {
+		return x.Readonly
+	}
+	return false
 }
 
 // JoinNamespace names the namespace of type type (an OCI namespace type:
@@ -2407,24 +2440,28 @@ const file_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"L\n" +
 	"\x0eProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\xec\x01\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x9a\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x16\n" +
 	"\x06rootfs\x18\x03 \x01(\tR\x06rootfs\x12G\n" +
 	"\x0fjoin_namespaces\x18\x04 \x03(\v2\x1e.cocoon.agent.v1.JoinNamespaceR\x0ejoinNamespaces\x124\n" +
-	"\bstorages\x18\x06 \x03(\v2\x18.cocoon.agent.v1.StorageR\bstoragesJ\x04\b\x05\x10\x06\"\xc6\x01\n" +
+	"\bstorages\x18\x06 \x03(\v2\x18.cocoon.agent.v1.StorageR\bstorages\x12,\n" +
+	"\x04root\x18\a \x01(\v2\x18.cocoon.agent.v1.StorageR\x04rootJ\x04\b\x05\x10\x06\"\x85\x02\n" +
 	"\aStorage\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\rR\x05mount\x121\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1d.cocoon.agent.v1.Storage.KindR\x04kind\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1c\n" +
 	"\tsubmounts\x18\x04 \x03(\tR\tsubmounts\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x05 \x01(\x04R\tsizeBytes\"!\n" +
+	"size_bytes\x18\x05 \x01(\x04R\tsizeBytes\x12\x16\n" +
+	"\x06fstype\x18\x06 \x01(\tR\x06fstype\x12\x1a\n" +
+	"\breadonly\x18\a \x01(\bR\breadonly\",\n" +
 	"\x04Kind\x12\n" +
 	"\n" +
 	"\x06SHARED\x10\x00\x12\r\n" +
-	"\tEPHEMERAL\x10\x01\"F\n" +
+	"\tEPHEMERAL\x10\x01\x12\t\n" +
+	"\x05BLOCK\x10\x02\"F\n" +
 	"\rJoinNamespace\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12!\n" +
 	"\fcontainer_id\x18\x02 \x01(\tR\vcontainerId\"j\n" +
@@ -2671,75 +2708,76 @@ var file_agent_proto_goTypes = []any{
 var file_agent_proto_depIdxs = []int32{
 	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
 	6,  // 1: cocoon.agent.v1.CreateContainerRequest.storages:type_name -> cocoon.agent.v1.Storage
-	0,  // 2: cocoon.agent.v1.Storage.kind:type_name -> cocoon.agent.v1.Storage.Kind
-	12, // 3: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
-	1,  // 4: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
-	2,  // 5: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
-	30, // 6: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
-	29, // 7: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	29, // 8: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
-	34, // 9: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	35, // 10: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	34, // 11: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
-	29, // 12: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	34, // 13: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	35, // 14: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	29, // 15: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	19, // 16: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	21, // 17: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
-	23, // 18: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
-	25, // 19: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	5,  // 20: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	3,  // 21: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	8,  // 22: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	9,  // 23: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	4,  // 24: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	11, // 25: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
-	4,  // 26: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	3,  // 27: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 28: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 29: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 30: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 31: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	16, // 32: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	17, // 33: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	4,  // 34: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	27, // 35: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	36, // 36: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
-	32, // 37: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
-	18, // 38: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
-	33, // 39: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
-	18, // 40: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
-	20, // 41: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	22, // 42: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	24, // 43: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	26, // 44: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
-	18, // 45: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 46: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 47: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	18, // 48: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	10, // 49: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	18, // 50: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	18, // 51: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	13, // 52: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	15, // 53: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	14, // 54: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	18, // 55: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 56: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 57: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 58: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 59: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	28, // 60: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	37, // 61: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
-	29, // 62: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
-	31, // 63: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
-	33, // 64: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
-	33, // 65: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
-	41, // [41:66] is the sub-list for method output_type
-	16, // [16:41] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	6,  // 2: cocoon.agent.v1.CreateContainerRequest.root:type_name -> cocoon.agent.v1.Storage
+	0,  // 3: cocoon.agent.v1.Storage.kind:type_name -> cocoon.agent.v1.Storage.Kind
+	12, // 4: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
+	1,  // 5: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
+	2,  // 6: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
+	30, // 7: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
+	29, // 8: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	29, // 9: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
+	34, // 10: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	35, // 11: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	34, // 12: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
+	29, // 13: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	34, // 14: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	35, // 15: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	29, // 16: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	19, // 17: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	21, // 18: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
+	23, // 19: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
+	25, // 20: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	5,  // 21: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	3,  // 22: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	8,  // 23: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	9,  // 24: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	4,  // 25: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	11, // 26: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
+	4,  // 27: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	3,  // 28: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 29: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 30: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 31: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 32: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	16, // 33: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	17, // 34: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	4,  // 35: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	27, // 36: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	36, // 37: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
+	32, // 38: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
+	18, // 39: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
+	33, // 40: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
+	18, // 41: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
+	20, // 42: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	22, // 43: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	24, // 44: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	26, // 45: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
+	18, // 46: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 47: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 48: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	18, // 49: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	10, // 50: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	18, // 51: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	18, // 52: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	13, // 53: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	15, // 54: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	14, // 55: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	18, // 56: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 57: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 58: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 59: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	18, // 60: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	28, // 61: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	37, // 62: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
+	29, // 63: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
+	31, // 64: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
+	33, // 65: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	33, // 66: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	42, // [42:67] is the sub-list for method output_type
+	17, // [17:42] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }

@@ -14,6 +14,8 @@ import (
 
 var validDeviceID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{0,31}$`)
 
+var validSerial = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,20}$`)
+
 // AddDevice hot-plugs a block or network device into a free PCIe root port.
 func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 	if !validDeviceID.MatchString(dev.ID) {
@@ -37,6 +39,9 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 	// QEMU opens no file by name (a confined QEMU cannot): the host opens
 	// each device's backing and hands QEMU the descriptor.
 	case hypervisor.DeviceBlock:
+		if dev.Serial != "" && !validSerial.MatchString(dev.Serial) {
+			return fmt.Errorf("add device %s: invalid serial %q", dev.ID, dev.Serial)
+		}
 		node := "drv-" + dev.ID
 		f, err := openBacking(dev.Path, dev.ReadOnly)
 		if err != nil {
@@ -56,7 +61,11 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		if err != nil {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
-		err = c.DeviceAdd(ctx, map[string]any{"driver": "virtio-blk-pci", "id": dev.ID, "drive": node, "bus": rootPort(port)})
+		args := map[string]any{"driver": "virtio-blk-pci", "id": dev.ID, "drive": node, "bus": rootPort(port)}
+		if dev.Serial != "" {
+			args["serial"] = dev.Serial
+		}
+		err = c.DeviceAdd(ctx, args)
 		if err != nil {
 			c.BlockdevDel(ctx, node)
 			return fmt.Errorf("add device %s: %w", dev.ID, err)

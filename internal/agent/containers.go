@@ -23,24 +23,54 @@ const (
 	maxProcessState = 8
 )
 
+// StorageKind says what a Storage is.
+type StorageKind int
+
+// Storage kinds.
+const (
+	// StorageShared: Path below the shared directory, with the host's
+	// mounts below it at Submounts (paths relative to it).
+	StorageShared StorageKind = iota
+	// StorageEphemeral: a tmpfs of the guest's own named Path, of
+	// SizeBytes, shared by every container of the sandbox that names it.
+	StorageEphemeral
+	// StorageBlock: the block device of serial Path, a file system of
+	// FSType, mounted read-only when ReadOnly.
+	StorageBlock
+)
+
 // Storage is where the guest finds the source of the spec's bind mount
-// number Mount: Path below the shared directory, with the host's mounts
-// below it at Submounts (paths relative to it); or, when Ephemeral, a
-// tmpfs of the guest's own named Path, of SizeBytes, shared by every
-// container of the sandbox that names it.
+// number Mount or, when Root, the container's root filesystem.
 type Storage struct {
 	Mount     int
+	Root      bool
+	Kind      StorageKind
 	Path      string
 	Submounts []string
-	Ephemeral bool
 	SizeBytes uint64
+	FSType    string
+	ReadOnly  bool
+}
+
+// proto is st in the agent's protocol.
+func (st Storage) proto() *protocol.Storage {
+	kind := protocol.Storage_SHARED
+	switch st.Kind {
+	case StorageEphemeral:
+		kind = protocol.Storage_EPHEMERAL
+	case StorageBlock:
+		kind = protocol.Storage_BLOCK
+	}
+	return &protocol.Storage{Mount: uint32(st.Mount), Kind: kind, Path: st.Path, Submounts: st.Submounts,
+		SizeBytes: st.SizeBytes, Fstype: st.FSType, Readonly: st.ReadOnly}
 }
 
 // CreateContainer asks the agent to create a container from spec, whose
 // root filesystem is rootfs relative to the shared directory. join maps
 // namespace types the container shares to the container whose namespace
 // of that type it joins. storages say where the guest finds the sources
-// of the spec's bind mounts.
+// of the spec's bind mounts and, for one marked Root, its root filesystem
+// (rootfs is then empty).
 func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []Storage) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -51,11 +81,11 @@ func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spe
 		req.JoinNamespaces = append(req.JoinNamespaces, &protocol.JoinNamespace{Type: string(typ), ContainerId: join[typ]})
 	}
 	for _, st := range storages {
-		kind := protocol.Storage_SHARED
-		if st.Ephemeral {
-			kind = protocol.Storage_EPHEMERAL
+		if st.Root {
+			req.Root = st.proto()
+			continue
 		}
-		req.Storages = append(req.Storages, &protocol.Storage{Mount: uint32(st.Mount), Kind: kind, Path: st.Path, Submounts: st.Submounts, SizeBytes: st.SizeBytes})
+		req.Storages = append(req.Storages, st.proto())
 	}
 	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
 		_, err := c.agent.CreateContainer(ctx, req)

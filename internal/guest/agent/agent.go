@@ -41,6 +41,8 @@ type Agent struct {
 	portSlots chan struct{}
 	// ephemeral holds the sandbox's EPHEMERAL storages.
 	ephemeral *ephemeralStorages
+	// blocks holds the containers' block root filesystems.
+	blocks *blockMounts
 }
 
 // Config configures an Agent.
@@ -69,6 +71,7 @@ func New(cfg Config) *Agent {
 		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount, mounted: cfg.SharedMounted},
 		portSlots: make(chan struct{}, maxPortConns),
 		ephemeral: &ephemeralStorages{dir: ephemeralDir, mounted: map[string]string{}},
+		blocks:    &blockMounts{dir: blockDir, sysfs: "/sys/block", dev: "/dev", mounted: map[string]string{}},
 	}
 }
 

@@ -83,7 +83,7 @@ func (a *Agent) manager() (*container.Manager, error) {
 
 // CreateContainer creates a container from an OCI spec whose rootfs was
 // shared by the host.
-func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainerRequest) (*protocol.Empty, error) {
+func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainerRequest) (_ *protocol.Empty, retErr error) {
 	m, err := a.manager()
 	if err != nil {
 		return nil, err
@@ -99,10 +99,23 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	if _, err := a.modules(ctx); err != nil {
 		return nil, fmt.Errorf("create container %s: kernel modules: %w", r.ContainerId, err)
 	}
-	rootfs, err := a.shared.resolve(r.Rootfs)
+	var rootfs string
+	if r.Root != nil {
+		if r.Rootfs != "" {
+			return nil, fmt.Errorf("create container %s: both a shared and a block root filesystem", r.ContainerId)
+		}
+		rootfs, err = a.blocks.mountRoot(ctx, r.ContainerId, r.Root)
+	} else {
+		rootfs, err = a.shared.resolve(r.Rootfs)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
+	defer func() {
+		if retErr != nil {
+			a.blocks.unmountRoot(r.ContainerId)
+		}
+	}()
 	if err := a.resolveStorages(&spec, r.Storages); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
@@ -452,6 +465,9 @@ func (a *Agent) RemoveContainer(ctx context.Context, r *protocol.RemoveContainer
 		return nil, err
 	}
 	if err := m.Delete(ctx, r.ContainerId, r.Force); err != nil {
+		return nil, err
+	}
+	if err := a.blocks.unmountRoot(r.ContainerId); err != nil {
 		return nil, err
 	}
 	return &protocol.Empty{}, nil

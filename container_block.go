@@ -1,0 +1,106 @@
+package cocoon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/agent"
+)
+
+// A container's root filesystem may be a directory, shared with the
+// guest over virtio-fs, or a file system image or block device (an ext4
+// image on a loop device, a block snapshot), which the guest gets as a
+// virtio-blk disk of its own, hot-plugged into a free PCIe root port, and
+// mounts itself: its I/O then never crosses virtio-fs.
+
+// rootfsImage reports whether rootfs is an image or a block device rather
+// than a directory.
+func rootfsImage(rootfs string) (bool, error) {
+	st, err := os.Stat(rootfs)
+	if err != nil {
+		return false, fmt.Errorf("%w: rootfs: %w", ErrInvalidConfig, err)
+	}
+	switch m := st.Mode(); {
+	case m.IsDir():
+		return false, nil
+	case m.IsRegular(), m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0:
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: rootfs %s is neither a directory, an image nor a block device", ErrInvalidConfig, rootfs)
+}
+
+// imageFSType reads the file system type of the image or block device at
+// path from its superblock: ext4 (ext2 and ext3 too, which the ext4
+// driver mounts), xfs or erofs.
+func imageFSType(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("rootfs image: %w", err)
+	}
+	defer f.Close()
+	b := make([]byte, 2048)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return "", fmt.Errorf("rootfs image %s: %w", path, err)
+	}
+	switch {
+	case binary.LittleEndian.Uint16(b[1024+56:]) == 0xef53:
+		return "ext4", nil
+	case string(b[:4]) == "XFSB":
+		return "xfs", nil
+	case binary.LittleEndian.Uint32(b[1024:]) == 0xe0f5e1e2:
+		return "erofs", nil
+	}
+	return "", fmt.Errorf("%w: rootfs image %s: not an ext4, xfs or erofs file system", ErrInvalidConfig, path)
+}
+
+// rootDeviceID is the hotplug ID, and the serial the guest finds it by,
+// of container id's root device: 20 characters, what virtio-blk shows.
+func rootDeviceID(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "rb" + hex.EncodeToString(sum[:])[:hypervisor.MaxBlockSerial-2]
+}
+
+// attachRootfs hot-plugs the image or device rootfs of container id into
+// the VM and returns the storage the guest mounts as its root, and the
+// device, which the caller removes on failure.
+func (s *Sandbox) attachRootfs(ctx context.Context, id, rootfs string, readOnly bool) (agent.Storage, hypervisor.Device, error) {
+	fstype, err := imageFSType(rootfs)
+	if err != nil {
+		return agent.Storage{}, hypervisor.Device{}, err
+	}
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("%w: the VM is not running", ErrState)
+	}
+	serial := rootDeviceID(id)
+	dev := hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: rootfs, ReadOnly: readOnly, Serial: serial}
+	if err := v.AddDevice(ctx, dev); err != nil {
+		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("attach rootfs %s: %w (a block rootfs needs a free hotplug slot)", rootfs, err)
+	}
+	return agent.Storage{Root: true, Kind: agent.StorageBlock, Path: serial, FSType: fstype, ReadOnly: readOnly}, dev, nil
+}
+
+// detachRootfs hot-removes container id's root device, if it has one.
+func (s *Sandbox) detachRootfs(ctx context.Context, c *containerState) error {
+	if c.RootDevice == "" {
+		return nil
+	}
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return nil // the device went with the VM
+	}
+	if err := v.RemoveDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: c.RootDevice}); err != nil {
+		return fmt.Errorf("detach the root device of %s: %w", c.ID, err)
+	}
+	return nil
+}

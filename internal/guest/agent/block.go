@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
+	"golang.org/x/sys/unix"
+)
+
+// blockDir is where block storages are mounted, each in a directory of
+// its serial.
+const blockDir = "/run/cocoon/block"
+
+// blockWait bounds the wait for a hot-plugged disk to appear.
+const blockWait = 10 * time.Second
+
+var validSerial = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
+
+// blockFSTypes are the file systems a block storage may hold.
+var blockFSTypes = map[string]bool{"ext4": true, "xfs": true, "erofs": true}
+
+// blockMounts are the sandbox's mounted block storages.
+type blockMounts struct {
+	dir   string
+	sysfs string // /sys/block
+	dev   string // /dev
+	mu    sync.Mutex
+	// mounted maps a container to the serial of its root device.
+	mounted map[string]string
+}
+
+// mountRoot mounts the block storage st as container id's root
+// filesystem and returns the mount point.
+func (b *blockMounts) mountRoot(ctx context.Context, id string, st *protocol.Storage) (string, error) {
+	if st.Kind != protocol.Storage_BLOCK {
+		return "", fmt.Errorf("root storage: kind %d, want a block device", int32(st.Kind))
+	}
+	if !validSerial.MatchString(st.Path) {
+		return "", fmt.Errorf("root storage: bad serial %q", st.Path)
+	}
+	if !blockFSTypes[st.Fstype] {
+		return "", fmt.Errorf("root storage %s: file system %q is not one of ext4, xfs, erofs", st.Path, st.Fstype)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.mounted[id]; ok {
+		return "", fmt.Errorf("root storage of %s mounted already", id)
+	}
+	dev, err := b.find(ctx, st.Path)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(b.dir, st.Path)
+	if err := os.MkdirAll(p, 0o700); err != nil {
+		return "", fmt.Errorf("root storage %s: %w", st.Path, err)
+	}
+	var flags uintptr
+	if st.Readonly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(dev, p, st.Fstype, flags, ""); err != nil {
+		os.Remove(p)
+		return "", fmt.Errorf("root storage %s: mount %s (%s): %w", st.Path, dev, st.Fstype, err)
+	}
+	b.mounted[id] = st.Path
+	return p, nil
+}
+
+// unmountRoot unmounts container id's root device, if it has one.
+func (b *blockMounts) unmountRoot(id string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	serial, ok := b.mounted[id]
+	if !ok {
+		return nil
+	}
+	p := filepath.Join(b.dir, serial)
+	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount the root device of %s: %w", id, err)
+	}
+	os.Remove(p)
+	delete(b.mounted, id)
+	return nil
+}
+
+// find waits for the disk whose serial is serial and returns its device
+// node.
+func (b *blockMounts) find(ctx context.Context, serial string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, blockWait)
+	defer cancel()
+	for {
+		entries, _ := os.ReadDir(b.sysfs)
+		for _, e := range entries {
+			data, err := os.ReadFile(filepath.Join(b.sysfs, e.Name(), "serial"))
+			if err == nil && strings.TrimSpace(string(data)) == serial {
+				return filepath.Join(b.dev, e.Name()), nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("no disk with serial %s after %v", serial, blockWait)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
