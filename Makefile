@@ -14,7 +14,7 @@ LDFLAGS   := -s -w -X github.com/cocoon-runtime/cocoon/internal/version.Version=
 export PATH := /usr/local/go/bin:$(PATH)
 
 # Debian packages the runtime and its tests use.
-DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc libc6-dev libseccomp-dev containerd runc containernetworking-plugins iptables
+DEB_PACKAGES := qemu-system-x86 busybox-static cpio iproute2 ca-certificates gcc libc6-dev libseccomp-dev containerd runc containernetworking-plugins iptables e2fsprogs
 
 # containerd 2.x, built from the module proxy, which the containerd tests
 # also run against (besides Debian's containerd 1.6).

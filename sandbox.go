@@ -111,6 +111,8 @@ type sandboxState struct {
 	// OwnNetwork is the pod network Cocoon made itself, saved before it
 	// is made (see SandboxConfig.Network).
 	OwnNetwork *ownNetwork `json:"own_network,omitempty"`
+	// Devices are the block devices hot-plugged with AddDevice.
+	Devices []Device `json:"devices,omitempty"`
 	// NetworkModel is how interfaces added later are wired.
 	NetworkModel network.Model `json:"network_model,omitempty"`
 }

@@ -76,6 +76,7 @@ func newRootCommand() *cobra.Command {
 		newUpdateCommand(g),
 		newNetworkCommand(g),
 		newPortForwardCommand(g),
+		newDeviceCommand(g),
 	)
 	return root
 }
