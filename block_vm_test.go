@@ -2,6 +2,8 @@ package cocoon_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"github.com/cocoon-runtime/cocoon"
 	"github.com/cocoon-runtime/cocoon/internal/specutil"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // ext4Image makes an ext4 image holding a busybox rootfs.
@@ -83,5 +87,65 @@ func TestImageRootfs(t *testing.T) {
 	}
 	if strings.TrimSpace(before) != "2" || strings.TrimSpace(after) != "1" {
 		t.Errorf("disks in the guest: %q before deleting the second container, %q after; want 2 then 1", before, after)
+	}
+}
+
+// A host block device in the spec's linux.devices (a loop device here) is
+// attached to the VM as a disk of its own and usable in the container at
+// the spec's path: the node has the guest's numbers, and the device
+// cgroup rule naming the host's numbers was rewritten to the guest's (the
+// container's cgroup denies every other block device).
+func TestPassBlockDevice(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	loop := testutil.LoopDevice(t, "HELLO-BLOCK", 16<<20)
+	var st unix.Stat_t
+	if err := unix.Stat(loop, &st); err != nil {
+		t.Fatal(err)
+	}
+	major, minor := int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+
+	args := []string{"sh", "-c", "stat -c %t:%T /dev/xvdb; head -c 11 /dev/xvdb; echo; " +
+		"echo WRITTEN-IN-GUEST | dd of=/dev/xvdb bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null && echo wrote"}
+	b := bundle(t, args...)
+	spec := specutil.Default(args...)
+	mode := os.FileMode(0o660)
+	zero := uint32(0)
+	spec.Linux.Devices = append(spec.Linux.Devices, specs.LinuxDevice{Path: "/dev/xvdb", Type: "b", Major: major, Minor: minor, FileMode: &mode, UID: &zero, GID: &zero})
+	if spec.Linux.Resources == nil {
+		spec.Linux.Resources = &specs.LinuxResources{}
+	}
+	spec.Linux.Resources.Devices = append([]specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+		specs.LinuxDeviceCgroup{Allow: true, Type: "b", Major: &major, Minor: &minor, Access: "rwm"})
+	if err := specutil.WriteBundle(b, spec); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := rt.CreateSandbox(ctx, sandboxConfig(env, id, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	defer sb.Release()
+	o := attach(t, sb, id, "", nil)
+	if err := sb.StartContainer(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	o.wg.Wait()
+	if st, err := sb.WaitProcess(ctx, id, ""); err != nil || st.Code != 0 {
+		t.Fatalf("container: %v %v, stdout %q, stderr %q", st, err, o.stdout.String(), o.stderr.String())
+	}
+	lines := strings.Split(o.stdout.String(), "\n")
+	if len(lines) < 3 || lines[0] == fmt.Sprintf("%x:%x", major, minor) || lines[1] != "HELLO-BLOCK" || lines[2] != "wrote" {
+		t.Fatalf("in the container: %q (host device %x:%x); want the guest's numbers, the host's data and a write", o.stdout.String(), major, minor)
+	}
+	got := make([]byte, 16)
+	f, err := os.Open(loop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(got, 4096); err != nil || string(got) != "WRITTEN-IN-GUEST" {
+		t.Errorf("the host's device at 4096: %q, %v", got, err)
 	}
 }

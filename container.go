@@ -203,7 +203,16 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		sc.storages = append(sc.storages, st)
 		guestRootfs, rootDevice = "", dev.ID
 	}
-	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, guestRootfs, join, sc.storages); err != nil {
+	devMaps, devIDs, err := s.attachDevices(ctx, cfg.ID, spec)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			s.detachDevices(context.WithoutCancel(ctx), devIDs)
+		}
+	}()
+	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, guestRootfs, join, sc.storages, devMaps); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	failpoint.Hit(failpoint.ContainerCreate)
@@ -212,7 +221,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
 			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
-			Volumes: sc.volumes, RootDevice: rootDevice,
+			Volumes: sc.volumes, RootDevice: rootDevice, PassedDevices: devIDs,
 		}
 		return nil
 	})
@@ -510,6 +519,9 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	cs := *s.state.Containers[id]
 	s.mu.Unlock()
 	if err := s.detachRootfs(ctx, &cs); err != nil {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	if err := s.detachDevices(ctx, cs.PassedDevices); err != nil {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
 	if err := s.unshare(id, cs.Volumes); err != nil {

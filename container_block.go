@@ -5,12 +5,17 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
 	"github.com/cocoon-runtime/cocoon/internal/agent"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // A container's root filesystem may be a directory, shared with the
@@ -83,7 +88,7 @@ func (s *Sandbox) attachRootfs(ctx context.Context, id, rootfs string, readOnly 
 	serial := rootDeviceID(id)
 	dev := hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: rootfs, ReadOnly: readOnly, Serial: serial}
 	if err := v.AddDevice(ctx, dev); err != nil {
-		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("attach rootfs %s: %w (a block rootfs needs a free hotplug slot)", rootfs, err)
+		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("attach rootfs %s: %w", rootfs, err)
 	}
 	return agent.Storage{Root: true, Kind: agent.StorageBlock, Path: serial, FSType: fstype, ReadOnly: readOnly}, dev, nil
 }
@@ -103,4 +108,89 @@ func (s *Sandbox) detachRootfs(ctx context.Context, c *containerState) error {
 		return fmt.Errorf("detach the root device of %s: %w", c.ID, err)
 	}
 	return nil
+}
+
+// passedDevices lists the entries of spec's linux.devices that go to the
+// guest as disks of their own: its block devices, unless the container is
+// privileged (it gets the VM's devices instead).
+func passedDevices(spec *specs.Spec) []int {
+	if spec.Linux == nil || protocol.AllowsAllDevices(spec.Linux.Resources) {
+		return nil
+	}
+	var out []int
+	for i, d := range spec.Linux.Devices {
+		if d.Type == "b" {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// hostBlockDevice is the host's node of block device major:minor, by its
+// name in sysfs.
+func hostBlockDevice(major, minor int64) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/uevent", major, minor))
+	if err != nil {
+		return "", fmt.Errorf("%w: block device %d:%d: %w", ErrInvalidConfig, major, minor, err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if name, ok := strings.CutPrefix(l, "DEVNAME="); ok && name != "" && !strings.Contains(name, "..") {
+			return filepath.Join("/dev", name), nil
+		}
+	}
+	return "", fmt.Errorf("%w: block device %d:%d has no name", ErrInvalidConfig, major, minor)
+}
+
+// attachDevices hot-plugs the host block devices behind container id's
+// passed devices and returns the guest's mappings and the devices'
+// hotplug IDs; on error nothing stays attached.
+func (s *Sandbox) attachDevices(ctx context.Context, id string, spec *specs.Spec) (maps []agent.DeviceMapping, ids []string, err error) {
+	idx := passedDevices(spec)
+	if len(idx) == 0 {
+		return nil, nil, nil
+	}
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return nil, nil, fmt.Errorf("%w: the VM is not running", ErrState)
+	}
+	defer func() {
+		if err != nil {
+			s.detachDevices(context.WithoutCancel(ctx), ids)
+			ids = nil
+		}
+	}()
+	for _, i := range idx {
+		d := spec.Linux.Devices[i]
+		path, err := hostBlockDevice(d.Major, d.Minor)
+		if err != nil {
+			return nil, ids, err
+		}
+		sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%d", id, i)))
+		serial := "dv" + hex.EncodeToString(sum[:])[:hypervisor.MaxBlockSerial-2]
+		if err := v.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: path, Serial: serial}); err != nil {
+			return nil, ids, fmt.Errorf("attach device %s (%s): %w", d.Path, path, err)
+		}
+		ids = append(ids, serial)
+		maps = append(maps, agent.DeviceMapping{Index: i, Serial: serial})
+	}
+	return maps, ids, nil
+}
+
+// detachDevices hot-removes the devices ids.
+func (s *Sandbox) detachDevices(ctx context.Context, ids []string) error {
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return nil // they went with the VM
+	}
+	var errs []error
+	for _, id := range ids {
+		if err := v.RemoveDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: id}); err != nil {
+			errs = append(errs, fmt.Errorf("detach device %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
 }

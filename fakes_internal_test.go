@@ -260,7 +260,7 @@ func (a *fakeAgent) end(id, execID string, st agent.Exit) {
 	}
 }
 
-func (a *fakeAgent) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []agent.Storage) error {
+func (a *fakeAgent) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []agent.Storage, devices []agent.DeviceMapping) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err := a.Record("CreateContainer", id, rootfs); err != nil {

@@ -135,6 +135,9 @@ type containerState struct {
 	// RootDevice is the hotplug ID of the block device holding the
 	// container's root filesystem (an image rootfs; see attachRootfs).
 	RootDevice string `json:"root_device,omitempty"`
+	// PassedDevices are the hotplug IDs of the disks that stand for the
+	// block devices of the container's linux.devices.
+	PassedDevices []string `json:"passed_devices,omitempty"`
 }
 
 // Sandbox is a handle on one sandbox. Its methods may be called
@@ -207,6 +210,8 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		if image, _ := rootfsImage(containerRootfs(&cfg.Containers[i])); image {
 			hv.HotplugSlots++
 		}
+		// And each block device passed to it.
+		hv.HotplugSlots += len(passedDevices(cfg.Containers[i].Spec))
 	}
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)

@@ -59,7 +59,7 @@ type sandboxVM interface {
 // guestAgent is the guest agent as the sandbox and container code calls
 // it (see agent.Client).
 type guestAgent interface {
-	CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []agent.Storage) error
+	CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []agent.Storage, devices []agent.DeviceMapping) error
 	StartContainer(ctx context.Context, id string) error
 	StateContainer(ctx context.Context, id string) (agent.ContainerState, error)
 	PauseContainer(ctx context.Context, id string) error

@@ -83,7 +83,7 @@ func (x Storage_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Storage_Kind.Descriptor instead.
 func (Storage_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3, 0}
+	return file_agent_proto_rawDescGZIP(), []int{4, 0}
 }
 
 type ContainerState_Status int32
@@ -138,7 +138,7 @@ func (x ContainerState_Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ContainerState_Status.Descriptor instead.
 func (ContainerState_Status) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11, 0}
+	return file_agent_proto_rawDescGZIP(), []int{12, 0}
 }
 
 type CheckResponse_ServingStatus int32
@@ -187,7 +187,7 @@ func (x CheckResponse_ServingStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CheckResponse_ServingStatus.Descriptor instead.
 func (CheckResponse_ServingStatus) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17, 0}
+	return file_agent_proto_rawDescGZIP(), []int{18, 0}
 }
 
 type ContainerRequest struct {
@@ -305,7 +305,11 @@ type CreateContainerRequest struct {
 	Storages []*Storage `protobuf:"bytes,6,rep,name=storages,proto3" json:"storages,omitempty"`
 	// When set (kind BLOCK), the root filesystem is on this block device
 	// instead, and rootfs is empty.
-	Root          *Storage `protobuf:"bytes,7,opt,name=root,proto3" json:"root,omitempty"`
+	Root *Storage `protobuf:"bytes,7,opt,name=root,proto3" json:"root,omitempty"`
+	// Block devices of the spec's linux.devices that the host attached:
+	// the guest gives each entry, and the device cgroup rules naming its
+	// host numbers, the numbers of the disk with that serial.
+	Devices       []*DeviceMapping `protobuf:"bytes,8,rep,name=devices,proto3" json:"devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -382,6 +386,68 @@ func (x *CreateContainerRequest) GetRoot() *Storage {
 	return nil
 }
 
+func (x *CreateContainerRequest) GetDevices() []*DeviceMapping {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+// DeviceMapping names the disk that stands for one of the spec's devices.
+type DeviceMapping struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index in the spec's linux.devices.
+	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The disk's serial (1 to 20 of [A-Za-z0-9_-]).
+	Serial        string `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceMapping) Reset() {
+	*x = DeviceMapping{}
+	mi := &file_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceMapping) ProtoMessage() {}
+
+func (x *DeviceMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceMapping.ProtoReflect.Descriptor instead.
+func (*DeviceMapping) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DeviceMapping) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *DeviceMapping) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
 // Storage is where the guest finds the source of one of the spec's bind
 // mounts.
 type Storage struct {
@@ -407,7 +473,7 @@ type Storage struct {
 
 func (x *Storage) Reset() {
 	*x = Storage{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +485,7 @@ func (x *Storage) String() string {
 func (*Storage) ProtoMessage() {}
 
 func (x *Storage) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +498,7 @@ func (x *Storage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Storage.ProtoReflect.Descriptor instead.
 func (*Storage) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Storage) GetMount() uint32 {
@@ -496,7 +562,7 @@ type JoinNamespace struct {
 
 func (x *JoinNamespace) Reset() {
 	*x = JoinNamespace{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +574,7 @@ func (x *JoinNamespace) String() string {
 func (*JoinNamespace) ProtoMessage() {}
 
 func (x *JoinNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +587,7 @@ func (x *JoinNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinNamespace.ProtoReflect.Descriptor instead.
 func (*JoinNamespace) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinNamespace) GetType() string {
@@ -550,7 +616,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +628,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +641,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -611,7 +677,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +689,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +702,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -679,7 +745,7 @@ type ExitStatus struct {
 
 func (x *ExitStatus) Reset() {
 	*x = ExitStatus{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +757,7 @@ func (x *ExitStatus) String() string {
 func (*ExitStatus) ProtoMessage() {}
 
 func (x *ExitStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +770,7 @@ func (x *ExitStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitStatus.ProtoReflect.Descriptor instead.
 func (*ExitStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExitStatus) GetCode() int32 {
@@ -747,7 +813,7 @@ type ResizeTTYRequest struct {
 
 func (x *ResizeTTYRequest) Reset() {
 	*x = ResizeTTYRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +825,7 @@ func (x *ResizeTTYRequest) String() string {
 func (*ResizeTTYRequest) ProtoMessage() {}
 
 func (x *ResizeTTYRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +838,7 @@ func (x *ResizeTTYRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTTYRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTTYRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResizeTTYRequest) GetContainerId() string {
@@ -815,7 +881,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +893,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +906,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProcessInfo) GetPid() int32 {
@@ -880,7 +946,7 @@ type ProcessList struct {
 
 func (x *ProcessList) Reset() {
 	*x = ProcessList{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +958,7 @@ func (x *ProcessList) String() string {
 func (*ProcessList) ProtoMessage() {}
 
 func (x *ProcessList) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +971,7 @@ func (x *ProcessList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessList.ProtoReflect.Descriptor instead.
 func (*ProcessList) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProcessList) GetProcesses() []*ProcessInfo {
@@ -926,7 +992,7 @@ type ContainerState struct {
 
 func (x *ContainerState) Reset() {
 	*x = ContainerState{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1004,7 @@ func (x *ContainerState) String() string {
 func (*ContainerState) ProtoMessage() {}
 
 func (x *ContainerState) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1017,7 @@ func (x *ContainerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerState.ProtoReflect.Descriptor instead.
 func (*ContainerState) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContainerState) GetStatus() ContainerState_Status {
@@ -1001,7 +1067,7 @@ type ContainerStats struct {
 
 func (x *ContainerStats) Reset() {
 	*x = ContainerStats{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1079,7 @@ func (x *ContainerStats) String() string {
 func (*ContainerStats) ProtoMessage() {}
 
 func (x *ContainerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1092,7 @@ func (x *ContainerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStats.ProtoReflect.Descriptor instead.
 func (*ContainerStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ContainerStats) GetCpuUsageNs() uint64 {
@@ -1165,7 +1231,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1243,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1256,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1217,7 +1283,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1295,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1308,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1267,7 +1333,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1345,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1358,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type CheckRequest struct {
@@ -1304,7 +1370,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1382,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1395,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckRequest) GetService() string {
@@ -1348,7 +1414,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1426,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1439,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckResponse) GetStatus() CheckResponse_ServingStatus {
@@ -1391,7 +1457,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1469,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1482,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 type VersionResponse struct {
@@ -1431,7 +1497,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1509,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1522,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VersionResponse) GetAgentVersion() string {
@@ -1481,7 +1547,7 @@ type GetGuestDetailsRequest struct {
 
 func (x *GetGuestDetailsRequest) Reset() {
 	*x = GetGuestDetailsRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1559,7 @@ func (x *GetGuestDetailsRequest) String() string {
 func (*GetGuestDetailsRequest) ProtoMessage() {}
 
 func (x *GetGuestDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1572,7 @@ func (x *GetGuestDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGuestDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GetGuestDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 type GuestDetails struct {
@@ -1534,7 +1600,7 @@ type GuestDetails struct {
 
 func (x *GuestDetails) Reset() {
 	*x = GuestDetails{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1612,7 @@ func (x *GuestDetails) String() string {
 func (*GuestDetails) ProtoMessage() {}
 
 func (x *GuestDetails) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1625,7 @@ func (x *GuestDetails) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetails.ProtoReflect.Descriptor instead.
 func (*GuestDetails) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GuestDetails) GetKernelRelease() string {
@@ -1661,7 +1727,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1739,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +1752,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 // An agent that replied Empty (the same bytes as synced false) powers
@@ -1703,7 +1769,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1781,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1794,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DestroySandboxResponse) GetSynced() bool {
@@ -1746,7 +1812,7 @@ type ReclaimMemoryRequest struct {
 
 func (x *ReclaimMemoryRequest) Reset() {
 	*x = ReclaimMemoryRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1824,7 @@ func (x *ReclaimMemoryRequest) String() string {
 func (*ReclaimMemoryRequest) ProtoMessage() {}
 
 func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1837,7 @@ func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReclaimMemoryRequest.ProtoReflect.Descriptor instead.
 func (*ReclaimMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 type ReclaimMemoryResponse struct {
@@ -1786,7 +1852,7 @@ type ReclaimMemoryResponse struct {
 
 func (x *ReclaimMemoryResponse) Reset() {
 	*x = ReclaimMemoryResponse{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1864,7 @@ func (x *ReclaimMemoryResponse) String() string {
 func (*ReclaimMemoryResponse) ProtoMessage() {}
 
 func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1877,7 @@ func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReclaimMemoryResponse.ProtoReflect.Descriptor instead.
 func (*ReclaimMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReclaimMemoryResponse) GetZeroedBytes() uint64 {
@@ -1846,7 +1912,7 @@ type NetInterface struct {
 
 func (x *NetInterface) Reset() {
 	*x = NetInterface{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1924,7 @@ func (x *NetInterface) String() string {
 func (*NetInterface) ProtoMessage() {}
 
 func (x *NetInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1937,7 @@ func (x *NetInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
 func (*NetInterface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NetInterface) GetName() string {
@@ -1926,7 +1992,7 @@ type NetStats struct {
 
 func (x *NetStats) Reset() {
 	*x = NetStats{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2004,7 @@ func (x *NetStats) String() string {
 func (*NetStats) ProtoMessage() {}
 
 func (x *NetStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2017,7 @@ func (x *NetStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetStats.ProtoReflect.Descriptor instead.
 func (*NetStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NetStats) GetRxBytes() uint64 {
@@ -2019,7 +2085,7 @@ type NetInterfaces struct {
 
 func (x *NetInterfaces) Reset() {
 	*x = NetInterfaces{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2097,7 @@ func (x *NetInterfaces) String() string {
 func (*NetInterfaces) ProtoMessage() {}
 
 func (x *NetInterfaces) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2110,7 @@ func (x *NetInterfaces) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetInterfaces.ProtoReflect.Descriptor instead.
 func (*NetInterfaces) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NetInterfaces) GetInterfaces() []*NetInterface {
@@ -2070,7 +2136,7 @@ type UpdateInterfaceRequest struct {
 
 func (x *UpdateInterfaceRequest) Reset() {
 	*x = UpdateInterfaceRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2148,7 @@ func (x *UpdateInterfaceRequest) String() string {
 func (*UpdateInterfaceRequest) ProtoMessage() {}
 
 func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2161,7 @@ func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateInterfaceRequest) GetInterface() *NetInterface {
@@ -2135,7 +2201,7 @@ type NetRoutes struct {
 
 func (x *NetRoutes) Reset() {
 	*x = NetRoutes{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2213,7 @@ func (x *NetRoutes) String() string {
 func (*NetRoutes) ProtoMessage() {}
 
 func (x *NetRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2226,7 @@ func (x *NetRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoutes.ProtoReflect.Descriptor instead.
 func (*NetRoutes) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NetRoutes) GetRoutes() []*NetRoute {
@@ -2191,7 +2257,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2269,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2282,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NetRoute) GetDestination() string {
@@ -2277,7 +2343,7 @@ type NetNeighbor struct {
 
 func (x *NetNeighbor) Reset() {
 	*x = NetNeighbor{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2289,7 +2355,7 @@ func (x *NetNeighbor) String() string {
 func (*NetNeighbor) ProtoMessage() {}
 
 func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2302,7 +2368,7 @@ func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNeighbor.ProtoReflect.Descriptor instead.
 func (*NetNeighbor) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NetNeighbor) GetIp() string {
@@ -2337,7 +2403,7 @@ type SetupNetworkRequest struct {
 
 func (x *SetupNetworkRequest) Reset() {
 	*x = SetupNetworkRequest{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2415,7 @@ func (x *SetupNetworkRequest) String() string {
 func (*SetupNetworkRequest) ProtoMessage() {}
 
 func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2428,7 @@ func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetupNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetupNetworkRequest) GetInterfaces() []*NetInterface {
@@ -2396,7 +2462,7 @@ type SetupNetworkResponse struct {
 
 func (x *SetupNetworkResponse) Reset() {
 	*x = SetupNetworkResponse{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2474,7 @@ func (x *SetupNetworkResponse) String() string {
 func (*SetupNetworkResponse) ProtoMessage() {}
 
 func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2487,7 @@ func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetupNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SetupNetworkResponse) GetInterfaces() []*NetInterface {
@@ -2440,14 +2506,18 @@ const file_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"L\n" +
 	"\x0eProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x9a\x02\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\xd4\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x12\x16\n" +
 	"\x06rootfs\x18\x03 \x01(\tR\x06rootfs\x12G\n" +
 	"\x0fjoin_namespaces\x18\x04 \x03(\v2\x1e.cocoon.agent.v1.JoinNamespaceR\x0ejoinNamespaces\x124\n" +
 	"\bstorages\x18\x06 \x03(\v2\x18.cocoon.agent.v1.StorageR\bstorages\x12,\n" +
-	"\x04root\x18\a \x01(\v2\x18.cocoon.agent.v1.StorageR\x04rootJ\x04\b\x05\x10\x06\"\x85\x02\n" +
+	"\x04root\x18\a \x01(\v2\x18.cocoon.agent.v1.StorageR\x04root\x128\n" +
+	"\adevices\x18\b \x03(\v2\x1e.cocoon.agent.v1.DeviceMappingR\adevicesJ\x04\b\x05\x10\x06\"=\n" +
+	"\rDeviceMapping\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06serial\x18\x02 \x01(\tR\x06serial\"\x85\x02\n" +
 	"\aStorage\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\rR\x05mount\x121\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1d.cocoon.agent.v1.Storage.KindR\x04kind\x12\x12\n" +
@@ -2664,7 +2734,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_agent_proto_goTypes = []any{
 	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
 	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
@@ -2672,112 +2742,114 @@ var file_agent_proto_goTypes = []any{
 	(*ContainerRequest)(nil),         // 3: cocoon.agent.v1.ContainerRequest
 	(*ProcessRequest)(nil),           // 4: cocoon.agent.v1.ProcessRequest
 	(*CreateContainerRequest)(nil),   // 5: cocoon.agent.v1.CreateContainerRequest
-	(*Storage)(nil),                  // 6: cocoon.agent.v1.Storage
-	(*JoinNamespace)(nil),            // 7: cocoon.agent.v1.JoinNamespace
-	(*ExecProcessRequest)(nil),       // 8: cocoon.agent.v1.ExecProcessRequest
-	(*SignalProcessRequest)(nil),     // 9: cocoon.agent.v1.SignalProcessRequest
-	(*ExitStatus)(nil),               // 10: cocoon.agent.v1.ExitStatus
-	(*ResizeTTYRequest)(nil),         // 11: cocoon.agent.v1.ResizeTTYRequest
-	(*ProcessInfo)(nil),              // 12: cocoon.agent.v1.ProcessInfo
-	(*ProcessList)(nil),              // 13: cocoon.agent.v1.ProcessList
-	(*ContainerState)(nil),           // 14: cocoon.agent.v1.ContainerState
-	(*ContainerStats)(nil),           // 15: cocoon.agent.v1.ContainerStats
-	(*UpdateContainerRequest)(nil),   // 16: cocoon.agent.v1.UpdateContainerRequest
-	(*RemoveContainerRequest)(nil),   // 17: cocoon.agent.v1.RemoveContainerRequest
-	(*Empty)(nil),                    // 18: cocoon.agent.v1.Empty
-	(*CheckRequest)(nil),             // 19: cocoon.agent.v1.CheckRequest
-	(*CheckResponse)(nil),            // 20: cocoon.agent.v1.CheckResponse
-	(*VersionRequest)(nil),           // 21: cocoon.agent.v1.VersionRequest
-	(*VersionResponse)(nil),          // 22: cocoon.agent.v1.VersionResponse
-	(*GetGuestDetailsRequest)(nil),   // 23: cocoon.agent.v1.GetGuestDetailsRequest
-	(*GuestDetails)(nil),             // 24: cocoon.agent.v1.GuestDetails
-	(*DestroySandboxRequest)(nil),    // 25: cocoon.agent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),   // 26: cocoon.agent.v1.DestroySandboxResponse
-	(*ReclaimMemoryRequest)(nil),     // 27: cocoon.agent.v1.ReclaimMemoryRequest
-	(*ReclaimMemoryResponse)(nil),    // 28: cocoon.agent.v1.ReclaimMemoryResponse
-	(*NetInterface)(nil),             // 29: cocoon.agent.v1.NetInterface
-	(*NetStats)(nil),                 // 30: cocoon.agent.v1.NetStats
-	(*NetInterfaces)(nil),            // 31: cocoon.agent.v1.NetInterfaces
-	(*UpdateInterfaceRequest)(nil),   // 32: cocoon.agent.v1.UpdateInterfaceRequest
-	(*NetRoutes)(nil),                // 33: cocoon.agent.v1.NetRoutes
-	(*NetRoute)(nil),                 // 34: cocoon.agent.v1.NetRoute
-	(*NetNeighbor)(nil),              // 35: cocoon.agent.v1.NetNeighbor
-	(*SetupNetworkRequest)(nil),      // 36: cocoon.agent.v1.SetupNetworkRequest
-	(*SetupNetworkResponse)(nil),     // 37: cocoon.agent.v1.SetupNetworkResponse
+	(*DeviceMapping)(nil),            // 6: cocoon.agent.v1.DeviceMapping
+	(*Storage)(nil),                  // 7: cocoon.agent.v1.Storage
+	(*JoinNamespace)(nil),            // 8: cocoon.agent.v1.JoinNamespace
+	(*ExecProcessRequest)(nil),       // 9: cocoon.agent.v1.ExecProcessRequest
+	(*SignalProcessRequest)(nil),     // 10: cocoon.agent.v1.SignalProcessRequest
+	(*ExitStatus)(nil),               // 11: cocoon.agent.v1.ExitStatus
+	(*ResizeTTYRequest)(nil),         // 12: cocoon.agent.v1.ResizeTTYRequest
+	(*ProcessInfo)(nil),              // 13: cocoon.agent.v1.ProcessInfo
+	(*ProcessList)(nil),              // 14: cocoon.agent.v1.ProcessList
+	(*ContainerState)(nil),           // 15: cocoon.agent.v1.ContainerState
+	(*ContainerStats)(nil),           // 16: cocoon.agent.v1.ContainerStats
+	(*UpdateContainerRequest)(nil),   // 17: cocoon.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),   // 18: cocoon.agent.v1.RemoveContainerRequest
+	(*Empty)(nil),                    // 19: cocoon.agent.v1.Empty
+	(*CheckRequest)(nil),             // 20: cocoon.agent.v1.CheckRequest
+	(*CheckResponse)(nil),            // 21: cocoon.agent.v1.CheckResponse
+	(*VersionRequest)(nil),           // 22: cocoon.agent.v1.VersionRequest
+	(*VersionResponse)(nil),          // 23: cocoon.agent.v1.VersionResponse
+	(*GetGuestDetailsRequest)(nil),   // 24: cocoon.agent.v1.GetGuestDetailsRequest
+	(*GuestDetails)(nil),             // 25: cocoon.agent.v1.GuestDetails
+	(*DestroySandboxRequest)(nil),    // 26: cocoon.agent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),   // 27: cocoon.agent.v1.DestroySandboxResponse
+	(*ReclaimMemoryRequest)(nil),     // 28: cocoon.agent.v1.ReclaimMemoryRequest
+	(*ReclaimMemoryResponse)(nil),    // 29: cocoon.agent.v1.ReclaimMemoryResponse
+	(*NetInterface)(nil),             // 30: cocoon.agent.v1.NetInterface
+	(*NetStats)(nil),                 // 31: cocoon.agent.v1.NetStats
+	(*NetInterfaces)(nil),            // 32: cocoon.agent.v1.NetInterfaces
+	(*UpdateInterfaceRequest)(nil),   // 33: cocoon.agent.v1.UpdateInterfaceRequest
+	(*NetRoutes)(nil),                // 34: cocoon.agent.v1.NetRoutes
+	(*NetRoute)(nil),                 // 35: cocoon.agent.v1.NetRoute
+	(*NetNeighbor)(nil),              // 36: cocoon.agent.v1.NetNeighbor
+	(*SetupNetworkRequest)(nil),      // 37: cocoon.agent.v1.SetupNetworkRequest
+	(*SetupNetworkResponse)(nil),     // 38: cocoon.agent.v1.SetupNetworkResponse
 }
 var file_agent_proto_depIdxs = []int32{
-	7,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
-	6,  // 1: cocoon.agent.v1.CreateContainerRequest.storages:type_name -> cocoon.agent.v1.Storage
-	6,  // 2: cocoon.agent.v1.CreateContainerRequest.root:type_name -> cocoon.agent.v1.Storage
-	0,  // 3: cocoon.agent.v1.Storage.kind:type_name -> cocoon.agent.v1.Storage.Kind
-	12, // 4: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
-	1,  // 5: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
-	2,  // 6: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
-	30, // 7: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
-	29, // 8: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	29, // 9: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
-	34, // 10: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	35, // 11: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	34, // 12: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
-	29, // 13: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	34, // 14: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	35, // 15: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	29, // 16: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	19, // 17: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
-	21, // 18: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
-	23, // 19: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
-	25, // 20: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
-	5,  // 21: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
-	3,  // 22: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	8,  // 23: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
-	9,  // 24: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
-	4,  // 25: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	11, // 26: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
-	4,  // 27: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
-	3,  // 28: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 29: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 30: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 31: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	3,  // 32: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
-	16, // 33: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
-	17, // 34: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
-	4,  // 35: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	27, // 36: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	36, // 37: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
-	32, // 38: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
-	18, // 39: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
-	33, // 40: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
-	18, // 41: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
-	20, // 42: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	22, // 43: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	24, // 44: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	26, // 45: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
-	18, // 46: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 47: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 48: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	18, // 49: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	10, // 50: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	18, // 51: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	18, // 52: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	13, // 53: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	15, // 54: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	14, // 55: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	18, // 56: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 57: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 58: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 59: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	18, // 60: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	28, // 61: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	37, // 62: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
-	29, // 63: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
-	31, // 64: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
-	33, // 65: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
-	33, // 66: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
-	42, // [42:67] is the sub-list for method output_type
-	17, // [17:42] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	8,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
+	7,  // 1: cocoon.agent.v1.CreateContainerRequest.storages:type_name -> cocoon.agent.v1.Storage
+	7,  // 2: cocoon.agent.v1.CreateContainerRequest.root:type_name -> cocoon.agent.v1.Storage
+	6,  // 3: cocoon.agent.v1.CreateContainerRequest.devices:type_name -> cocoon.agent.v1.DeviceMapping
+	0,  // 4: cocoon.agent.v1.Storage.kind:type_name -> cocoon.agent.v1.Storage.Kind
+	13, // 5: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
+	1,  // 6: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
+	2,  // 7: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
+	31, // 8: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
+	30, // 9: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	30, // 10: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
+	35, // 11: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	36, // 12: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	35, // 13: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
+	30, // 14: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	35, // 15: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	36, // 16: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	30, // 17: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	20, // 18: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
+	22, // 19: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
+	24, // 20: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
+	26, // 21: cocoon.agent.v1.Agent.DestroySandbox:input_type -> cocoon.agent.v1.DestroySandboxRequest
+	5,  // 22: cocoon.agent.v1.Agent.CreateContainer:input_type -> cocoon.agent.v1.CreateContainerRequest
+	3,  // 23: cocoon.agent.v1.Agent.StartContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	9,  // 24: cocoon.agent.v1.Agent.ExecProcess:input_type -> cocoon.agent.v1.ExecProcessRequest
+	10, // 25: cocoon.agent.v1.Agent.SignalProcess:input_type -> cocoon.agent.v1.SignalProcessRequest
+	4,  // 26: cocoon.agent.v1.Agent.WaitProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	12, // 27: cocoon.agent.v1.Agent.ResizeTTY:input_type -> cocoon.agent.v1.ResizeTTYRequest
+	4,  // 28: cocoon.agent.v1.Agent.CloseStdin:input_type -> cocoon.agent.v1.ProcessRequest
+	3,  // 29: cocoon.agent.v1.Agent.ListProcesses:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 30: cocoon.agent.v1.Agent.StatsContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 31: cocoon.agent.v1.Agent.StateContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 32: cocoon.agent.v1.Agent.PauseContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	3,  // 33: cocoon.agent.v1.Agent.ResumeContainer:input_type -> cocoon.agent.v1.ContainerRequest
+	17, // 34: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
+	18, // 35: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
+	4,  // 36: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
+	28, // 37: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	37, // 38: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
+	33, // 39: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
+	19, // 40: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
+	34, // 41: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
+	19, // 42: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
+	21, // 43: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	23, // 44: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	25, // 45: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	27, // 46: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
+	19, // 47: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 48: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 49: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	19, // 50: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	11, // 51: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	19, // 52: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	19, // 53: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	14, // 54: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	16, // 55: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	15, // 56: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	19, // 57: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 58: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 59: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 60: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 61: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	29, // 62: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	38, // 63: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
+	30, // 64: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
+	32, // 65: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
+	34, // 66: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	34, // 67: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	43, // [43:68] is the sub-list for method output_type
+	18, // [18:43] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2791,7 +2863,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

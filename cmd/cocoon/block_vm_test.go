@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
 )
 
 // TestRunImageRootfs: `cocoon run` of a bundle whose rootfs is an ext4
@@ -34,4 +36,21 @@ func TestRunImageRootfs(t *testing.T) {
 		t.Fatalf("container from an ext4 image: %v", r)
 	}
 	c.assertGone(t, "imgroot")
+}
+
+// TestRunDevice: `cocoon run --device LOOP:/dev/xvdb` gives the container
+// the host's loop device at /dev/xvdb, readable under its device cgroup.
+func TestRunDevice(t *testing.T) {
+	c := needVM(t)
+	loop := testutil.LoopDevice(t, "HELLO-DEVICE", 8<<20)
+	b := c.bundle(t, "head", "-c", "12", "/dev/xvdb")
+	c.deleteAtEnd(t, "devrun")
+	r := c.run(t, nil, "run", "--boot-timeout", "2m", "--device", loop+":/dev/xvdb:r", "--bundle", b, "devrun")
+	if r.code != 0 || r.stdout != "HELLO-DEVICE" {
+		t.Fatalf("container reading --device %s: %v", loop, r)
+	}
+	if r := c.run(t, nil, "run", "--device", "/etc/passwd", "--bundle", b, "devbad"); r.code == 0 || !strings.Contains(r.stderr, "not a device") {
+		t.Errorf("--device /etc/passwd: %v", r)
+	}
+	c.assertGone(t, "devbad")
 }

@@ -11,6 +11,7 @@ func newCreateCommand(g *globalOptions) *cobra.Command {
 	var (
 		f      vmFlags
 		nf     netFlags
+		df     deviceFlags
 		bundle string
 	)
 	cmd := &cobra.Command{
@@ -43,6 +44,9 @@ Its output is not collected: use 'cocoon run' to see it.`,
 			if err := nf.apply(&cfg, spec); err != nil {
 				return fmt.Errorf("create %s: %w", id, err)
 			}
+			if err := df.apply(spec); err != nil {
+				return fmt.Errorf("create %s: %w", id, err)
+			}
 			sb, err := rt.CreateSandbox(cmd.Context(), cfg)
 			if err != nil {
 				return fmt.Errorf("create %s: %w", id, err)
@@ -53,5 +57,6 @@ Its output is not collected: use 'cocoon run' to see it.`,
 	cmd.Flags().StringVarP(&bundle, "bundle", "b", ".", "OCI bundle directory (holds config.json)")
 	f.register(cmd)
 	nf.register(cmd)
+	df.register(cmd)
 	return cmd
 }

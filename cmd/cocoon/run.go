@@ -14,6 +14,7 @@ func newRunCommand(g *globalOptions) *cobra.Command {
 	var (
 		f           vmFlags
 		nf          netFlags
+		df          deviceFlags
 		bundle      string
 		tty, detach bool
 		consoleSize string
@@ -71,6 +72,9 @@ output is not collected.`,
 			if err := nf.apply(&cfg, spec); err != nil {
 				return fmt.Errorf("run %s: %w", id, err)
 			}
+			if err := df.apply(spec); err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
 			r := &runner{g: g, rt: rt, id: id, detach: detach, size: size}
 			return r.run(cmd.Context(), cfg)
 		},
@@ -82,6 +86,7 @@ output is not collected.`,
 	fl.StringVar(&consoleSize, "console-size", "", "terminal size as WIDTHxHEIGHT (default: cocoon's terminal's)")
 	f.register(cmd)
 	nf.register(cmd)
+	df.register(cmd)
 	return cmd
 }
 

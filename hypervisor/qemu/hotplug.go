@@ -52,9 +52,15 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 		if err != nil {
 			return fmt.Errorf("add device %s: %w", dev.ID, err)
 		}
+		// A block device (a loop device, a disk) needs QEMU's host_device
+		// driver; an image file its file driver.
+		proto := "file"
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+			proto = "host_device"
+		}
 		err = c.BlockdevAdd(ctx, map[string]any{
 			"node-name": node, "driver": "raw", "read-only": dev.ReadOnly,
-			"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set)},
+			"file": map[string]any{"driver": proto, "filename": fmt.Sprintf("/dev/fdset/%d", set)},
 		})
 		// The block driver holds its own copy now; the set goes with it.
 		c.RemoveFDSet(context.WithoutCancel(ctx), set)

@@ -23,6 +23,14 @@ const (
 	maxProcessState = 8
 )
 
+// DeviceMapping says that entry Index of the spec's linux.devices is the
+// disk the host attached with serial Serial: the guest gives the entry,
+// and the device cgroup rules naming its host numbers, the disk's.
+type DeviceMapping struct {
+	Index  int
+	Serial string
+}
+
 // StorageKind says what a Storage is.
 type StorageKind int
 
@@ -70,8 +78,9 @@ func (st Storage) proto() *protocol.Storage {
 // namespace types the container shares to the container whose namespace
 // of that type it joins. storages say where the guest finds the sources
 // of the spec's bind mounts and, for one marked Root, its root filesystem
-// (rootfs is then empty).
-func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []Storage) error {
+// (rootfs is then empty); devices, which of the spec's devices are disks
+// the host attached.
+func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfs string, join map[specs.LinuxNamespaceType]string, storages []Storage, devices []DeviceMapping) error {
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return fmt.Errorf("create container %s: %w", id, err)
@@ -86,6 +95,9 @@ func (c *Client) CreateContainer(ctx context.Context, id string, spec *specs.Spe
 			continue
 		}
 		req.Storages = append(req.Storages, st.proto())
+	}
+	for _, d := range devices {
+		req.Devices = append(req.Devices, &protocol.DeviceMapping{Index: uint32(d.Index), Serial: d.Serial})
 	}
 	return c.call(ctx, "create container "+id, func(ctx context.Context) error {
 		_, err := c.agent.CreateContainer(ctx, req)

@@ -119,6 +119,9 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	if err := a.resolveStorages(&spec, r.Storages); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
+	if err := a.passDevices(ctx, &spec, r.Devices); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
+	}
 	if err := joinNamespaces(m, &spec, r.JoinNamespaces); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}

@@ -1,6 +1,7 @@
 package container
 
 import (
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,17 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// allowsAllDevices reports whether the device rules end by allowing every
-// device everything: the cgroup of a privileged container (containerd's
-// WithPrivileged gives it one such rule).
-func allowsAllDevices(r *specs.LinuxResources) bool {
-	if r == nil || len(r.Devices) == 0 {
-		return false
-	}
-	d := r.Devices[len(r.Devices)-1]
-	return d.Allow && (d.Type == "" || d.Type == "a") && d.Major == nil && d.Minor == nil &&
-		strings.Contains(d.Access, "r") && strings.Contains(d.Access, "w") && strings.Contains(d.Access, "m")
-}
+// allowsAllDevices is protocol.AllowsAllDevices: the host and the guest
+// decide alike which containers are privileged.
+func allowsAllDevices(r *specs.LinuxResources) bool { return protocol.AllowsAllDevices(r) }
 
 // vmDevices lists the device nodes below dev (the VM's devtmpfs) that a
 // privileged container gets instead of the host's, which the host's spec
