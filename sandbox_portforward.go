@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"sync"
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/internal/portforward"
@@ -47,49 +46,10 @@ func (s *Sandbox) ServePort(ctx context.Context, l *net.TCPListener, port int) e
 	if port < 1 || port > 65535 {
 		return fmt.Errorf("sandbox %s: serve port %d: %w: port out of range", s.id, port, ErrInvalidConfig)
 	}
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	conns := map[*net.TCPConn]struct{}{}
-	var mu sync.Mutex
-	defer func() {
-		mu.Lock()
-		for c := range conns {
-			c.SetLinger(0)
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}()
-	for {
-		c, err := l.AcceptTCP()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("sandbox %s: serve port %d: %w", s.id, port, err)
-		}
-		mu.Lock()
-		conns[c] = struct{}{}
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() {
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-			}()
-			ps, err := s.dialPort(ctx, protocol.PortIPv4, uint16(port))
-			if err != nil {
-				s.rt.log.Debug("port forward: guest did not connect", "sandbox", s.id, "port", port, "error", err)
-				c.SetLinger(0)
-				c.Close()
-				return
-			}
-			protocol.SplicePort(c, ps)
-		}()
+	if err := portforward.Serve(ctx, l, portGuest{s}, uint16(port), s.rt.log.With("sandbox", s.id)); err != nil {
+		return fmt.Errorf("sandbox %s: serve port %d: %w", s.id, port, err)
 	}
+	return nil
 }
 
 // ForwardLocalhost makes the pod's localhost reachable from its network

@@ -54,18 +54,10 @@ type Guest interface {
 
 // Forwarder serves one netns. Close stops it.
 type Forwarder struct {
-	netns string
-	guest Guest
-	log   *slog.Logger
-
-	ctx       context.Context
-	cancel    context.CancelFunc
+	netns     string
+	relay     *relay
 	listeners []*net.TCPListener
-	slots     chan struct{}
-	wg        sync.WaitGroup
-
-	mu    sync.Mutex
-	conns map[*net.TCPConn]struct{}
+	accepting sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -75,7 +67,6 @@ type Forwarder struct {
 // or ::1 there reaches the same port in guest. IPv6 is served when the
 // netns's loopback has ::1. On error nothing is left in the netns.
 func Start(path string, guest Guest, log *slog.Logger) (*Forwarder, error) {
-	f := &Forwarder{netns: path, guest: guest, log: log, slots: make(chan struct{}, MaxConns), conns: map[*net.TCPConn]struct{}{}}
 	var v4, v6 *net.TCPListener
 	err := network.Do(path, func() error {
 		var err error
@@ -90,7 +81,7 @@ func Start(path string, guest Guest, log *slog.Logger) (*Forwarder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("port forward in %s: %w", path, err)
 	}
-	f.listeners = append(f.listeners, v4)
+	f := &Forwarder{netns: path, relay: newRelay(guest, log), listeners: []*net.TCPListener{v4}}
 	redirects := []redirect{{family: protocol.PortIPv4, to: uint16(v4.Addr().(*net.TCPAddr).Port)}}
 	if v6 != nil {
 		f.listeners = append(f.listeners, v6)
@@ -102,10 +93,15 @@ func Start(path string, guest Guest, log *slog.Logger) (*Forwarder, error) {
 		}
 		return nil, fmt.Errorf("port forward in %s: %w", path, err)
 	}
-	f.ctx, f.cancel = context.WithCancel(context.Background())
 	for i, l := range f.listeners {
-		f.wg.Add(1)
-		go f.serve(l, redirects[i].family)
+		family := redirects[i].family
+		f.accepting.Add(1)
+		go func() {
+			defer f.accepting.Done()
+			if err := f.relay.accept(l, family, func(c *net.TCPConn) (uint16, error) { return originalPort(c, family) }); err != nil {
+				log.Warn("port forward: accept", "error", err)
+			}
+		}()
 	}
 	return f, nil
 }
@@ -114,90 +110,131 @@ func Start(path string, guest Guest, log *slog.Logger) (*Forwarder, error) {
 // connection it carries is reset. It waits until they ended.
 func (f *Forwarder) Close() error {
 	f.closeOnce.Do(func() {
-		f.cancel()
 		for _, l := range f.listeners {
 			l.Close()
 		}
-		f.mu.Lock()
-		for c := range f.conns {
-			c.SetLinger(0)
-			c.Close()
-		}
-		f.mu.Unlock()
+		f.accepting.Wait()
+		f.relay.stop()
 		// A netns already gone took the table with it.
 		if err := delTable(f.netns); err != nil && !errors.Is(err, os.ErrNotExist) {
 			f.closeErr = fmt.Errorf("port forward in %s: %w", f.netns, err)
 		}
-		f.wg.Wait()
 	})
 	return f.closeErr
 }
 
-// serve accepts on l until it is closed.
-func (f *Forwarder) serve(l *net.TCPListener, family byte) {
-	defer f.wg.Done()
+// Serve carries every connection l accepts to port on the guest's
+// loopback, until ctx is done (nil) or l fails (its error); then l is
+// closed and the connections in flight are reset.
+func Serve(ctx context.Context, l *net.TCPListener, guest Guest, port uint16, log *slog.Logger) error {
+	r := newRelay(guest, log)
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	err := r.accept(l, protocol.PortIPv4, func(*net.TCPConn) (uint16, error) { return port, nil })
+	l.Close()
+	r.stop()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// relay carries accepted connections into the guest: at most MaxConns at
+// once, each tracked so that stop resets it.
+type relay struct {
+	guest  Guest
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	slots  chan struct{}
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[*net.TCPConn]struct{}
+}
+
+func newRelay(guest Guest, log *slog.Logger) *relay {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &relay{guest: guest, log: log, ctx: ctx, cancel: cancel, slots: make(chan struct{}, MaxConns), conns: map[*net.TCPConn]struct{}{}}
+}
+
+// accept serves l until it fails, carrying each connection to the guest
+// port that port names for it, family first. A closed l is no error.
+func (r *relay) accept(l *net.TCPListener, family byte, port func(*net.TCPConn) (uint16, error)) error {
 	for {
 		c, err := l.AcceptTCP()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				f.log.Warn("port forward: accept", "error", err)
+			if errors.Is(err, net.ErrClosed) {
+				return nil
 			}
-			return
+			return err
 		}
 		select {
-		case f.slots <- struct{}{}:
+		case r.slots <- struct{}{}:
 		default:
-			f.log.Warn("port forward: too many connections, resetting one", "max", MaxConns)
+			r.log.Warn("port forward: too many connections, resetting one", "max", MaxConns)
 			reset(c)
 			continue
 		}
-		if !f.track(c) {
-			<-f.slots
+		if !r.track(c) {
+			<-r.slots
 			reset(c)
-			return
+			return nil
 		}
-		f.wg.Add(1)
+		r.wg.Add(1)
 		go func() {
-			defer f.wg.Done()
-			defer func() { <-f.slots }()
-			defer f.untrack(c)
-			f.forward(c, family)
+			defer r.wg.Done()
+			defer func() { <-r.slots }()
+			defer r.untrack(c)
+			r.forward(c, family, port)
 		}()
 	}
 }
 
-// track records c, unless the forwarder is closing.
-func (f *Forwarder) track(c *net.TCPConn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.ctx.Err() != nil {
+// stop resets every connection in flight, takes no more, and waits until
+// they ended.
+func (r *relay) stop() {
+	r.mu.Lock()
+	r.cancel()
+	for c := range r.conns {
+		reset(c)
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// track records c, unless the relay is stopping.
+func (r *relay) track(c *net.TCPConn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctx.Err() != nil {
 		return false
 	}
-	f.conns[c] = struct{}{}
+	r.conns[c] = struct{}{}
 	return true
 }
 
-func (f *Forwarder) untrack(c *net.TCPConn) {
-	f.mu.Lock()
-	delete(f.conns, c)
-	f.mu.Unlock()
+func (r *relay) untrack(c *net.TCPConn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
 }
 
-// forward carries c to the port it was made to, in the guest.
-func (f *Forwarder) forward(c *net.TCPConn, family byte) {
-	port, err := originalPort(c, family)
+// forward carries c to its guest port.
+func (r *relay) forward(c *net.TCPConn, family byte, port func(*net.TCPConn) (uint16, error)) {
+	p, err := port(c)
 	if err != nil {
-		f.log.Warn("port forward: no original destination", "error", err)
+		r.log.Warn("port forward: no destination port", "error", err)
 		reset(c)
 		return
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, dialTimeout)
-	s, err := f.guest.DialPort(ctx, family, port)
+	ctx, cancel := context.WithTimeout(r.ctx, dialTimeout)
+	s, err := r.guest.DialPort(ctx, family, p)
 	cancel()
 	if err != nil {
 		// A refusal in the guest is a refusal here: the client sees its
 		// connection reset at once.
-		f.log.Debug("port forward: guest did not connect", "port", port, "error", err)
+		r.log.Debug("port forward: guest did not connect", "port", p, "error", err)
 		reset(c)
 		return
 	}

@@ -377,3 +377,37 @@ func hasTable(t *testing.T, path string) bool {
 	}
 	return ok
 }
+
+// Serve carries what one listener accepts to a fixed guest port, and
+// ends, resetting what it carries, when its context is done.
+func TestServeFixedPort(t *testing.T) {
+	pod, guestNS := newNetNS(t), newNetNS(t)
+	listen(t, guestNS, "127.0.0.1:8080", greet)
+	var l *net.TCPListener
+	if err := network.Do(pod, func() error {
+		var err error
+		l, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, l, &fakeGuest{guestNS: guestNS}, 8080, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	got, err := exchange(t, pod, l.Addr().String(), "serve\n")
+	if err != nil || string(got) != "hello serve" {
+		t.Fatalf("through Serve: %q, %v", got, err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve after its context ended: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not end with its context")
+	}
+	if _, err := exchange(t, pod, l.Addr().String(), "late\n"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("after Serve ended: %v, want refused", err)
+	}
+}
