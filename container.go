@@ -197,7 +197,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		}
 		defer func() {
 			if err != nil {
-				s.detachRootfs(context.WithoutCancel(ctx), &containerState{ID: cfg.ID, RootDevice: dev.ID})
+				s.detachDevices(context.WithoutCancel(ctx), []string{dev.ID})
 			}
 		}()
 		sc.storages = append(sc.storages, st)
@@ -518,10 +518,7 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	s.mu.Lock()
 	cs := *s.state.Containers[id]
 	s.mu.Unlock()
-	if err := s.detachRootfs(ctx, &cs); err != nil {
-		return fmt.Errorf("delete container %s: %w", id, err)
-	}
-	if err := s.detachDevices(ctx, cs.PassedDevices); err != nil {
+	if err := s.detachDevices(ctx, containerDisks(&cs)); err != nil {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
 	if err := s.unshare(id, cs.Volumes); err != nil {

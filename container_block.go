@@ -34,10 +34,16 @@ func rootfsImage(rootfs string) (bool, error) {
 	switch m := st.Mode(); {
 	case m.IsDir():
 		return false, nil
-	case m.IsRegular(), m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0:
+	case imageOrBlockDevice(m):
 		return true, nil
 	}
 	return false, fmt.Errorf("%w: rootfs %s is neither a directory, an image nor a block device", ErrInvalidConfig, rootfs)
+}
+
+// imageOrBlockDevice reports whether a file of mode m can back a
+// virtio-blk disk: a regular file (an image) or a block device.
+func imageOrBlockDevice(m os.FileMode) bool {
+	return m.IsRegular() || m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0
 }
 
 // imageFSType reads the file system type of the image or block device at
@@ -64,11 +70,12 @@ func imageFSType(path string) (string, error) {
 	return "", fmt.Errorf("%w: rootfs image %s: not an ext4, xfs or erofs file system", ErrInvalidConfig, path)
 }
 
-// rootDeviceID is the hotplug ID, and the serial the guest finds it by,
-// of container id's root device: 20 characters, what virtio-blk shows.
-func rootDeviceID(id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return "rb" + hex.EncodeToString(sum[:])[:hypervisor.MaxBlockSerial-2]
+// diskID is the hotplug ID, and the serial the guest finds it by, of a
+// disk Cocoon attaches for a container: prefix and hex digits of a hash of
+// key, 20 characters, what virtio-blk shows.
+func diskID(prefix, key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return prefix + hex.EncodeToString(sum[:])[:hypervisor.MaxBlockSerial-len(prefix)]
 }
 
 // attachRootfs hot-plugs the image or device rootfs of container id into
@@ -85,29 +92,12 @@ func (s *Sandbox) attachRootfs(ctx context.Context, id, rootfs string, readOnly 
 	if v == nil {
 		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("%w: the VM is not running", ErrState)
 	}
-	serial := rootDeviceID(id)
+	serial := diskID("rb", id)
 	dev := hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: rootfs, ReadOnly: readOnly, Serial: serial}
 	if err := v.AddDevice(ctx, dev); err != nil {
 		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("attach rootfs %s: %w", rootfs, err)
 	}
 	return agent.Storage{Root: true, Kind: agent.StorageBlock, Path: serial, FSType: fstype, ReadOnly: readOnly}, dev, nil
-}
-
-// detachRootfs hot-removes container id's root device, if it has one.
-func (s *Sandbox) detachRootfs(ctx context.Context, c *containerState) error {
-	if c.RootDevice == "" {
-		return nil
-	}
-	s.mu.Lock()
-	v := s.vm
-	s.mu.Unlock()
-	if v == nil {
-		return nil // the device went with the VM
-	}
-	if err := v.RemoveDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: c.RootDevice}); err != nil {
-		return fmt.Errorf("detach the root device of %s: %w", c.ID, err)
-	}
-	return nil
 }
 
 // passedDevices lists the entries of spec's linux.devices that go to the
@@ -167,8 +157,7 @@ func (s *Sandbox) attachDevices(ctx context.Context, id string, spec *specs.Spec
 		if err != nil {
 			return nil, ids, err
 		}
-		sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%d", id, i)))
-		serial := "dv" + hex.EncodeToString(sum[:])[:hypervisor.MaxBlockSerial-2]
+		serial := diskID("dv", fmt.Sprintf("%s/%d", id, i))
 		if err := v.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: path, Serial: serial}); err != nil {
 			return nil, ids, fmt.Errorf("attach device %s (%s): %w", d.Path, path, err)
 		}
@@ -176,6 +165,15 @@ func (s *Sandbox) attachDevices(ctx context.Context, id string, spec *specs.Spec
 		maps = append(maps, agent.DeviceMapping{Index: i, Serial: serial})
 	}
 	return maps, ids, nil
+}
+
+// containerDisks are the hotplug IDs of the disks attached for container
+// c: its root device and its passed devices.
+func containerDisks(c *containerState) []string {
+	if c.RootDevice == "" {
+		return c.PassedDevices
+	}
+	return append([]string{c.RootDevice}, c.PassedDevices...)
 }
 
 // detachDevices hot-removes the devices ids.

@@ -44,7 +44,7 @@ func (s *Sandbox) AddDevice(ctx context.Context, cfg DeviceConfig) (Device, erro
 	if err != nil {
 		return Device{}, fmt.Errorf("sandbox %s: add device %s: %w: %w", s.id, cfg.ID, ErrInvalidConfig, err)
 	}
-	if m := st.Mode(); !m.IsRegular() && (m&os.ModeDevice == 0 || m&os.ModeCharDevice != 0) {
+	if !imageOrBlockDevice(st.Mode()) {
 		return Device{}, fmt.Errorf("sandbox %s: add device %s: %w: %s is neither a block device nor an image file", s.id, cfg.ID, ErrInvalidConfig, cfg.Path)
 	}
 	unlock, err := s.rt.store.Lock(ctx, s.id)

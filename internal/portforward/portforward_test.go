@@ -393,7 +393,9 @@ func TestServeFixedPort(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, &fakeGuest{guestNS: guestNS}, 8080, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() {
+		done <- Serve(ctx, l, &fakeGuest{guestNS: guestNS}, 8080, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
 	got, err := exchange(t, pod, l.Addr().String(), "serve\n")
 	if err != nil || string(got) != "hello serve" {
 		t.Fatalf("through Serve: %q, %v", got, err)
