@@ -31,6 +31,16 @@ type ContainerConfig struct {
 	// Spec is the OCI runtime spec; nil reads Bundle/config.json.
 	Spec        *specs.Spec
 	Annotations map[string]string
+	// RootDisk, if not empty, is the container's root file system in
+	// place of the spec's root.path: a file system image or block device
+	// (a block snapshot containerd prepared) that the VM gets as a disk
+	// of its own and mounts itself.
+	RootDisk string
+	// RootDiskReadOnly attaches RootDisk read-only (a snapshot view). A
+	// read-only root in the spec does not need it: the guest makes the
+	// container's root read-only once the mountpoints the spec needs are
+	// made.
+	RootDiskReadOnly bool
 }
 
 // ContainerStatus describes a container.
@@ -145,11 +155,31 @@ func prepareContainer(cfg *ContainerConfig) error {
 	if err := checkBundle(cfg.Bundle, cfg.Spec); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
+	if cfg.RootDisk != "" {
+		if image, err := rootfsImage(cfg.RootDisk); err != nil || !image {
+			return fmt.Errorf("create container %s: %w: root disk %s is not an image or a block device", cfg.ID, ErrInvalidConfig, cfg.RootDisk)
+		}
+	}
 	return nil
 }
 
 // containerRootfs is the host path of a prepared container's rootfs.
-func containerRootfs(cfg *ContainerConfig) string { return bundleRootfs(cfg.Bundle, cfg.Spec) }
+func containerRootfs(cfg *ContainerConfig) string {
+	if cfg.RootDisk != "" {
+		return cfg.RootDisk
+	}
+	return bundleRootfs(cfg.Bundle, cfg.Spec)
+}
+
+// rootDiskReadOnly says whether an image rootfs is attached read-only:
+// a read-only RootDisk, or, for an image in the spec's root.path, a
+// read-only root (the image must then hold the spec's mountpoints).
+func rootDiskReadOnly(cfg *ContainerConfig) bool {
+	if cfg.RootDisk != "" {
+		return cfg.RootDiskReadOnly
+	}
+	return cfg.Spec.Root.Readonly
+}
 
 func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig) (err error) {
 	if err := prepareContainer(&cfg); err != nil {
@@ -191,7 +221,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 	}()
 	guestRootfs, rootDevice := cfg.ID+"/rootfs", ""
 	if image {
-		st, dev, err := s.attachRootfs(ctx, cfg.ID, rootfs, spec.Root.Readonly)
+		st, dev, err := s.attachRootfs(ctx, cfg.ID, rootfs, rootDiskReadOnly(&cfg))
 		if err != nil {
 			return fmt.Errorf("create container %s: %w", cfg.ID, err)
 		}

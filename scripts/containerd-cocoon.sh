@@ -15,6 +15,7 @@ usage() {
 usage:
   $prog config [--root DIR] [--state DIR] [--address SOCKET] [--cocoon-config FILE]
                [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--sandbox-image NAME] [--log-level LEVEL]
+               [--blockfile-scratch FILE]
       Print to standard output a containerd config.toml (version = 2, read by
       containerd 1.6, 1.7 and 2.x) that registers Cocoon's shim as runtime
       "cocoon" (runtime_type io.containerd.cocoon.v2) and as the CRI runtime
@@ -25,6 +26,12 @@ usage:
       --cni-bin-dir /usr/lib/cni, --sandbox-image cocoon.local/pause:latest.
       Without --cocoon-config the shim gets no ConfigPath option and uses its
       own default configuration.
+      With --blockfile-scratch (containerd 1.7 or 2.x), the blockfile
+      snapshotter is enabled with FILE, an empty ext4 image, as the template
+      of every snapshot (its size is each container's rootfs size), and a
+      second handler "cocoon-blockfile" runs Cocoon with it: the VM gets each
+      rootfs as a virtio-blk disk instead of over virtio-fs. Images must be
+      unpacked for it (ctr images import --snapshotter blockfile).
       The CNI configuration directory is created and, unless it already holds
       a network configuration, given a loopback-only one (10-cocoon-lo.conflist).
 
@@ -56,6 +63,7 @@ need_arg() { [[ $2 -ge 2 ]] || die "$1 needs a value"; }
 cmd_config() {
 	local root=/var/lib/containerd state=/run/containerd address="" cocoon_config=""
 	local cni_conf_dir="" cni_bin_dir=/usr/lib/cni sandbox_image=cocoon.local/pause:latest log_level=info
+	local blockfile_scratch=""
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--root) need_arg "$1" $#; root=$2; shift 2 ;;
@@ -66,13 +74,14 @@ cmd_config() {
 		--cni-bin-dir) need_arg "$1" $#; cni_bin_dir=$2; shift 2 ;;
 		--sandbox-image) need_arg "$1" $#; sandbox_image=$2; shift 2 ;;
 		--log-level) need_arg "$1" $#; log_level=$2; shift 2 ;;
+		--blockfile-scratch) need_arg "$1" $#; blockfile_scratch=$2; shift 2 ;;
 		-h | --help) usage; exit 0 ;;
 		*) die "config: unknown argument $1 (see $prog -h)" ;;
 		esac
 	done
 	[[ -n $address ]] || address=$state/containerd.sock
 	[[ -n $cni_conf_dir ]] || cni_conf_dir=$root/cni/net.d
-	for p in "$root" "$state" "$address" "$cni_conf_dir"; do
+	for p in "$root" "$state" "$address" "$cni_conf_dir" ${blockfile_scratch:+"$blockfile_scratch"}; do
 		[[ $p == /* ]] || die "config: $p is not an absolute path"
 	done
 	# Unix socket paths are limited to 107 bytes.
@@ -80,11 +89,32 @@ cmd_config() {
 
 	write_cni_conf "$cni_conf_dir"
 
-	local options=""
+	local options="" blockfile="" blockfile_runtime=""
 	if [[ -n $cocoon_config ]]; then
 		options="
           [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.cocoon.options]
             ConfigPath = $(toml_string "$cocoon_config")"
+	fi
+	if [[ -n $blockfile_scratch ]]; then
+		blockfile="
+  # Snapshots as ext4 image files, copies of the scratch image.
+  [plugins.\"io.containerd.snapshotter.v1.blockfile\"]
+    scratch_file = $(toml_string "$blockfile_scratch")
+    fs_type = \"ext4\"
+"
+		blockfile_runtime="
+
+        # Cocoon with block snapshots: each rootfs reaches the VM as a disk.
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.cocoon-blockfile]
+          runtime_type = \"io.containerd.cocoon.v2\"
+          snapshotter = \"blockfile\"
+          pod_annotations = [\"io.cocoon.config.*\"]
+          container_annotations = [\"io.cocoon.config.*\"]"
+		if [[ -n $cocoon_config ]]; then
+			blockfile_runtime+="
+          [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.cocoon-blockfile.options]
+            ConfigPath = $(toml_string "$cocoon_config")"
+		fi
 	fi
 	cat <<EOF
 # containerd configuration written by $prog: Cocoon (runtime_type
@@ -120,7 +150,7 @@ disabled_plugins = [
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = $(toml_string "$root/opt")
-
+$blockfile
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = $(toml_string "$sandbox_image")
     # Root without CAP_SYS_RESOURCE cannot lower an oom_score_adj: the CRI
@@ -152,7 +182,7 @@ disabled_plugins = [
           # Per-pod overrides reach the shim only if the CRI passes them
           # on; the shim then applies those its config allows.
           pod_annotations = ["io.cocoon.config.*"]
-          container_annotations = ["io.cocoon.config.*"]$options
+          container_annotations = ["io.cocoon.config.*"]$options$blockfile_runtime
 EOF
 }
 

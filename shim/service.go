@@ -271,7 +271,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}()
 
 	c := &container{id: r.ID, bundle: r.Bundle, execs: map[string]*process{}}
-	if len(r.Rootfs) > 0 {
+	cc := cocoon.ContainerConfig{ID: r.ID, Bundle: r.Bundle, Spec: spec, Annotations: spec.Annotations}
+	if disk, readOnly, ok := blockRootfs(r.Rootfs); ok {
+		// The VM gets the snapshot as a disk and mounts it itself: the
+		// host never mounts it.
+		cc.RootDisk, cc.RootDiskReadOnly = disk, readOnly
+	} else if len(r.Rootfs) > 0 {
 		if err := mountRootfs(r.Bundle, r.Rootfs); err != nil {
 			return nil, grpcError(fmt.Errorf("task %s: %w", r.ID, err))
 		}
@@ -282,7 +287,6 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			}
 		}()
 	}
-	cc := cocoon.ContainerConfig{ID: r.ID, Bundle: r.Bundle, Spec: spec, Annotations: spec.Annotations}
 	if pd.createsVM {
 		if err := s.createSandbox(ctx, r, cc); err != nil {
 			return nil, grpcError(err)
@@ -321,6 +325,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	})
 	return &taskAPI.CreateTaskResponse{Pid: s.vmPid}, nil
 }
+
+// podDiskSlots is how many root ports a pod whose sandbox container runs
+// from a block snapshot gets, beyond hypervisor.hotplug_slots, for the
+// disks of the containers that join it later.
+const podDiskSlots = 8
 
 // createSandbox boots the pod's VM with its first container.
 func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest, cc cocoon.ContainerConfig) error {
@@ -361,9 +370,15 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err := writeBundleRecord(r.Bundle, rec); err != nil {
 		return err
 	}
+	vm := cfg.VMConfig()
+	if cc.RootDisk != "" {
+		// One snapshotter per runtime handler: the pod's other containers
+		// come as block snapshots too, each a disk in a root port.
+		vm.HotplugSlots += podDiskSlots
+	}
 	sb, err := rt.CreateSandbox(ctx, cocoon.SandboxConfig{
 		ID:           r.ID,
-		VM:           cfg.VMConfig(),
+		VM:           vm,
 		BootTimeout:  cfg.Agent.BootTimeout.Duration,
 		Annotations:  cc.Spec.Annotations,
 		Containers:   []cocoon.ContainerConfig{cc},
@@ -424,6 +439,38 @@ func (s *service) record() bundleRecord {
 		return bundleRecord{SandboxID: s.sandboxID}
 	}
 	return bundleRecord{SandboxID: s.sandboxID, StateDir: s.cfg.Runtime.StateDir, DataDir: s.cfg.Runtime.DataDir}
+}
+
+// blockRootfs reports whether the rootfs containerd prepared is one file
+// system image or block device, mounted whole (containerd 2.x's blockfile
+// snapshotter: an ext4 image with "loop"; devmapper: a thin device), which
+// the VM takes as a disk of its own; it returns its path and whether the
+// snapshot is read-only. Any other mount option, an overlay, a bind or
+// several mounts: the host mounts them (mountRootfs) and shares the result.
+func blockRootfs(rootfs []*ptypes.Mount) (path string, readOnly, ok bool) {
+	if len(rootfs) != 1 {
+		return "", false, false
+	}
+	m := rootfs[0]
+	switch m.Type {
+	case "ext4", "ext3", "ext2", "xfs", "erofs":
+	default:
+		return "", false, false
+	}
+	if !filepath.IsAbs(m.Source) || m.Target != "" {
+		return "", false, false
+	}
+	for _, o := range m.Options {
+		switch o {
+		case "loop", "rw":
+		case "ro":
+			readOnly = true
+		default:
+			return "", false, false
+		}
+	}
+	// The library checks that Source is an image or a block device.
+	return m.Source, readOnly, true
 }
 
 // mountRootfs mounts the root filesystem containerd prepared (a

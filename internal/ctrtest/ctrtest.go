@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +39,11 @@ const (
 	// CRINamespace is the namespace containerd's CRI keeps its pods,
 	// containers and images in.
 	CRINamespace = "k8s.io"
+	// BlockfileHandler is the CRI runtime handler running Cocoon with the
+	// blockfile snapshotter (see Containerd.Blockfile).
+	BlockfileHandler = "cocoon-blockfile"
+	// BlockfileScratchSize is the size of every blockfile snapshot.
+	BlockfileScratchSize = 64 << 20
 	// ScriptPath is the recipe script, relative to the repository root.
 	ScriptPath = "scripts/containerd-cocoon.sh"
 )
@@ -78,6 +84,12 @@ type Containerd struct {
 	// set it to CRINamespace to look at what the CRI made.
 	Namespace string
 	CtrPath   string // the ctr binary
+
+	// Blockfile says whether containerd has the blockfile snapshotter
+	// (1.7 and later): Start then enables it, with a 64 MiB ext4 scratch
+	// image, imports the images for it too, and the CRI gets the handler
+	// BlockfileHandler.
+	Blockfile bool
 
 	// Measured by Start: until containerd (with its CRI) serves, and the
 	// time to build and import the two images.
@@ -149,6 +161,16 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
 	}
+	if c.Blockfile, err = hasBlockfile(ctx, containerd); err != nil {
+		return failEarly(err)
+	}
+	if c.Blockfile {
+		scratch := filepath.Join(dir, "blockfile-scratch.ext4")
+		if err := makeExt4(ctx, scratch, BlockfileScratchSize); err != nil {
+			return failEarly(err)
+		}
+		args = append(args, "--blockfile-scratch", scratch)
+	}
 	var stderr bytes.Buffer
 	script := exec.CommandContext(ctx, "bash", args...)
 	script.Stderr = &stderr
@@ -205,6 +227,34 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	}
 	c.ImportDuration = time.Since(t0)
 	return c, nil
+}
+
+// hasBlockfile reports whether the containerd binary is 1.7 or later,
+// which have the blockfile snapshotter.
+func hasBlockfile(ctx context.Context, containerd string) (bool, error) {
+	out, err := exec.CommandContext(ctx, containerd, "--version").Output()
+	if err != nil {
+		return false, fmt.Errorf("%s --version: %w", containerd, err)
+	}
+	// "containerd github.com/containerd/containerd/v2 2.1.5 <commit>"
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		return false, fmt.Errorf("%s --version: unexpected output %q", containerd, out)
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(f[2], "%d.%d", &major, &minor); err != nil {
+		return false, fmt.Errorf("%s --version: unexpected version %q", containerd, f[2])
+	}
+	return major > 1 || major == 1 && minor >= 7, nil
+}
+
+// makeExt4 writes an empty ext4 file system image of size bytes at path.
+func makeExt4(ctx context.Context, path string, size int64) error {
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-m", "0", path, strconv.FormatInt(size>>10, 10)+"k").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4 %s: %w: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // containerdEnv is the environment containerd runs with: shimDir first on
@@ -336,8 +386,17 @@ func (c *Containerd) importImages(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if out, err := c.ctrIn(ctx, ns, "images", "import", archive).CombinedOutput(); err != nil {
-				errs[i] = fmt.Errorf("ctr -n %s images import %s: %w: %s", ns, archive, err, strings.TrimSpace(string(out)))
+			imports := [][]string{{"images", "import", archive}}
+			if c.Blockfile {
+				// --local: the transfer service unpacks only for the
+				// default snapshotter unless configured otherwise.
+				imports = append(imports, []string{"images", "import", "--local", "--snapshotter", "blockfile", archive})
+			}
+			for _, args := range imports {
+				if out, err := c.ctrIn(ctx, ns, args...).CombinedOutput(); err != nil {
+					errs[i] = fmt.Errorf("ctr -n %s %s: %w: %s", ns, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+					return
+				}
 			}
 		}()
 	}
