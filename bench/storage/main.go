@@ -1,17 +1,19 @@
 // Command storage measures file I/O inside a container: sequential write
 // and read MB/s, 4 KiB random read and write IOPS, and small-file
-// operations (create, stat and read, remove) per second, on a host
-// directory bound into the container as a volume, for a Cocoon container
-// (the volume reaches the VM through virtio-fs) and a runc container (the
-// host's own file system) in one run.
+// operations (create, stat and read, remove) per second, for a Cocoon
+// container on a host directory bound in as a volume (it reaches the VM
+// through virtio-fs) and on its own rootfs, an ext4 image the VM gets as a
+// virtio-blk disk, and for a runc container on the same host directory
+// (the host's own file system), in one run.
 //
 //	go run ./bench/storage -mb 512 -ios 20000 -files 2000
 //
 // The load generator is iotool, a static binary put in the containers'
 // rootfs. The files are larger than the VM's memory by default, so that
-// the guest's page cache cannot hold them and reads cross virtio-fs; on the
-// host the same files sit in the page cache, which is what runc reads.
-// virtio-blk is not measured yet: Cocoon has no block rootfs or volumes yet.
+// the guest's page cache cannot hold them and reads cross virtio-fs or
+// virtio-blk; on the host the same files sit in the page cache, which is
+// what runc reads. The volume and the image are on the host's disk-backed
+// /var/tmp.
 package main
 
 import (
@@ -48,7 +50,7 @@ func main() {
 }
 
 // loads are the iotool commands measured, with what their figures are.
-func loads(mb, ios, files int) []struct {
+func loads(dir string, mb, ios, files int) []struct {
 	args   []string
 	labels []string
 } {
@@ -57,9 +59,9 @@ func loads(mb, ios, files int) []struct {
 		args   []string
 		labels []string
 	}{
-		{[]string{"seq", "/vol", m}, []string{"sequential write MB/s", "sequential read MB/s"}},
-		{[]string{"rand", "/vol", m, n}, []string{"4 KiB random read IOPS", "4 KiB random write IOPS"}},
-		{[]string{"small", "/vol", strconv.Itoa(files)}, []string{"small files (4 KiB: create, stat+read, remove) per s"}},
+		{[]string{"seq", dir, m}, []string{"sequential write MB/s", "sequential read MB/s"}},
+		{[]string{"rand", dir, m, n}, []string{"4 KiB random read IOPS", "4 KiB random write IOPS"}},
+		{[]string{"small", dir, strconv.Itoa(files)}, []string{"small files (4 KiB: create, stat+read, remove) per s"}},
 	}
 }
 
@@ -84,17 +86,29 @@ func run(mb, ios, files int, vm cocoon.VMConfig, dataDir string) error {
 		return err
 	}
 	defer os.RemoveAll(vol)
-	bundle := func(name string) (string, error) {
+	// The virtio-blk rootfs: the same files in an ext4 image, with room
+	// for the largest file iotool writes in /data.
+	if err := os.Mkdir(filepath.Join(rootfs, "data"), 0o755); err != nil {
+		return err
+	}
+	img := filepath.Join(vol+"-image", "rootfs.ext4")
+	if err := os.Mkdir(filepath.Dir(img), 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(filepath.Dir(img))
+	if out, err := exec.Command("mkfs.ext4", "-q", "-d", rootfs, img, strconv.Itoa(mb+256)+"M").CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, out)
+	}
+	bundle := func(name, root string) (string, error) {
 		dir := filepath.Join(work, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return "", err
 		}
 		spec := specutil.Default("sleep", "100000")
-		spec.Root.Path = rootfs
+		spec.Root.Path = root
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}})
 		return dir, specutil.WriteBundle(dir, spec)
 	}
-	ls := loads(mb, ios, files)
 
 	stateDir, err := os.MkdirTemp("/run", "cocoon-bench-")
 	if err != nil {
@@ -106,7 +120,7 @@ func run(mb, ios, files int, vm cocoon.VMConfig, dataDir string) error {
 		return err
 	}
 	ctx := context.Background()
-	cb, err := bundle("cocoon")
+	cb, err := bundle("cocoon", img)
 	if err != nil {
 		return err
 	}
@@ -116,27 +130,28 @@ func run(mb, ios, files int, vm cocoon.VMConfig, dataDir string) error {
 	if err != nil {
 		return err
 	}
-	for _, l := range ls {
-		out, err := cocoonExec(ctx, sb, id, append([]string{"/iotool"}, l.args...))
-		if err != nil {
-			return err
-		}
-		if err := report("cocoon", "virtio-fs", l.labels, out); err != nil {
-			return err
+	for _, path := range []struct{ name, dir string }{{"virtio-fs", "/vol"}, {"virtio-blk", "/data"}} {
+		for _, l := range loads(path.dir, mb, ios, files) {
+			out, err := cocoonExec(ctx, sb, id, append([]string{"/iotool"}, l.args...))
+			if err != nil {
+				return err
+			}
+			if err := report("cocoon", path.name, l.labels, out); err != nil {
+				return err
+			}
 		}
 	}
 	sb.Release()
 	if err := rt.DeleteSandbox(ctx, id); err != nil {
 		return err
 	}
-	fmt.Println("cocoon  virtio-blk: not measured (no block rootfs or volumes yet)")
 
 	runc, err := exec.LookPath("runc")
 	if err != nil {
 		fmt.Println("runc    not installed: no comparison")
 		return nil
 	}
-	rb, err := bundle("runc")
+	rb, err := bundle("runc", rootfs)
 	if err != nil {
 		return err
 	}
@@ -145,7 +160,7 @@ func run(mb, ios, files int, vm cocoon.VMConfig, dataDir string) error {
 		return fmt.Errorf("runc run: %w", err)
 	}
 	defer exec.Command(runc, "--root", root, "delete", "-f", id).Run()
-	for _, l := range ls {
+	for _, l := range loads("/vol", mb, ios, files) {
 		out, err := exec.Command(runc, append([]string{"--root", root, "exec", id, "/iotool"}, l.args...)...).Output()
 		if err != nil {
 			return fmt.Errorf("runc exec iotool %s: %w", strings.Join(l.args, " "), err)
@@ -164,7 +179,7 @@ func report(who, path string, labels []string, out string) error {
 		return fmt.Errorf("iotool printed %q", out)
 	}
 	for i, l := range labels {
-		fmt.Printf("%-7s %-9s %s: %s\n", who, path, l, f[i])
+		fmt.Printf("%-7s %-10s %s: %s\n", who, path, l, f[i])
 	}
 	return nil
 }

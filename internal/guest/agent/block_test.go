@@ -40,3 +40,27 @@ func TestBlockRootFindsBySerialAndChecks(t *testing.T) {
 		t.Errorf("refused storages left %v", entries)
 	}
 }
+
+// A container's disk is queued for a VM: no scheduler, not rotational, a
+// large readahead; a setting the kernel lacks is skipped.
+func TestBlockTune(t *testing.T) {
+	sys := t.TempDir()
+	q := filepath.Join(sys, "vdb", "queue")
+	if err := os.MkdirAll(q, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"scheduler", "read_ahead_kb"} { // no "rotational"
+		if err := os.WriteFile(filepath.Join(q, f), []byte("default"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	(&blockMounts{sysfs: sys}).tune("vdb")
+	for f, want := range map[string]string{"scheduler": "none", "read_ahead_kb": "4096"} {
+		if b, _ := os.ReadFile(filepath.Join(q, f)); string(b) != want {
+			t.Errorf("%s = %q, want %q", f, b, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(q, "rotational")); err == nil {
+		t.Error("tune created a setting the kernel does not have")
+	}
+}
