@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -16,10 +17,14 @@ import (
 type devNum struct{ major, minor int64 }
 
 // deviceChange is one entry of the spec's linux.devices and the numbers
-// it has in the guest.
+// it has in the guest, and its final path: where the node must be in the
+// container when that differs from the spec's path ("" keeps it). A VFIO
+// group must appear as the guest's own /dev/vfio/<group>, the number of
+// its IOMMU group in the guest's sysfs, whatever the host's was.
 type deviceChange struct {
 	index int
 	guest devNum
+	path  string
 }
 
 // passDevices gives the spec's devices that the host attached as disks
@@ -36,6 +41,9 @@ func (a *Agent) passDevices(ctx context.Context, spec *specs.Spec, maps []*proto
 	for _, m := range maps {
 		if !validSerial.MatchString(m.Serial) {
 			return fmt.Errorf("devices: bad serial %q", m.Serial)
+		}
+		if int(m.Index) < len(spec.Linux.Devices) && spec.Linux.Devices[m.Index].Type != "b" {
+			return fmt.Errorf("device %d: a disk for a %q device", m.Index, spec.Linux.Devices[m.Index].Type)
 		}
 		dev, err := a.blocks.find(ctx, m.Serial)
 		if err != nil {
@@ -66,15 +74,19 @@ func diskNumbers(path string) (devNum, error) {
 }
 
 // rewriteDevices applies every change at once: each changed entry of
-// l.Devices gets its guest numbers, and every device cgroup rule naming
-// the host numbers of a changed block device names the guest's instead.
-// Everything is checked and computed from the spec as the host sent it
-// before anything is written, so the spec is never half-updated, and two
-// devices whose numbers swap between host and guest cannot clobber each
-// other (a rule rewritten for one is never taken for the other's). The
-// device's path in the container stays what the spec says.
+// l.Devices gets its guest numbers (and its final path), and every device
+// cgroup rule naming the host numbers of a changed device (of its type)
+// names the guest's instead. Everything is checked and computed from the
+// spec as the host sent it before anything is written, so the spec is
+// never half-updated, and two devices whose numbers swap between host and
+// guest cannot clobber each other (a rule rewritten for one is never
+// taken for the other's). Two entries may not end at one path.
 func rewriteDevices(l *specs.Linux, changes []deviceChange) error {
-	hostToGuest := map[devNum]devNum{}
+	type key struct {
+		typ string
+		num devNum
+	}
+	hostToGuest := map[key]devNum{}
 	seen := map[int]bool{}
 	for _, c := range changes {
 		if c.index < 0 || c.index >= len(l.Devices) {
@@ -85,27 +97,40 @@ func rewriteDevices(l *specs.Linux, changes []deviceChange) error {
 		}
 		seen[c.index] = true
 		d := l.Devices[c.index]
-		if d.Type != "b" {
-			return fmt.Errorf("device %d (%s): type %q is not a block device", c.index, d.Path, d.Type)
+		if d.Type != "b" && d.Type != "c" {
+			return fmt.Errorf("device %d (%s): type %q is not a block or character device", c.index, d.Path, d.Type)
 		}
-		host := devNum{d.Major, d.Minor}
+		if c.path != "" && (!filepath.IsAbs(c.path) || filepath.Clean(c.path) != c.path || !strings.HasPrefix(c.path, "/dev/")) {
+			return fmt.Errorf("device %d (%s): final path %q is not a clean path below /dev", c.index, d.Path, c.path)
+		}
+		host := key{d.Type, devNum{d.Major, d.Minor}}
 		if g, ok := hostToGuest[host]; ok && g != c.guest {
-			return fmt.Errorf("device %d (%s): host device %d:%d stands for two disks", c.index, d.Path, d.Major, d.Minor)
+			return fmt.Errorf("device %d (%s): host device %d:%d stands for two devices", c.index, d.Path, d.Major, d.Minor)
 		}
 		hostToGuest[host] = c.guest
 	}
 	devices := append([]specs.LinuxDevice(nil), l.Devices...)
 	for _, c := range changes {
 		devices[c.index].Major, devices[c.index].Minor = c.guest.major, c.guest.minor
+		if c.path != "" {
+			devices[c.index].Path = c.path
+		}
+	}
+	paths := map[string]int{}
+	for i, d := range devices {
+		if j, ok := paths[d.Path]; ok {
+			return fmt.Errorf("devices %d and %d would both be %s", j, i, d.Path)
+		}
+		paths[d.Path] = i
 	}
 	var rules []specs.LinuxDeviceCgroup
 	if l.Resources != nil {
 		rules = append([]specs.LinuxDeviceCgroup(nil), l.Resources.Devices...)
 		for i, r := range rules {
-			if r.Type != "b" || r.Major == nil || r.Minor == nil {
+			if r.Major == nil || r.Minor == nil {
 				continue
 			}
-			if g, ok := hostToGuest[devNum{*r.Major, *r.Minor}]; ok {
+			if g, ok := hostToGuest[key{r.Type, devNum{*r.Major, *r.Minor}}]; ok {
 				ma, mi := g.major, g.minor
 				rules[i].Major, rules[i].Minor = &ma, &mi
 			}
@@ -117,3 +142,30 @@ func rewriteDevices(l *specs.Linux, changes []deviceChange) error {
 	}
 	return nil
 }
+
+// vfioGroup finds, in the guest's sysfs (sys, "/sys"), the VFIO group of
+// the PCI device at bdf that the host passed: its IOMMU group, the final
+// path the container must see it at (/dev/vfio/<group>) and the numbers
+// of the guest's group node. Everything read is checked: the guest's
+// sysfs is the guest kernel's word, and a malformed entry is an error.
+func vfioGroup(sys, bdf string) (path string, num devNum, err error) {
+	if !validGuestBDF.MatchString(bdf) {
+		return "", devNum{}, fmt.Errorf("vfio: %q is not a PCI address", bdf)
+	}
+	link, err := os.Readlink(filepath.Join(sys, "bus", "pci", "devices", bdf, "iommu_group"))
+	if err != nil {
+		return "", devNum{}, fmt.Errorf("vfio device %s: no IOMMU group in the guest: %w", bdf, err)
+	}
+	group := filepath.Base(link)
+	if n, err := strconv.Atoi(group); err != nil || n < 0 || strconv.Itoa(n) != group {
+		return "", devNum{}, fmt.Errorf("vfio device %s: IOMMU group %q", bdf, group)
+	}
+	num, err = diskNumbers(filepath.Join(sys, "class", "vfio", group, "dev"))
+	if err != nil {
+		return "", devNum{}, fmt.Errorf("vfio device %s: group %s has no node (is it bound to vfio-pci in the guest?): %w", bdf, group, err)
+	}
+	return "/dev/vfio/" + group, num, nil
+}
+
+// validGuestBDF is a PCI address: domain:bus:device.function.
+var validGuestBDF = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$`)
