@@ -122,6 +122,33 @@ func checkSpec(spec *specs.Spec) error {
 	case spec.Process.Cwd == "" || !filepath.IsAbs(spec.Process.Cwd):
 		return fmt.Errorf("%w: spec process cwd %q is not absolute", ErrInvalidConfig, spec.Process.Cwd)
 	}
+	// Paths in the container are resolved inside its rootfs (symlinks
+	// too), in the guest and on the host; one that climbs with ".." is
+	// refused outright rather than clamped at the root.
+	for _, m := range spec.Mounts {
+		if err := checkContainerPath("mount destination", m.Destination); err != nil {
+			return err
+		}
+	}
+	if spec.Linux != nil {
+		for _, d := range spec.Linux.Devices {
+			if err := checkContainerPath("device path", d.Path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkContainerPath checks p, a path inside the container: absolute,
+// without "..".
+func checkContainerPath(what, p string) error {
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%w: %s %q is not absolute", ErrInvalidConfig, what, p)
+	}
+	if slices.Contains(strings.Split(p, "/"), "..") {
+		return fmt.Errorf("%w: %s %q climbs out with \"..\"", ErrInvalidConfig, what, p)
+	}
 	return nil
 }
 

@@ -127,11 +127,19 @@ func (s *Shared) BindWith(src, rel string, access Access, private bool) error {
 	if err := checkRel(rel); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
-	st, err := os.Stat(src)
+	// One lookup of src: the object opened is the one checked and the one
+	// cloned, however src is swapped meanwhile (symlinks in src are
+	// followed, as for any bind source).
+	fd, err := unix.Open(src, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
-	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	tree, err := unix.OpenTree(fd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
 	if err != nil {
 		return fmt.Errorf("bind %s: clone mount: %w", src, err)
 	}
@@ -161,7 +169,7 @@ func (s *Shared) BindWith(src, rel string, access Access, private bool) error {
 	}
 	defer unix.Close(root)
 	kind := safefs.File
-	if st.IsDir() {
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		kind = safefs.Dir
 	}
 	target, err := safefs.CreateTarget(root, rel, kind)
