@@ -2,6 +2,7 @@ package cocoon_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,15 +20,21 @@ import (
 // ext4Image makes an ext4 image holding a busybox rootfs.
 func ext4Image(t *testing.T) string {
 	t.Helper()
+	dir := filepath.Join(t.TempDir(), "rootfs")
+	if err := specutil.BusyboxRootfs(dir, ""); err != nil {
+		t.Skip(err)
+	}
+	return ext4Of(t, dir, "64M")
+}
+
+// ext4Of makes an ext4 image of size holding the files of dir.
+func ext4Of(t *testing.T, dir, size string) string {
+	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		t.Skip("no mkfs.ext4 (apt-get install e2fsprogs)")
 	}
-	dir := t.TempDir()
-	if err := specutil.BusyboxRootfs(filepath.Join(dir, "rootfs"), ""); err != nil {
-		t.Skip(err)
-	}
-	img := filepath.Join(dir, "rootfs.ext4")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-d", filepath.Join(dir, "rootfs"), img, "64M").CombinedOutput(); err != nil {
+	img := filepath.Join(t.TempDir(), "image.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-d", dir, img, size).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
 	return img
@@ -147,5 +154,107 @@ func TestPassBlockDevice(t *testing.T) {
 	defer f.Close()
 	if _, err := f.ReadAt(got, 4096); err != nil || string(got) != "WRITTEN-IN-GUEST" {
 		t.Errorf("the host's device at 4096: %q, %v", got, err)
+	}
+}
+
+// dataImage makes an ext4 image holding one file, "hello", with content.
+func dataImage(t *testing.T, content string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ext4Of(t, dir, "16M")
+}
+
+// Block volumes: a mount of type ext4 whose source is an image file is
+// the guest's own disk (`/dev/vd*` at the mount, never mounted on the
+// host), read-write or read-only (a write fails with EROFS); what the
+// container wrote is in the image; deleting the container unplugs the
+// disks. A mount whose source holds another file system is refused
+// before anything is attached.
+func TestBlockVolumes(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	rw, ro := dataImage(t, "read-write"), dataImage(t, "read-only")
+	b := bundle(t, "sleep", "1000")
+	if err := specutil.WriteBundle(b, specutil.Default("sleep", "1000")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := sandboxConfig(env, id, b)
+	cfg.VM.HotplugSlots = 2
+	sb, err := rt.RunSandbox(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	defer sb.Release()
+
+	vb := bundle(t, "sleep", "1000")
+	spec := specutil.Default("sleep", "1000")
+	spec.Mounts = append(spec.Mounts,
+		specs.Mount{Destination: "/rw", Type: "ext4", Source: rw, Options: []string{"loop", "rw", "nosuid"}},
+		specs.Mount{Destination: "/ro", Type: "ext4", Source: ro, Options: []string{"loop", "ro"}})
+	if err := specutil.WriteBundle(vb, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.CreateContainer(ctx, cocoon.ContainerConfig{ID: "vols", Bundle: vb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.StartContainer(ctx, "vols"); err != nil {
+		t.Fatal(err)
+	}
+	out, st := execIn(t, sb, "vols", "sh", "-c", "cat /rw/hello /ro/hello; echo; grep -E ' /(rw|ro) ' /proc/mounts; echo from-the-guest > /rw/written && echo wrote-rw; echo x > /ro/x || echo refused-ro")
+	if st.Code != 0 || !strings.Contains(out, "read-writeread-only") || strings.Count(out, "/dev/vd") != 2 ||
+		!strings.Contains(out, "wrote-rw") || !strings.Contains(out, "refused-ro") || !strings.Contains(out, "Read-only file system") {
+		t.Fatalf("exit %d, %q; want both images read from /dev/vd* disks, /rw written, /ro refusing with EROFS", st.Code, out)
+	}
+	for _, img := range []string{rw, ro} {
+		if loops := testutil.LoopsBackedBy(img, false); len(loops) > 0 {
+			t.Errorf("the host mounted %s itself (%v)", img, loops)
+		}
+	}
+	disks := func() string {
+		out, _ := execIn(t, sb, id, "sh", "-c", "ls /sys/block | grep -c vd")
+		return strings.TrimSpace(out)
+	}
+	if n := disks(); n != "2" {
+		t.Errorf("%s disks in the guest with the volumes, want 2", n)
+	}
+	if err := sb.KillContainer(ctx, "vols", 9, true); err != nil {
+		t.Fatal(err)
+	}
+	sb.WaitProcess(ctx, "vols", "")
+	if err := sb.DeleteContainer(ctx, "vols"); err != nil {
+		t.Fatal(err)
+	}
+	n := disks()
+	for i := 0; i < 50 && n != "0"; i++ {
+		n = disks()
+	}
+	if n != "0" {
+		t.Errorf("%s disks in the guest after deleting the container, want 0", n)
+	}
+	if out, err := exec.Command("debugfs", "-R", "cat /written", rw).Output(); err != nil || string(out) != "from-the-guest\n" {
+		t.Errorf("the image holds %q (%v), want what the container wrote", out, err)
+	}
+
+	// The source is not an ext4 file system: refused, nothing attached.
+	bad := bundle(t, "true")
+	spec = specutil.Default("true")
+	junk := filepath.Join(t.TempDir(), "junk.img")
+	if err := os.WriteFile(junk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "ext4", Source: junk})
+	if err := specutil.WriteBundle(bad, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.CreateContainer(ctx, cocoon.ContainerConfig{ID: "bad", Bundle: bad}); !errors.Is(err, cocoon.ErrInvalidConfig) {
+		t.Errorf("a volume of junk: %v, want ErrInvalidConfig", err)
+	}
+	if n := disks(); n != "0" {
+		t.Errorf("%s disks in the guest after a refused volume, want 0", n)
 	}
 }

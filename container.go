@@ -269,6 +269,16 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 			s.detachDevices(context.WithoutCancel(ctx), devIDs)
 		}
 	}()
+	volSts, volIDs, err := s.attachVolumes(ctx, cfg.ID, sc.spec)
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			s.detachDevices(context.WithoutCancel(ctx), volIDs)
+		}
+	}()
+	sc.storages = append(sc.storages, volSts...)
 	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, guestRootfs, join, sc.storages, devMaps); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
@@ -278,7 +288,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		st.Containers[cfg.ID] = &containerState{
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
 			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
-			Volumes: sc.volumes, RootDevice: rootDevice, PassedDevices: devIDs,
+			Volumes: sc.volumes, RootDevice: rootDevice, PassedDevices: devIDs, VolumeDisks: volIDs,
 		}
 		return nil
 	})

@@ -86,11 +86,9 @@ func (s *Sandbox) attachRootfs(ctx context.Context, id, rootfs string, readOnly 
 	if err != nil {
 		return agent.Storage{}, hypervisor.Device{}, err
 	}
-	s.mu.Lock()
-	v := s.vm
-	s.mu.Unlock()
-	if v == nil {
-		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("%w: the VM is not running", ErrState)
+	v, err := s.runningVM()
+	if err != nil {
+		return agent.Storage{}, hypervisor.Device{}, err
 	}
 	serial := diskID("rb", id)
 	dev := hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: rootfs, ReadOnly: readOnly, Serial: serial}
@@ -135,45 +133,145 @@ func hostBlockDevice(major, minor int64) (string, error) {
 // passed devices and returns the guest's mappings and the devices'
 // hotplug IDs; on error nothing stays attached.
 func (s *Sandbox) attachDevices(ctx context.Context, id string, spec *specs.Spec) (maps []agent.DeviceMapping, ids []string, err error) {
-	idx := passedDevices(spec)
-	if len(idx) == 0 {
-		return nil, nil, nil
-	}
-	s.mu.Lock()
-	v := s.vm
-	s.mu.Unlock()
-	if v == nil {
-		return nil, nil, fmt.Errorf("%w: the VM is not running", ErrState)
-	}
-	defer func() {
-		if err != nil {
-			s.detachDevices(context.WithoutCancel(ctx), ids)
-			ids = nil
-		}
-	}()
-	for _, i := range idx {
+	var disks []hypervisor.Device
+	for _, i := range passedDevices(spec) {
 		d := spec.Linux.Devices[i]
 		path, err := hostBlockDevice(d.Major, d.Minor)
 		if err != nil {
-			return nil, ids, err
+			return nil, nil, err
 		}
 		serial := diskID("dv", fmt.Sprintf("%s/%d", id, i))
-		if err := v.AddDevice(ctx, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: path, Serial: serial}); err != nil {
-			return nil, ids, fmt.Errorf("attach device %s (%s): %w", d.Path, path, err)
-		}
-		ids = append(ids, serial)
+		disks = append(disks, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: path, Serial: serial})
 		maps = append(maps, agent.DeviceMapping{Index: i, Serial: serial})
+	}
+	if ids, err = s.attachDisks(ctx, disks); err != nil {
+		return nil, nil, err
 	}
 	return maps, ids, nil
 }
 
-// containerDisks are the hotplug IDs of the disks attached for container
-// c: its root device and its passed devices.
-func containerDisks(c *containerState) []string {
-	if c.RootDevice == "" {
-		return c.PassedDevices
+// attachDisks hot-plugs disks, all or none, and returns their IDs.
+func (s *Sandbox) attachDisks(ctx context.Context, disks []hypervisor.Device) ([]string, error) {
+	if len(disks) == 0 {
+		return nil, nil
 	}
-	return append([]string{c.RootDevice}, c.PassedDevices...)
+	v, err := s.runningVM()
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(disks))
+	for _, d := range disks {
+		if err := v.AddDevice(ctx, d); err != nil {
+			s.detachDevices(context.WithoutCancel(ctx), ids)
+			return nil, fmt.Errorf("attach %s: %w", d.Path, err)
+		}
+		ids = append(ids, d.ID)
+	}
+	return ids, nil
+}
+
+// blockVolumeTypes are the file system types of a mount that the VM gets
+// as a disk of its own.
+var blockVolumeTypes = map[string]bool{"ext4": true, "xfs": true, "erofs": true}
+
+// blockVolumes lists the mounts of spec that are block volumes: a file
+// system (ext4, xfs, erofs) whose source is a host image file or block
+// device, as `mount -t ext4 SOURCE DEST` would mount it. The guest mounts
+// it from a virtio-blk disk of its own: nothing is mounted on the host.
+func blockVolumes(spec *specs.Spec) []int {
+	var out []int
+	for i, m := range spec.Mounts {
+		if blockVolumeTypes[m.Type] && !isBind(m) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// blockVolumeFlags are the mount options of a block volume that its bind
+// in the container takes (the file system is mounted with defaults, or
+// read-only); "loop" and "defaults" mean nothing in the guest.
+var blockVolumeFlags = map[string]bool{
+	"ro": true, "rw": true, "nosuid": true, "suid": true, "nodev": true, "dev": true, "noexec": true, "exec": true,
+	"noatime": true, "atime": true, "relatime": true, "norelatime": true, "strictatime": true, "nodiratime": true, "diratime": true,
+}
+
+// attachVolumes hot-plugs the disks of container id's block volumes and
+// turns their mounts in g, the spec the guest gets, into binds of the
+// guest's mount of each disk; it returns the storages saying so and the
+// disks' hotplug IDs. On error nothing stays attached.
+func (s *Sandbox) attachVolumes(ctx context.Context, id string, g *specs.Spec) (sts []agent.Storage, ids []string, err error) {
+	idx := blockVolumes(g)
+	if len(idx) == 0 {
+		return nil, nil, nil
+	}
+	type volume struct {
+		i      int
+		fstype string
+		ro     bool
+		opts   []string
+	}
+	// Everything is checked before anything is attached.
+	vols := make([]volume, 0, len(idx))
+	for _, i := range idx {
+		m := g.Mounts[i]
+		if !filepath.IsAbs(m.Source) {
+			return nil, nil, fmt.Errorf("%w: block volume %s: source %q is not absolute", ErrInvalidConfig, m.Destination, m.Source)
+		}
+		st, err := os.Stat(m.Source)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: block volume %s: %w", ErrInvalidConfig, m.Destination, err)
+		}
+		if !imageOrBlockDevice(st.Mode()) {
+			return nil, nil, fmt.Errorf("%w: block volume %s: source %s is not an image file or a block device", ErrInvalidConfig, m.Destination, m.Source)
+		}
+		fstype, err := imageFSType(m.Source)
+		if err != nil {
+			return nil, nil, fmt.Errorf("block volume %s: %w", m.Destination, err)
+		}
+		if fstype != m.Type {
+			return nil, nil, fmt.Errorf("%w: block volume %s: %s holds %s, not %s", ErrInvalidConfig, m.Destination, m.Source, fstype, m.Type)
+		}
+		v := volume{i: i, fstype: fstype, opts: []string{"rbind"}}
+		for _, o := range m.Options {
+			switch {
+			case o == "loop" || o == "defaults":
+			case blockVolumeFlags[o]:
+				v.ro = v.ro || o == "ro"
+				v.opts = append(v.opts, o)
+			default:
+				return nil, nil, fmt.Errorf("%w: block volume %s: option %q is not supported", ErrInvalidConfig, m.Destination, o)
+			}
+		}
+		vols = append(vols, v)
+	}
+	disks := make([]hypervisor.Device, 0, len(vols))
+	for _, v := range vols {
+		m := &g.Mounts[v.i]
+		serial := diskID("bv", fmt.Sprintf("%s/%d", id, v.i))
+		disks = append(disks, hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: m.Source, ReadOnly: v.ro, Serial: serial})
+		sts = append(sts, agent.Storage{Mount: v.i, Kind: agent.StorageBlock, Path: serial, FSType: v.fstype, ReadOnly: v.ro})
+	}
+	if ids, err = s.attachDisks(ctx, disks); err != nil {
+		return nil, nil, fmt.Errorf("block volume: %w", err)
+	}
+	for _, v := range vols {
+		// The host's path means nothing in the guest and is not its to know.
+		m := &g.Mounts[v.i]
+		m.Type, m.Source, m.Options = "bind", "", v.opts
+	}
+	return sts, ids, nil
+}
+
+// containerDisks are the hotplug IDs of the disks attached for container
+// c: its root device, its passed devices and its block volumes.
+func containerDisks(c *containerState) []string {
+	var out []string
+	if c.RootDevice != "" {
+		out = append(out, c.RootDevice)
+	}
+	out = append(out, c.PassedDevices...)
+	return append(out, c.VolumeDisks...)
 }
 
 // detachDevices hot-removes the devices ids.

@@ -138,6 +138,8 @@ type containerState struct {
 	// PassedDevices are the hotplug IDs of the disks that stand for the
 	// block devices of the container's linux.devices.
 	PassedDevices []string `json:"passed_devices,omitempty"`
+	// VolumeDisks are the hotplug IDs of the disks of its block volumes.
+	VolumeDisks []string `json:"volume_disks,omitempty"`
 }
 
 // Sandbox is a handle on one sandbox. Its methods may be called
@@ -210,8 +212,8 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		if image, _ := rootfsImage(containerRootfs(&cfg.Containers[i])); image {
 			hv.HotplugSlots++
 		}
-		// And each block device passed to it.
-		hv.HotplugSlots += len(passedDevices(cfg.Containers[i].Spec))
+		// And each block device passed to it, and each block volume.
+		hv.HotplugSlots += len(passedDevices(cfg.Containers[i].Spec)) + len(blockVolumes(cfg.Containers[i].Spec))
 	}
 	if hv.Kernel, hv.Initrd, err = image.OrCurrent(r.opts.DataDir, hv.Kernel, hv.Initrd); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
@@ -586,11 +588,9 @@ func (s *Sandbox) agentClient() (guestAgent, error) {
 
 // Pause pauses the sandbox's VM: every container stops running.
 func (s *Sandbox) Pause(ctx context.Context) error {
-	s.mu.Lock()
-	v := s.vm
-	s.mu.Unlock()
-	if v == nil {
-		return fmt.Errorf("pause sandbox %s: %w", s.id, ErrState)
+	v, err := s.runningVM()
+	if err != nil {
+		return fmt.Errorf("pause sandbox %s: %w", s.id, err)
 	}
 	if err := v.Pause(ctx); err != nil {
 		return err
@@ -600,11 +600,9 @@ func (s *Sandbox) Pause(ctx context.Context) error {
 
 // Resume resumes a paused sandbox.
 func (s *Sandbox) Resume(ctx context.Context) error {
-	s.mu.Lock()
-	v := s.vm
-	s.mu.Unlock()
-	if v == nil {
-		return fmt.Errorf("resume sandbox %s: %w", s.id, ErrState)
+	v, err := s.runningVM()
+	if err != nil {
+		return fmt.Errorf("resume sandbox %s: %w", s.id, err)
 	}
 	if err := v.Resume(ctx); err != nil {
 		return err
@@ -763,4 +761,16 @@ func (s *Sandbox) Release() error {
 		return v.Close()
 	}
 	return nil
+}
+
+// runningVM returns the sandbox's VM, or an ErrState error when it is not
+// running.
+func (s *Sandbox) runningVM() (sandboxVM, error) {
+	s.mu.Lock()
+	v := s.vm
+	s.mu.Unlock()
+	if v == nil {
+		return nil, fmt.Errorf("%w: the VM is not running", ErrState)
+	}
+	return v, nil
 }

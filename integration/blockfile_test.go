@@ -2,13 +2,13 @@ package integration
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cocoon-runtime/cocoon/internal/ctrtest"
+	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -19,21 +19,6 @@ func needBlockfile(t *testing.T, e *env) {
 	if !e.ctrd.Blockfile {
 		t.Skip("this containerd has no blockfile snapshotter (1.7 or later has; make test runs these under containerd 2.x)")
 	}
-}
-
-// hostLoopsOf lists the host's loop devices backed by a file under dir:
-// a snapshot the host mounted itself would show up here.
-func hostLoopsOf(t *testing.T, dir string) []string {
-	t.Helper()
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), dir) {
-			out = append(out, strings.TrimSpace(string(b)))
-		}
-	}
-	return out
 }
 
 func (e *env) blockfileRoot() string {
@@ -72,7 +57,7 @@ func TestCtrBlockfileRootfs(t *testing.T) {
 		t.Fatalf("exec: %v (%q)", err, out)
 	}
 	checkBlockRoot(t, out)
-	if l := hostLoopsOf(t, e.blockfileRoot()); len(l) > 0 {
+	if l := testutil.LoopsBackedBy(e.blockfileRoot(), true); len(l) > 0 {
 		t.Errorf("the host mounted the snapshot itself (loop devices backed by %v)", l)
 	}
 	e.ctr(t, ctx, "task", "kill", "-s", "KILL", cid)
@@ -105,7 +90,7 @@ func TestCRIBlockfileRootfs(t *testing.T) {
 	if n := p.exec(t, ctx, cid, "sh", "-c", "ls /sys/block | grep -c vd"); n != "2" {
 		t.Errorf("%s virtio-blk disks in the VM, want 2 (pause and app roots)", n)
 	}
-	if l := hostLoopsOf(t, e.blockfileRoot()); len(l) > 0 {
+	if l := testutil.LoopsBackedBy(e.blockfileRoot(), true); len(l) > 0 {
 		t.Errorf("the host mounted the snapshots itself (loop devices backed by %v)", l)
 	}
 	snapshots := func() int {

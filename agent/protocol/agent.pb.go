@@ -41,7 +41,9 @@ const (
 	Storage_EPHEMERAL Storage_Kind = 1
 	// A block device the host attached (virtio-blk): path is its serial
 	// (1 to 20 of [A-Za-z0-9_-]), fstype its file system (ext4, xfs or
-	// erofs), mounted read-only when readonly is set.
+	// erofs), mounted read-only when readonly is set: the root (see
+	// CreateContainerRequest.root) or a block volume, which the guest
+	// mounts once and the mount (a bind) binds.
 	Storage_BLOCK Storage_Kind = 2
 )
 

@@ -30,3 +30,22 @@ func LoopDevice(t testing.TB, head string, size int64) string {
 	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
 	return loop
 }
+
+// LoopsBackedBy lists the host's loop devices whose backing file is path,
+// or, with below set, any file below path: a file the host mounted
+// itself (through a loop device) shows up here.
+func LoopsBackedBy(path string, below bool) []string {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		backing := strings.TrimSpace(string(b))
+		if backing == path || below && strings.HasPrefix(backing, strings.TrimSuffix(path, "/")+"/") {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(f)))+" ("+backing+")")
+		}
+	}
+	return out
+}

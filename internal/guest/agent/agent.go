@@ -71,7 +71,7 @@ func New(cfg Config) *Agent {
 		containers: cfg.Containers, shared: &sharedFS{mountPoint: cfg.SharedMount, mounted: cfg.SharedMounted},
 		portSlots: make(chan struct{}, maxPortConns),
 		ephemeral: &ephemeralStorages{dir: ephemeralDir, mounted: map[string]string{}},
-		blocks:    &blockMounts{dir: blockDir, sysfs: "/sys/block", dev: "/dev", mounted: map[string]string{}},
+		blocks:    &blockMounts{dir: blockDir, sysfs: "/sys/block", dev: "/dev", mounted: map[string][]string{}},
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,32 +28,45 @@ var validSerial = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
 // blockFSTypes are the file systems a block storage may hold.
 var blockFSTypes = map[string]bool{"ext4": true, "xfs": true, "erofs": true}
 
-// blockMounts are the sandbox's mounted block storages.
+// blockMounts are the sandbox's mounted block storages: containers' roots
+// and block volumes, each disk mounted once, at dir/<serial>.
 type blockMounts struct {
 	dir   string
 	sysfs string // /sys/block
 	dev   string // /dev
 	mu    sync.Mutex
-	// mounted maps a container to the serial of its root device.
-	mounted map[string]string
+	// mounted maps a container to the serials of its mounted disks.
+	mounted map[string][]string
 }
 
 // mountRoot mounts the block storage st as container id's root
 // filesystem and returns the mount point.
 func (b *blockMounts) mountRoot(ctx context.Context, id string, st *protocol.Storage) (string, error) {
+	return b.mount(ctx, id, "root storage", st)
+}
+
+// mountVolume mounts the block storage st, a block volume of container
+// id, and returns the mount point, which the container's mount binds.
+func (b *blockMounts) mountVolume(ctx context.Context, id string, st *protocol.Storage) (string, error) {
+	return b.mount(ctx, id, "block volume", st)
+}
+
+func (b *blockMounts) mount(ctx context.Context, id, what string, st *protocol.Storage) (string, error) {
 	if st.Kind != protocol.Storage_BLOCK {
-		return "", fmt.Errorf("root storage: kind %d, want a block device", int32(st.Kind))
+		return "", fmt.Errorf("%s: kind %d, want a block device", what, int32(st.Kind))
 	}
 	if !validSerial.MatchString(st.Path) {
-		return "", fmt.Errorf("root storage: bad serial %q", st.Path)
+		return "", fmt.Errorf("%s: bad serial %q", what, st.Path)
 	}
 	if !blockFSTypes[st.Fstype] {
-		return "", fmt.Errorf("root storage %s: file system %q is not one of ext4, xfs, erofs", st.Path, st.Fstype)
+		return "", fmt.Errorf("%s %s: file system %q is not one of ext4, xfs, erofs", what, st.Path, st.Fstype)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.mounted[id]; ok {
-		return "", fmt.Errorf("root storage of %s mounted already", id)
+	for _, serials := range b.mounted {
+		if slices.Contains(serials, st.Path) {
+			return "", fmt.Errorf("%s %s mounted already", what, st.Path)
+		}
 	}
 	dev, err := b.find(ctx, st.Path)
 	if err != nil {
@@ -61,7 +75,7 @@ func (b *blockMounts) mountRoot(ctx context.Context, id string, st *protocol.Sto
 	b.tune(filepath.Base(dev))
 	p := filepath.Join(b.dir, st.Path)
 	if err := os.MkdirAll(p, 0o700); err != nil {
-		return "", fmt.Errorf("root storage %s: %w", st.Path, err)
+		return "", fmt.Errorf("%s %s: %w", what, st.Path, err)
 	}
 	var flags uintptr
 	if st.Readonly {
@@ -69,9 +83,9 @@ func (b *blockMounts) mountRoot(ctx context.Context, id string, st *protocol.Sto
 	}
 	if err := unix.Mount(dev, p, st.Fstype, flags, ""); err != nil {
 		os.Remove(p)
-		return "", fmt.Errorf("root storage %s: mount %s (%s): %w", st.Path, dev, st.Fstype, err)
+		return "", fmt.Errorf("%s %s: mount %s (%s): %w", what, st.Path, dev, st.Fstype, err)
 	}
-	b.mounted[id] = st.Path
+	b.mounted[id] = append(b.mounted[id], st.Path)
 	return p, nil
 }
 
@@ -95,21 +109,28 @@ func (b *blockMounts) tune(name string) {
 	}
 }
 
-// unmountRoot unmounts container id's root device, if it has one.
-func (b *blockMounts) unmountRoot(id string) error {
+// unmount unmounts every disk of container id (its root, its block
+// volumes), if it has any.
+func (b *blockMounts) unmount(id string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	serial, ok := b.mounted[id]
-	if !ok {
-		return nil
+	var errs []error
+	var left []string
+	for _, serial := range b.mounted[id] {
+		p := filepath.Join(b.dir, serial)
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount disk %s of %s: %w", serial, id, err))
+			left = append(left, serial)
+			continue
+		}
+		os.Remove(p)
 	}
-	p := filepath.Join(b.dir, serial)
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount the root device of %s: %w", id, err)
+	if len(left) > 0 {
+		b.mounted[id] = left
+	} else {
+		delete(b.mounted, id)
 	}
-	os.Remove(p)
-	delete(b.mounted, id)
-	return nil
+	return errors.Join(errs...)
 }
 
 // find waits for the disk whose serial is serial and returns its device

@@ -21,7 +21,7 @@ func TestBlockRootFindsBySerialAndChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b := &blockMounts{dir: t.TempDir(), sysfs: sys, dev: "/dev", mounted: map[string]string{}}
+	b := &blockMounts{dir: t.TempDir(), sysfs: sys, dev: "/dev", mounted: map[string][]string{}}
 	if dev, err := b.find(context.Background(), "rb0123456789abcdef01"); err != nil || dev != "/dev/vdc" {
 		t.Fatalf("find: %q, %v", dev, err)
 	}

@@ -113,10 +113,10 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 	}
 	defer func() {
 		if retErr != nil {
-			a.blocks.unmountRoot(r.ContainerId)
+			a.blocks.unmount(r.ContainerId)
 		}
 	}()
-	if err := a.resolveStorages(&spec, r.Storages); err != nil {
+	if err := a.resolveStorages(ctx, r.ContainerId, &spec, r.Storages); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", r.ContainerId, err)
 	}
 	if err := a.passDevices(ctx, &spec, r.Devices); err != nil {
@@ -147,7 +147,10 @@ func (a *Agent) CreateContainer(ctx context.Context, r *protocol.CreateContainer
 // asked. Mounted here, below the agent's read-write shared mount, each
 // keeps its own flags and the container's (recursive) bind copies it;
 // "ro" then makes only the top read-only, and "rro" the whole tree.
-func (a *Agent) resolveStorages(spec *specs.Spec, storages []*protocol.Storage) error {
+//
+// A block volume's disk is mounted by the agent, and the container's mount
+// (a bind, the host made it so) binds it.
+func (a *Agent) resolveStorages(ctx context.Context, id string, spec *specs.Spec, storages []*protocol.Storage) error {
 	seen := map[uint32]bool{}
 	for _, st := range storages {
 		if int64(st.Mount) >= int64(len(spec.Mounts)) {
@@ -165,6 +168,17 @@ func (a *Agent) resolveStorages(spec *specs.Spec, storages []*protocol.Storage) 
 			}
 			if len(st.Submounts) > 0 {
 				return fmt.Errorf("mount %s: an ephemeral storage has no submounts", m.Destination)
+			}
+			m.Source = p
+			continue
+		}
+		if st.Kind == protocol.Storage_BLOCK {
+			if len(st.Submounts) > 0 || m.Type != "bind" {
+				return fmt.Errorf("mount %s: a block volume is a bind without submounts", m.Destination)
+			}
+			p, err := a.blocks.mountVolume(ctx, id, st)
+			if err != nil {
+				return fmt.Errorf("mount %s: %w", m.Destination, err)
 			}
 			m.Source = p
 			continue
@@ -470,7 +484,7 @@ func (a *Agent) RemoveContainer(ctx context.Context, r *protocol.RemoveContainer
 	if err := m.Delete(ctx, r.ContainerId, r.Force); err != nil {
 		return nil, err
 	}
-	if err := a.blocks.unmountRoot(r.ContainerId); err != nil {
+	if err := a.blocks.unmount(r.ContainerId); err != nil {
 		return nil, err
 	}
 	return &protocol.Empty{}, nil

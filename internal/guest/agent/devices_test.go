@@ -11,9 +11,12 @@ import (
 
 func num(v int64) *int64 { return &v }
 
-func blockRule(major, minor int64) specs.LinuxDeviceCgroup {
-	return specs.LinuxDeviceCgroup{Allow: true, Type: "b", Major: num(major), Minor: num(minor), Access: "rwm"}
+func devRule(typ string, major, minor int64) specs.LinuxDeviceCgroup {
+	return specs.LinuxDeviceCgroup{Allow: true, Type: typ, Major: num(major), Minor: num(minor), Access: "rwm"}
 }
+
+func blockRule(major, minor int64) specs.LinuxDeviceCgroup { return devRule("b", major, minor) }
+func charRule(major, minor int64) specs.LinuxDeviceCgroup  { return devRule("c", major, minor) }
 
 // Several devices in one batch, two of them swapping numbers between host
 // and guest: each entry and each rule gets its own disk's guest numbers,
@@ -99,10 +102,6 @@ func TestDiskNumbers(t *testing.T) {
 			t.Errorf("diskNumbers(%q) = %v, %v", content, n, err)
 		}
 	}
-}
-
-func charRule(major, minor int64) specs.LinuxDeviceCgroup {
-	return specs.LinuxDeviceCgroup{Allow: true, Type: "c", Major: num(major), Minor: num(minor), Access: "rwm"}
 }
 
 // VFIO groups reach the container at their final path, the guest's own
