@@ -258,3 +258,49 @@ func TestBlockVolumes(t *testing.T) {
 		t.Errorf("%s disks in the guest after a refused volume, want 0", n)
 	}
 }
+
+// Two handles on one sandbox (a shim's long-lived one and a CLI's): a
+// disk the second hot-plugs takes a root port the first then sees as
+// used, and the first can remove it. Each hot-plug picks its port from
+// the VM's record, not from what its own handle remembers.
+func TestHotplugFromTwoHandles(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := testutil.UniqueID(t)
+	cfg := sandboxConfig(env, id, bundle(t, "sleep", "1000"))
+	cfg.VM.HotplugSlots = 2
+	sb, err := rt.RunSandbox(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup(t, rt, id)
+	defer sb.Release()
+	rt2, err := cocoon.New(cocoon.Options{StateDir: env.StateDir, DataDir: filepath.Dir(env.CacheDir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb2, err := rt2.FetchSandbox(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb2.AddDevice(ctx, cocoon.DeviceConfig{ID: "fromtwo", Path: dataImage(t, "two")}); err != nil {
+		t.Fatal(err)
+	}
+	sb2.Release()
+	if _, err := sb.AddDevice(ctx, cocoon.DeviceConfig{ID: "fromone", Path: dataImage(t, "one")}); err != nil {
+		t.Fatalf("the first handle's hot-plug after the second's: %v", err)
+	}
+	if err := sb.RemoveDevice(ctx, "fromtwo"); err != nil {
+		t.Fatalf("the first handle removes the second's disk: %v", err)
+	}
+	var serials string
+	for i := 0; i < 50; i++ {
+		serials, _ = execIn(t, sb, id, "sh", "-c", "cat /sys/block/vd*/serial")
+		if strings.TrimSpace(serials) == "fromone" {
+			break
+		}
+	}
+	if strings.TrimSpace(serials) != "fromone" {
+		t.Errorf("the guest's disks: %q, want only fromone", serials)
+	}
+}

@@ -86,6 +86,12 @@ func testStopContainerTERM(t *testing.T, handler string) {
 	} {
 		for _, settle := range []time.Duration{0, 2 * time.Second} {
 			t.Run(fmt.Sprintf("%s/after-%v", tc.name, settle), func(t *testing.T) {
+				if handler == "runc" && settle == 0 {
+					// runc signals a PID 1 that may not handle SIGTERM yet,
+					// and the kernel drops it (seen once in CI: 60 s for
+					// top): a race of runc's, not a reference for ours.
+					t.Skip("runc: SIGTERM at once races the program's handler")
+				}
 				// The kubelet's default: a PID namespace of the
 				// container's own, where the program is its init.
 				name := fmt.Sprintf("%s-%d", tc.name, settle.Milliseconds())

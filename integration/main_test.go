@@ -97,7 +97,7 @@ func startEnv(vmEnv *testutil.Env, cniConf map[string]string) (*env, error) {
 	err = ctrtest.CocoonConfig{
 		Kernel: vmEnv.Kernel, Initrd: vmEnv.Initrd, Accelerator: os.Getenv("COCOON_ACCEL"),
 		StateDir: e.stateDir, DataDir: filepath.Dir(vmEnv.CacheDir),
-		EnableAnnotations: []string{"hypervisor.memory_mib"},
+		EnableAnnotations: []string{"hypervisor.memory_mib", "hypervisor.hotplug_slots"},
 	}.Write(e.cocoonConf)
 	if err != nil {
 		return nil, err

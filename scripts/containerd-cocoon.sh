@@ -15,7 +15,7 @@ usage() {
 usage:
   $prog config [--root DIR] [--state DIR] [--address SOCKET] [--cocoon-config FILE]
                [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--sandbox-image NAME] [--log-level LEVEL]
-               [--blockfile-scratch FILE]
+               [--blockfile-scratch FILE] [--cdi-spec-dir DIR]
       Print to standard output a containerd config.toml (version = 2, read by
       containerd 1.6, 1.7 and 2.x) that registers Cocoon's shim as runtime
       "cocoon" (runtime_type io.containerd.cocoon.v2) and as the CRI runtime
@@ -32,6 +32,8 @@ usage:
       second handler "cocoon-blockfile" runs Cocoon with it: the VM gets each
       rootfs as a virtio-blk disk instead of over virtio-fs. Images must be
       unpacked for it (ctr images import --snapshotter blockfile).
+      With --cdi-spec-dir (containerd 1.7 or 2.x), the CRI injects the CDI
+      devices a container asks for from the specs in DIR.
       The CNI configuration directory is created and, unless it already holds
       a network configuration, given a loopback-only one (10-cocoon-lo.conflist).
 
@@ -63,7 +65,7 @@ need_arg() { [[ $2 -ge 2 ]] || die "$1 needs a value"; }
 cmd_config() {
 	local root=/var/lib/containerd state=/run/containerd address="" cocoon_config=""
 	local cni_conf_dir="" cni_bin_dir=/usr/lib/cni sandbox_image=cocoon.local/pause:latest log_level=info
-	local blockfile_scratch=""
+	local blockfile_scratch="" cdi_spec_dir=""
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--root) need_arg "$1" $#; root=$2; shift 2 ;;
@@ -75,13 +77,14 @@ cmd_config() {
 		--sandbox-image) need_arg "$1" $#; sandbox_image=$2; shift 2 ;;
 		--log-level) need_arg "$1" $#; log_level=$2; shift 2 ;;
 		--blockfile-scratch) need_arg "$1" $#; blockfile_scratch=$2; shift 2 ;;
+		--cdi-spec-dir) need_arg "$1" $#; cdi_spec_dir=$2; shift 2 ;;
 		-h | --help) usage; exit 0 ;;
 		*) die "config: unknown argument $1 (see $prog -h)" ;;
 		esac
 	done
 	[[ -n $address ]] || address=$state/containerd.sock
 	[[ -n $cni_conf_dir ]] || cni_conf_dir=$root/cni/net.d
-	for p in "$root" "$state" "$address" "$cni_conf_dir" ${blockfile_scratch:+"$blockfile_scratch"}; do
+	for p in "$root" "$state" "$address" "$cni_conf_dir" ${blockfile_scratch:+"$blockfile_scratch"} ${cdi_spec_dir:+"$cdi_spec_dir"}; do
 		[[ $p == /* ]] || die "config: $p is not an absolute path"
 	done
 	# Unix socket paths are limited to 107 bytes.
@@ -89,7 +92,13 @@ cmd_config() {
 
 	write_cni_conf "$cni_conf_dir"
 
-	local options="" blockfile="" blockfile_runtime=""
+	local options="" blockfile="" blockfile_runtime="" cdi=""
+	if [[ -n $cdi_spec_dir ]]; then
+		cdi="
+    # CDI devices (the CRI's CDIDevices, device plugins) from these specs.
+    enable_cdi = true
+    cdi_spec_dirs = [$(toml_string "$cdi_spec_dir")]"
+	fi
 	if [[ -n $cocoon_config ]]; then
 		options="
           [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.cocoon.options]
@@ -155,7 +164,7 @@ $blockfile
     sandbox_image = $(toml_string "$sandbox_image")
     # Root without CAP_SYS_RESOURCE cannot lower an oom_score_adj: the CRI
     # must keep the scores it asks for no lower than its own.
-    restrict_oom_score_adj = true
+    restrict_oom_score_adj = true$cdi
     # Pod network namespaces under state, not /run/netns.
     netns_mounts_under_state_dir = true
     stream_server_address = "127.0.0.1"

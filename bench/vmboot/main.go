@@ -29,6 +29,7 @@ func main() {
 	memMiB := flag.Uint("memory", 256, "guest memory in MiB")
 	idle := flag.Duration("idle", 10*time.Second, "how long to let the VM idle before measuring memory and CPU")
 	dataDir := flag.String("data-dir", layout.DataDir, "Cocoon data directory (guest image)")
+	slots := flag.Int("hotplug-slots", 0, "PCIe root ports for hotplug (q35)")
 	flag.Parse()
 
 	img, err := image.Current(*dataDir)
@@ -49,12 +50,15 @@ func main() {
 	opts := vm.Options{CacheDir: layout.CacheDir(*dataDir)}
 	ctx := context.Background()
 
-	fmt.Printf("guest image %s (kernel %s), %d MiB guest, accelerator %s\n", img.ID, img.KernelRelease, *memMiB, *accel)
+	fmt.Printf("guest image %s (kernel %s), %d MiB guest, accelerator %s, %d hotplug slots on q35\n", img.ID, img.KernelRelease, *memMiB, *accel, *slots)
 	for _, machine := range strings.Split(*machines, ",") {
 		cfg := hypervisor.Config{
 			Kernel: img.Kernel, Initrd: img.Initrd, MachineType: machine,
 			Accelerator: hypervisor.Accelerator(*accel), VCPUs: 1, MemoryMiB: uint32(*memMiB),
 			StateDir: stateDir,
+		}
+		if machine == "q35" {
+			cfg.HotplugSlots = *slots
 		}
 		var boots, guest []time.Duration
 		var last *vm.VM

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/cocoon-runtime/cocoon/hypervisor"
+	"github.com/cocoon-runtime/cocoon/internal/vmmproc"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,6 +29,7 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 	defer release()
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.reloadPortsLocked()
 	if _, ok := q.ports[dev.ID]; ok {
 		return fmt.Errorf("add device %s: already present", dev.ID)
 	}
@@ -143,6 +145,7 @@ func (q *QEMU) RemoveDevice(ctx context.Context, dev hypervisor.Device) error {
 	defer release()
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.reloadPortsLocked()
 	if _, ok := q.ports[dev.ID]; !ok {
 		return fmt.Errorf("remove device %s: not present", dev.ID)
 	}
@@ -160,6 +163,25 @@ func (q *QEMU) RemoveDevice(ctx context.Context, dev hypervisor.Device) error {
 		return fmt.Errorf("remove device %s: %w", dev.ID, err)
 	}
 	return q.saveLocked()
+}
+
+// reloadPortsLocked reads the root ports in use from the VM's record:
+// another process (a CLI beside the shim) may have hot-plugged or removed
+// devices since this handle last looked. The caller serializes hotplug
+// across processes (the sandbox's lock); without a record, this handle's
+// own view stands.
+func (q *QEMU) reloadPortsLocked() {
+	if q.launch.files.state == "" {
+		return
+	}
+	var s state
+	if err := vmmproc.ReadState(q.launch.files.state, &s); err != nil || s.ID != q.id {
+		return
+	}
+	q.ports = s.Ports
+	if q.ports == nil {
+		q.ports = make(map[string]int)
+	}
 }
 
 func (q *QEMU) freePortLocked() (int, error) {

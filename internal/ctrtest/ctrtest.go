@@ -90,6 +90,9 @@ type Containerd struct {
 	// image, imports the images for it too, and the CRI gets the handler
 	// BlockfileHandler.
 	Blockfile bool
+	// CDISpecDir is where the CRI reads CDI specs from (containerd 1.7
+	// and later; empty before): a test writes its device specs there.
+	CDISpecDir string
 
 	// Measured by Start: until containerd (with its CRI) serves, and the
 	// time to build and import the two images.
@@ -170,6 +173,11 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 			return failEarly(err)
 		}
 		args = append(args, "--blockfile-scratch", scratch)
+		c.CDISpecDir = filepath.Join(dir, "cdi")
+		if err := os.Mkdir(c.CDISpecDir, 0o700); err != nil {
+			return failEarly(err)
+		}
+		args = append(args, "--cdi-spec-dir", c.CDISpecDir)
 	}
 	var stderr bytes.Buffer
 	script := exec.CommandContext(ctx, "bash", args...)
@@ -230,7 +238,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 }
 
 // hasBlockfile reports whether the containerd binary is 1.7 or later,
-// which have the blockfile snapshotter.
+// which have the blockfile snapshotter (and CDI).
 func hasBlockfile(ctx context.Context, containerd string) (bool, error) {
 	out, err := exec.CommandContext(ctx, containerd, "--version").Output()
 	if err != nil {
