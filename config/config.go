@@ -73,6 +73,12 @@ type Hypervisor struct {
 	// VCPUs (1 to 64) and MemoryMiB (at least 64) size the VM at boot.
 	VCPUs     uint32 `toml:"vcpus"`
 	MemoryMiB uint32 `toml:"memory_mib"`
+	// MaxVCPUs and MaxMemoryMiB bound a VM sized for its pod: vcpus and
+	// memory_mib are the base (the guest kernel's and agent's share), the
+	// pod's limits come on top. vCPUs beyond the bound are capped, memory
+	// beyond it refuses the pod. 0: the host's CPU count and memory.
+	MaxVCPUs     uint32 `toml:"max_vcpus"`
+	MaxMemoryMiB uint32 `toml:"max_memory_mib"`
 	// HotplugSlots is the number of PCIe root ports for device hotplug
 	// (0 to 32, q35 only).
 	HotplugSlots int `toml:"hotplug_slots"`
@@ -320,6 +326,12 @@ func (c *Config) Validate() error {
 	} else if h.MemoryMiB > maxMemoryMiB {
 		bad("hypervisor.memory_mib", "%d MiB is too much (maximum %d)", h.MemoryMiB, maxMemoryMiB)
 	}
+	if h.MaxVCPUs != 0 && (h.MaxVCPUs < h.VCPUs || h.MaxVCPUs > maxVCPUs) {
+		bad("hypervisor.max_vcpus", "%d is out of range (vcpus, %d, to %d; 0: the host's)", h.MaxVCPUs, h.VCPUs, maxVCPUs)
+	}
+	if h.MaxMemoryMiB != 0 && h.MaxMemoryMiB < h.MemoryMiB {
+		bad("hypervisor.max_memory_mib", "%d MiB is smaller than the base, memory_mib (%d MiB)", h.MaxMemoryMiB, h.MemoryMiB)
+	}
 	if h.HotplugSlots < 0 || h.HotplugSlots > maxHotplugSlots {
 		bad("hypervisor.hotplug_slots", "%d is out of range (0 to %d)", h.HotplugSlots, maxHotplugSlots)
 	} else if h.HotplugSlots > 0 && h.MachineType == "microvm" {
@@ -389,6 +401,11 @@ func (c *Config) VMConfig() cocoon.VMConfig {
 		HotplugSlots:   h.HotplugSlots,
 		Debug:          h.Debug,
 	}
+}
+
+// SizeLimits are the bounds of a VM sized for its pod (see cocoon.SizeVM).
+func (c *Config) SizeLimits() cocoon.SizeLimits {
+	return cocoon.SizeLimits{MaxVCPUs: c.Hypervisor.MaxVCPUs, MaxMemoryMiB: c.Hypervisor.MaxMemoryMiB}
 }
 
 // clone returns a deep copy of c.

@@ -234,6 +234,9 @@ func TestValidate(t *testing.T) {
 		{"maximum hotplug slots", func(c *Config) { c.Hypervisor.HotplugSlots = 32 }, ""},
 		{"too many hotplug slots", func(c *Config) { c.Hypervisor.HotplugSlots = 33 }, "hypervisor.hotplug_slots"},
 		{"negative hotplug slots", func(c *Config) { c.Hypervisor.HotplugSlots = -1 }, "hypervisor.hotplug_slots"},
+		{"max memory below the base", func(c *Config) { c.Hypervisor.MaxMemoryMiB = 128 }, "hypervisor.max_memory_mib"},
+		{"max vcpus below the base", func(c *Config) { c.Hypervisor.VCPUs, c.Hypervisor.MaxVCPUs = 4, 2 }, "hypervisor.max_vcpus"},
+		{"max vcpus too many", func(c *Config) { c.Hypervisor.MaxVCPUs = 65 }, "hypervisor.max_vcpus"},
 		{"relative DAN directory", func(c *Config) { c.Runtime.DANConfDir = "dan" }, "runtime.dan_conf_dir"},
 		{"DAN directory", func(c *Config) { c.Runtime.DANConfDir = "/etc/cocoon/dan" }, ""},
 		{"macvtap model", func(c *Config) { c.Runtime.InternetworkingModel = "macvtap" }, ""},
@@ -560,8 +563,8 @@ func TestOverridableKeys(t *testing.T) {
 			t.Errorf("overridable key %s is not a file key", k)
 		}
 	}
-	if n := len(fileKeys()); n != 11+3+3+6 {
-		t.Errorf("fileKeys() has %d keys, want 23: %v", n, fileKeys())
+	if n := len(fileKeys()); n != 13+3+3+6 {
+		t.Errorf("fileKeys() has %d keys, want 25: %v", n, fileKeys())
 	}
 }
 

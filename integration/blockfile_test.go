@@ -75,11 +75,7 @@ func TestCRIBlockfileRootfs(t *testing.T) {
 	needBlockfile(t, e)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	rs, _, closeConn, err := e.ctrd.CRI(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeConn()
+	rs := criAPI(t, ctx, e)
 	p, err := runPodConfig(t, ctx, e, rs, ctrtest.BlockfileHandler, e.podConfig(t, "blockfile"))
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v\n%s", err, e.ctrd.LogTail(30))

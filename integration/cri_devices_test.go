@@ -9,32 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-runtime/cocoon/internal/ctrtest"
 	"github.com/cocoon-runtime/cocoon/internal/testutil"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
-
-// startWith creates and starts a busybox container running sleep in the
-// pod, with cfg's devices.
-func (p *criPod) startWith(t *testing.T, ctx context.Context, name string, edit func(*runtimeapi.ContainerConfig)) string {
-	t.Helper()
-	cfg := &runtimeapi.ContainerConfig{
-		Metadata: &runtimeapi.ContainerMetadata{Name: name},
-		Image:    &runtimeapi.ImageSpec{Image: ctrtest.BusyboxImage},
-		Command:  []string{"sleep", "1000"},
-		LogPath:  name + ".log",
-	}
-	edit(cfg)
-	c, err := p.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: p.id, Config: cfg, SandboxConfig: p.config})
-	if err != nil {
-		t.Fatalf("CreateContainer %s: %v", name, err)
-	}
-	if _, err := p.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-		t.Fatalf("StartContainer %s: %v", name, err)
-	}
-	return c.ContainerId
-}
 
 // checkPassedDisk checks, from inside container cid, that the node at
 // path is a disk of the guest's (not the host's numbers) holding head,
@@ -63,11 +41,7 @@ func TestCRIRawBlockVolume(t *testing.T) {
 	e := needContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	rs, _, closeConn, err := e.ctrd.CRI(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeConn()
+	rs := criAPI(t, ctx, e)
 	loop := testutil.LoopDevice(t, "RAW-BLOCK-VOLUME", 16<<20)
 	cfg := e.podConfig(t, "rawblock")
 	cfg.Annotations = map[string]string{"io.cocoon.config.hypervisor.hotplug_slots": "1"}
@@ -75,10 +49,13 @@ func TestCRIRawBlockVolume(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
-	cid := p.startWith(t, ctx, "app", func(c *runtimeapi.ContainerConfig) {
-		c.Devices = []*runtimeapi.Device{{ContainerPath: "/dev/xvdb", HostPath: loop, Permissions: "rwm"}}
+	cid := p.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "app"}, Command: []string{"sleep", "1000"},
+		Devices: []*runtimeapi.Device{{ContainerPath: "/dev/xvdb", HostPath: loop, Permissions: "rwm"}},
 	})
 	p.checkPassedDisk(t, ctx, cid, "/dev/xvdb", "RAW-BLOCK-VOLUME", loop)
+	p.remove(t, ctx, true)
+	e.assertNoLeaks(t, p.id)
 }
 
 // A CDI device (what device plugins and DRA hand Kubernetes pods):
@@ -91,11 +68,7 @@ func TestCRICDIDevice(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	rs, _, closeConn, err := e.ctrd.CRI(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeConn()
+	rs := criAPI(t, ctx, e)
 	loop := testutil.LoopDevice(t, "CDI-DISK", 16<<20)
 	spec := fmt.Sprintf(`{"cdiVersion":"0.6.0","kind":"cocoon.test/disk","devices":[{"name":"one","containerEdits":{"deviceNodes":[{"path":"/dev/cdidisk","hostPath":%q,"permissions":"rw"}]}}]}`, loop)
 	specFile := filepath.Join(e.ctrd.CDISpecDir, fmt.Sprintf("%s.json", id(t)))
@@ -109,8 +82,11 @@ func TestCRICDIDevice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
-	cid := p.startWith(t, ctx, "app", func(c *runtimeapi.ContainerConfig) {
-		c.CDIDevices = []*runtimeapi.CDIDevice{{Name: "cocoon.test/disk=one"}}
+	cid := p.createIn(t, ctx, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "app"}, Command: []string{"sleep", "1000"},
+		CDIDevices: []*runtimeapi.CDIDevice{{Name: "cocoon.test/disk=one"}},
 	})
 	p.checkPassedDisk(t, ctx, cid, "/dev/cdidisk", "CDI-DISK", loop)
+	p.remove(t, ctx, true)
+	e.assertNoLeaks(t, p.id)
 }

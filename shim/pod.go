@@ -3,7 +3,9 @@ package shim
 import (
 	"fmt"
 	"slices"
+	"strconv"
 
+	"github.com/cocoon-runtime/cocoon"
 	"github.com/containerd/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -60,4 +62,40 @@ func hostNamespaces(spec *specs.Spec) error {
 		}
 	}
 	return nil
+}
+
+// The CRI's sandbox annotations (containerd 1.7 and later) carrying the
+// pod's resources: the sum of its containers' limits.
+const (
+	annSandboxCPUPeriod = "io.kubernetes.cri.sandbox-cpu-period"
+	annSandboxCPUQuota  = "io.kubernetes.cri.sandbox-cpu-quota"
+	annSandboxMemory    = "io.kubernetes.cri.sandbox-memory"
+)
+
+// podResources is what the pod whose sandbox task has spec asks for, to
+// size its VM: the CRI's sandbox annotations where containerd sets them,
+// else the task's own linux.resources (ctr run, an older containerd).
+func podResources(spec *specs.Spec) (cocoon.Resources, error) {
+	ann := spec.Annotations
+	_, hasQuota := ann[annSandboxCPUQuota]
+	_, hasMem := ann[annSandboxMemory]
+	if !hasQuota && !hasMem {
+		if spec.Linux == nil {
+			return cocoon.Resources{}, nil
+		}
+		return cocoon.ResourcesOf(spec.Linux.Resources), nil
+	}
+	var res cocoon.Resources
+	var err error
+	parse := func(key string, set func(string) error) {
+		if v, ok := ann[key]; ok && err == nil {
+			if perr := set(v); perr != nil {
+				err = fmt.Errorf("%w: annotation %s=%q: %w", cocoon.ErrInvalidConfig, key, v, perr)
+			}
+		}
+	}
+	parse(annSandboxCPUQuota, func(v string) (e error) { res.CPUQuota, e = strconv.ParseInt(v, 10, 64); return })
+	parse(annSandboxCPUPeriod, func(v string) (e error) { res.CPUPeriod, e = strconv.ParseUint(v, 10, 64); return })
+	parse(annSandboxMemory, func(v string) (e error) { res.MemoryBytes, e = strconv.ParseInt(v, 10, 64); return })
+	return res, err
 }

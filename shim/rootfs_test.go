@@ -1,9 +1,12 @@
 package shim
 
 import (
+	"errors"
 	"testing"
 
+	"github.com/cocoon-runtime/cocoon"
 	ptypes "github.com/containerd/containerd/api/types"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Only a whole file system image or device, mounted as is, goes to the VM
@@ -34,5 +37,33 @@ func TestBlockRootfs(t *testing.T) {
 				t.Errorf("blockRootfs = %q, %v, %v; want %q, %v, %v", path, ro, ok, c.path, c.readOnly, c.ok)
 			}
 		})
+	}
+}
+
+// A pod's resources come from the CRI's sandbox annotations, else from
+// the sandbox task's own limits; a malformed annotation is refused.
+func TestPodResources(t *testing.T) {
+	res, err := podResources(&specs.Spec{Annotations: map[string]string{
+		annSandboxCPUQuota: "200000", annSandboxCPUPeriod: "100000", annSandboxMemory: "1073741824",
+	}})
+	if err != nil || res != (cocoon.Resources{CPUQuota: 200000, CPUPeriod: 100000, MemoryBytes: 1 << 30}) {
+		t.Errorf("from annotations: %+v, %v", res, err)
+	}
+	lim := int64(64 << 20)
+	res, err = podResources(&specs.Spec{Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &lim}}}})
+	if err != nil || res != (cocoon.Resources{MemoryBytes: lim}) {
+		t.Errorf("from the spec: %+v, %v", res, err)
+	}
+	if res, err := podResources(&specs.Spec{}); err != nil || res != (cocoon.Resources{}) {
+		t.Errorf("none: %+v, %v", res, err)
+	}
+	for _, ann := range []map[string]string{
+		{annSandboxMemory: "lots"},
+		{annSandboxCPUQuota: "100000", annSandboxCPUPeriod: "-1"},
+		{annSandboxCPUQuota: "1e9"},
+	} {
+		if _, err := podResources(&specs.Spec{Annotations: ann}); !errors.Is(err, cocoon.ErrInvalidConfig) {
+			t.Errorf("%v: %v, want ErrInvalidConfig", ann, err)
+		}
 	}
 }

@@ -370,7 +370,14 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err := writeBundleRecord(r.Bundle, rec); err != nil {
 		return err
 	}
-	vm := cfg.VMConfig()
+	res, err := podResources(cc.Spec)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", r.ID, err)
+	}
+	vm, err := cocoon.SizeVM(cfg.VMConfig(), res, cfg.SizeLimits())
+	if err != nil {
+		return fmt.Errorf("task %s: size the VM (hypervisor.max_vcpus, max_memory_mib): %w", r.ID, err)
+	}
 	if cc.RootDisk != "" {
 		// One snapshotter per runtime handler: the pod's other containers
 		// come as block snapshots too, each a disk in a root port.

@@ -10,6 +10,7 @@ import (
 func newCreateCommand(g *globalOptions) *cobra.Command {
 	var (
 		f      vmFlags
+		sf     sizeFlags
 		nf     netFlags
 		df     deviceFlags
 		bundle string
@@ -37,8 +38,12 @@ Its output is not collected: use 'cocoon run' to see it.`,
 			if err != nil {
 				return err
 			}
+			vm, err := sf.size(f.sandboxVM(), spec)
+			if err != nil {
+				return fmt.Errorf("create %s: %w", id, err)
+			}
 			cfg := cocoon.SandboxConfig{
-				ID: id, VM: f.sandboxVM(), BootTimeout: f.bootTimeout,
+				ID: id, VM: vm, BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},
 			}
 			if err := nf.apply(&cfg, spec); err != nil {
@@ -56,6 +61,7 @@ Its output is not collected: use 'cocoon run' to see it.`,
 	}
 	cmd.Flags().StringVarP(&bundle, "bundle", "b", ".", "OCI bundle directory (holds config.json)")
 	f.register(cmd)
+	sf.register(cmd)
 	nf.register(cmd)
 	df.register(cmd)
 	return cmd

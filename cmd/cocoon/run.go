@@ -13,6 +13,7 @@ import (
 func newRunCommand(g *globalOptions) *cobra.Command {
 	var (
 		f           vmFlags
+		sf          sizeFlags
 		nf          netFlags
 		df          deviceFlags
 		bundle      string
@@ -65,8 +66,12 @@ output is not collected.`,
 			if err != nil {
 				return err
 			}
+			vm, err := sf.size(f.sandboxVM(), spec)
+			if err != nil {
+				return fmt.Errorf("run %s: %w", id, err)
+			}
 			cfg := cocoon.SandboxConfig{
-				ID: id, VM: f.sandboxVM(), BootTimeout: f.bootTimeout,
+				ID: id, VM: vm, BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},
 			}
 			if err := nf.apply(&cfg, spec); err != nil {
@@ -85,6 +90,7 @@ output is not collected.`,
 	fl.BoolVarP(&detach, "detach", "d", false, "leave the container running in the background")
 	fl.StringVar(&consoleSize, "console-size", "", "terminal size as WIDTHxHEIGHT (default: cocoon's terminal's)")
 	f.register(cmd)
+	sf.register(cmd)
 	nf.register(cmd)
 	df.register(cmd)
 	return cmd

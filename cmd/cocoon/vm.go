@@ -13,6 +13,7 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/agent"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/internal/vm"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 )
 
@@ -38,6 +39,25 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.hotplugSlots, "hotplug-slots", 0, "PCIe root ports for device hotplug (q35)")
 	fl.BoolVar(&f.debug, "debug", false, "verbose guest kernel and agent logs on the console")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", vm.DefaultBootTimeout, "how long to wait for the guest agent")
+}
+
+// sizeFlags bound a VM sized for its container's limits.
+type sizeFlags struct{ maxVCPUs, maxMemory uint32 }
+
+func (f *sizeFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.Uint32Var(&f.maxVCPUs, "max-vcpus", 0, "most vCPUs the VM may get for the container's CPU limit, beyond --vcpus (0: the host's CPU count)")
+	fl.Uint32Var(&f.maxMemory, "max-memory", 0, "most memory in MiB the VM may have with the container's memory limit on top of --memory (0: the host's)")
+}
+
+// size grows vm by the limits in spec's linux.resources (see
+// cocoon.SizeVM): --vcpus and --memory are the base.
+func (f *sizeFlags) size(vm cocoon.VMConfig, spec *specs.Spec) (cocoon.VMConfig, error) {
+	var res cocoon.Resources
+	if spec.Linux != nil {
+		res = cocoon.ResourcesOf(spec.Linux.Resources)
+	}
+	return cocoon.SizeVM(vm, res, cocoon.SizeLimits{MaxVCPUs: f.maxVCPUs, MaxMemoryMiB: f.maxMemory})
 }
 
 // sandboxVM is the VM the flags describe, for a sandbox.

@@ -110,7 +110,7 @@ func (l launch) kernelParams() string {
 			// Nothing sits behind a bridge: skip scanning for one.
 			p = append(p, "pci=lastbus=0")
 		}
-		if !l.acpiHotplug() {
+		if !l.needsACPI() {
 			// Interpreting q35's ACPI tables costs a third of the kernel's
 			// boot under TCG; only hotplug needs them (measured: PCIe
 			// hotplug into root ports does not work without ACPI either).
@@ -122,7 +122,7 @@ func (l launch) kernelParams() string {
 			p = append(p, "acpi=off")
 		}
 	}
-	if l.accel == hypervisor.AccelTCG && l.acpiHotplug() {
+	if l.accel == hypervisor.AccelTCG && l.needsACPI() {
 		// With ACPI the guest picks the TSC as its clocksource, and reading
 		// it is slow under TCG: measured with a root port (ACPI on), exec
 		// 388 ms and stdout 9.5 MB/s with the TSC, 318 ms and 21.4 MB/s
@@ -143,11 +143,12 @@ func (l launch) kernelParams() string {
 	return strings.Join(p, " ")
 }
 
-// acpiHotplug reports whether the VM needs ACPI: for device, CPU or memory
-// hotplug.
-func (l launch) acpiHotplug() bool {
+// needsACPI reports whether the VM needs ACPI: for device, CPU or memory
+// hotplug, and for a second vCPU (Debian's cloud kernel has no MP-table
+// support: without ACPI's MADT the guest brings up one CPU only).
+func (l launch) needsACPI() bool {
 	// The generation ID device is announced through ACPI too.
-	return l.cfg.HotplugSlots > 0 || l.cfg.MaxVCPUs > l.cfg.VCPUs || l.cfg.MaxMemoryMiB > l.cfg.MemoryMiB || l.cfg.GenerationID
+	return l.cfg.HotplugSlots > 0 || l.cfg.VCPUs > 1 || l.cfg.MaxVCPUs > l.cfg.VCPUs || l.cfg.MaxMemoryMiB > l.cfg.MemoryMiB || l.cfg.GenerationID
 }
 
 // args builds QEMU's command line (without the binary).

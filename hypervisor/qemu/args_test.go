@@ -85,6 +85,15 @@ func TestArgsHotplugKeepsWhatItNeeds(t *testing.T) {
 	if smp := argValues(l.args(), "-smp"); len(smp) != 1 || smp[0] != "1,maxcpus=4" {
 		t.Errorf("-smp = %v", smp)
 	}
+	// So does a second vCPU: without ACPI the guest brings up one.
+	l.cfg.MaxVCPUs, l.cfg.VCPUs = 0, 2
+	if kp := l.kernelParams(); strings.Contains(kp, "acpi=off") {
+		t.Errorf("two vCPUs need ACPI: %q", kp)
+	}
+	l.cfg.VCPUs = 1
+	if kp := l.kernelParams(); !strings.Contains(kp, "acpi=off") {
+		t.Errorf("one vCPU and no hotplug: ACPI is off, %q", kp)
+	}
 }
 
 func TestArgsMicrovm(t *testing.T) {

@@ -86,7 +86,8 @@ type Containerd struct {
 	CtrPath   string // the ctr binary
 
 	// Blockfile says whether containerd has the blockfile snapshotter
-	// (1.7 and later): Start then enables it, with a 64 MiB ext4 scratch
+	// (1.7 and later, which have CDI and the CRI's sandbox resource
+	// annotations too): Start then enables it, with a 64 MiB ext4 scratch
 	// image, imports the images for it too, and the CRI gets the handler
 	// BlockfileHandler.
 	Blockfile bool
@@ -98,6 +99,7 @@ type Containerd struct {
 	// time to build and import the two images.
 	StartDuration, ImportDuration time.Duration
 
+	version  [2]int // major, minor
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when containerd has exited
 	waitErr  error
@@ -164,9 +166,10 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
 	}
-	if c.Blockfile, err = hasBlockfile(ctx, containerd); err != nil {
+	if c.version, err = containerdVersion(ctx, containerd); err != nil {
 		return failEarly(err)
 	}
+	c.Blockfile = c.AtLeast(1, 7)
 	if c.Blockfile {
 		scratch := filepath.Join(dir, "blockfile-scratch.ext4")
 		if err := makeExt4(ctx, scratch, BlockfileScratchSize); err != nil {
@@ -237,23 +240,29 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	return c, nil
 }
 
-// hasBlockfile reports whether the containerd binary is 1.7 or later,
-// which have the blockfile snapshotter (and CDI).
-func hasBlockfile(ctx context.Context, containerd string) (bool, error) {
+// containerdVersion is the major and minor version of the containerd
+// binary.
+func containerdVersion(ctx context.Context, containerd string) ([2]int, error) {
 	out, err := exec.CommandContext(ctx, containerd, "--version").Output()
 	if err != nil {
-		return false, fmt.Errorf("%s --version: %w", containerd, err)
+		return [2]int{}, fmt.Errorf("%s --version: %w", containerd, err)
 	}
 	// "containerd github.com/containerd/containerd/v2 2.1.5 <commit>"
 	f := strings.Fields(string(out))
 	if len(f) < 3 {
-		return false, fmt.Errorf("%s --version: unexpected output %q", containerd, out)
+		return [2]int{}, fmt.Errorf("%s --version: unexpected output %q", containerd, out)
 	}
-	var major, minor int
-	if _, err := fmt.Sscanf(f[2], "%d.%d", &major, &minor); err != nil {
-		return false, fmt.Errorf("%s --version: unexpected version %q", containerd, f[2])
+	var v [2]int
+	if _, err := fmt.Sscanf(f[2], "%d.%d", &v[0], &v[1]); err != nil {
+		return [2]int{}, fmt.Errorf("%s --version: unexpected version %q", containerd, f[2])
 	}
-	return major > 1 || major == 1 && minor >= 7, nil
+	return v, nil
+}
+
+// AtLeast reports whether this containerd is version major.minor or
+// later.
+func (c *Containerd) AtLeast(major, minor int) bool {
+	return c.version[0] > major || c.version[0] == major && c.version[1] >= minor
 }
 
 // makeExt4 writes an empty ext4 file system image of size bytes at path.
