@@ -43,17 +43,25 @@ func TestCRIRawBlockVolume(t *testing.T) {
 	defer cancel()
 	rs := criAPI(t, ctx, e)
 	loop := testutil.LoopDevice(t, "RAW-BLOCK-VOLUME", 16<<20)
-	cfg := e.podConfig(t, "rawblock")
+	runDiskPod(t, ctx, e, rs, "rawblock", &runtimeapi.ContainerConfig{
+		Devices: []*runtimeapi.Device{{ContainerPath: "/dev/xvdb", HostPath: loop, Permissions: "rwm"}},
+	}, "/dev/xvdb", "RAW-BLOCK-VOLUME", loop)
+}
+
+// runDiskPod runs a pod (with a root port for the disk) and in it
+// container app (a sleep, with c's devices), checks the disk at path with
+// checkPassedDisk, removes the pod and checks nothing is left.
+func runDiskPod(t *testing.T, ctx context.Context, e *env, rs runtimeapi.RuntimeServiceClient, name string, c *runtimeapi.ContainerConfig, path, head, host string) {
+	t.Helper()
+	cfg := e.podConfig(t, name)
 	cfg.Annotations = map[string]string{"io.cocoon.config.hypervisor.hotplug_slots": "1"}
 	p, err := runPodConfig(t, ctx, e, rs, "cocoon", cfg)
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
-	cid := p.createIn(t, ctx, &runtimeapi.ContainerConfig{
-		Metadata: &runtimeapi.ContainerMetadata{Name: "app"}, Command: []string{"sleep", "1000"},
-		Devices: []*runtimeapi.Device{{ContainerPath: "/dev/xvdb", HostPath: loop, Permissions: "rwm"}},
-	})
-	p.checkPassedDisk(t, ctx, cid, "/dev/xvdb", "RAW-BLOCK-VOLUME", loop)
+	c.Metadata, c.Command = &runtimeapi.ContainerMetadata{Name: "app"}, []string{"sleep", "1000"}
+	cid := p.createIn(t, ctx, c)
+	p.checkPassedDisk(t, ctx, cid, path, head, host)
 	p.remove(t, ctx, true)
 	e.assertNoLeaks(t, p.id)
 }
@@ -76,17 +84,7 @@ func TestCRICDIDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(specFile) })
-	cfg := e.podConfig(t, "cdi")
-	cfg.Annotations = map[string]string{"io.cocoon.config.hypervisor.hotplug_slots": "1"}
-	p, err := runPodConfig(t, ctx, e, rs, "cocoon", cfg)
-	if err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
-	}
-	cid := p.createIn(t, ctx, &runtimeapi.ContainerConfig{
-		Metadata: &runtimeapi.ContainerMetadata{Name: "app"}, Command: []string{"sleep", "1000"},
+	runDiskPod(t, ctx, e, rs, "cdi", &runtimeapi.ContainerConfig{
 		CDIDevices: []*runtimeapi.CDIDevice{{Name: "cocoon.test/disk=one"}},
-	})
-	p.checkPassedDisk(t, ctx, cid, "/dev/cdidisk", "CDI-DISK", loop)
-	p.remove(t, ctx, true)
-	e.assertNoLeaks(t, p.id)
+	}, "/dev/cdidisk", "CDI-DISK", loop)
 }
