@@ -178,11 +178,7 @@ func TestBlockVolumes(t *testing.T) {
 	ctx := context.Background()
 	id := testutil.UniqueID(t)
 	rw, ro := dataImage(t, "read-write"), dataImage(t, "read-only")
-	b := bundle(t, "sleep", "1000")
-	if err := specutil.WriteBundle(b, specutil.Default("sleep", "1000")); err != nil {
-		t.Fatal(err)
-	}
-	cfg := sandboxConfig(env, id, b)
+	cfg := sandboxConfig(env, id, bundle(t, "sleep", "1000"))
 	cfg.VM.HotplugSlots = 2
 	sb, err := rt.RunSandbox(ctx, cfg)
 	if err != nil {

@@ -86,14 +86,10 @@ func (s *Sandbox) attachRootfs(ctx context.Context, id, rootfs string, readOnly 
 	if err != nil {
 		return agent.Storage{}, hypervisor.Device{}, err
 	}
-	v, err := s.runningVM()
-	if err != nil {
-		return agent.Storage{}, hypervisor.Device{}, err
-	}
 	serial := diskID("rb", id)
 	dev := hypervisor.Device{Kind: hypervisor.DeviceBlock, ID: serial, Path: rootfs, ReadOnly: readOnly, Serial: serial}
-	if err := v.AddDevice(ctx, dev); err != nil {
-		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("attach rootfs %s: %w", rootfs, err)
+	if _, err := s.attachDisks(ctx, []hypervisor.Device{dev}); err != nil {
+		return agent.Storage{}, hypervisor.Device{}, fmt.Errorf("rootfs: %w", err)
 	}
 	return agent.Storage{Root: true, Kind: agent.StorageBlock, Path: serial, FSType: fstype, ReadOnly: readOnly}, dev, nil
 }

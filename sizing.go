@@ -26,12 +26,13 @@ type Resources struct {
 }
 
 // ResourcesOf returns the CPU and memory limits of an OCI spec's
-// linux.resources (nil: none).
-func ResourcesOf(r *specs.LinuxResources) Resources {
+// linux.resources (none when it has none).
+func ResourcesOf(spec *specs.Spec) Resources {
 	var res Resources
-	if r == nil {
+	if spec == nil || spec.Linux == nil || spec.Linux.Resources == nil {
 		return res
 	}
+	r := spec.Linux.Resources
 	if c := r.CPU; c != nil {
 		if c.Quota != nil {
 			res.CPUQuota = *c.Quota

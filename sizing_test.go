@@ -60,11 +60,13 @@ func TestSizeVM(t *testing.T) {
 
 func TestResourcesOf(t *testing.T) {
 	q, p, m := int64(150000), uint64(100000), int64(512<<20)
-	got := cocoon.ResourcesOf(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &q, Period: &p}, Memory: &specs.LinuxMemory{Limit: &m}})
+	got := cocoon.ResourcesOf(&specs.Spec{Linux: &specs.Linux{Resources: &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &q, Period: &p}, Memory: &specs.LinuxMemory{Limit: &m}}}})
 	if got != (cocoon.Resources{CPUQuota: q, CPUPeriod: p, MemoryBytes: m}) {
 		t.Errorf("ResourcesOf = %+v", got)
 	}
-	if got := cocoon.ResourcesOf(nil); got != (cocoon.Resources{}) {
-		t.Errorf("ResourcesOf(nil) = %+v", got)
+	for _, spec := range []*specs.Spec{nil, {}, {Linux: &specs.Linux{}}} {
+		if got := cocoon.ResourcesOf(spec); got != (cocoon.Resources{}) {
+			t.Errorf("ResourcesOf(%+v) = %+v", spec, got)
+		}
 	}
 }

@@ -16,7 +16,7 @@ import (
 // snapshotter (containerd before 1.7, Debian 12's 1.6).
 func needBlockfile(t *testing.T, e *env) {
 	t.Helper()
-	if !e.ctrd.Blockfile {
+	if !e.ctrd.Blockfile() {
 		t.Skip("this containerd has no blockfile snapshotter (1.7 or later has; make test runs these under containerd 2.x)")
 	}
 }

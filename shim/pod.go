@@ -80,10 +80,7 @@ func podResources(spec *specs.Spec) (cocoon.Resources, error) {
 	_, hasQuota := ann[annSandboxCPUQuota]
 	_, hasMem := ann[annSandboxMemory]
 	if !hasQuota && !hasMem {
-		if spec.Linux == nil {
-			return cocoon.Resources{}, nil
-		}
-		return cocoon.ResourcesOf(spec.Linux.Resources), nil
+		return cocoon.ResourcesOf(spec), nil
 	}
 	var res cocoon.Resources
 	var err error

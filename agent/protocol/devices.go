@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"regexp"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -18,3 +19,18 @@ func AllowsAllDevices(r *specs.LinuxResources) bool {
 	return d.Allow && (d.Type == "" || d.Type == "a") && d.Major == nil && d.Minor == nil &&
 		strings.Contains(d.Access, "r") && strings.Contains(d.Access, "w") && strings.Contains(d.Access, "m")
 }
+
+// diskSerial is a disk's serial: what virtio-blk shows the guest (20
+// bytes at most), which the guest finds the disk by.
+var diskSerial = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
+
+// ValidDiskSerial reports whether s is a disk serial both sides accept:
+// 1 to 20 of [A-Za-z0-9_-].
+func ValidDiskSerial(s string) bool { return diskSerial.MatchString(s) }
+
+// pciAddress is a PCI address: domain:bus:device.function, lower case.
+var pciAddress = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$`)
+
+// ValidPCIAddress reports whether s is a PCI address (0000:01:00.0), safe
+// to join below a sysfs directory.
+func ValidPCIAddress(s string) bool { return pciAddress.MatchString(s) }

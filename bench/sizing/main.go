@@ -88,7 +88,7 @@ func run(idle time.Duration, accel hypervisor.Accelerator, dataDir string) error
 		if err != nil {
 			return err
 		}
-		vm, err := cocoon.SizeVM(base, cocoon.ResourcesOf(spec.Linux.Resources), cocoon.SizeLimits{})
+		vm, err := cocoon.SizeVM(base, cocoon.ResourcesOf(spec), cocoon.SizeLimits{})
 		if err != nil {
 			return err
 		}

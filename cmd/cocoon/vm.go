@@ -53,11 +53,7 @@ func (f *sizeFlags) register(cmd *cobra.Command) {
 // size grows vm by the limits in spec's linux.resources (see
 // cocoon.SizeVM): --vcpus and --memory are the base.
 func (f *sizeFlags) size(vm cocoon.VMConfig, spec *specs.Spec) (cocoon.VMConfig, error) {
-	var res cocoon.Resources
-	if spec.Linux != nil {
-		res = cocoon.ResourcesOf(spec.Linux.Resources)
-	}
-	return cocoon.SizeVM(vm, res, cocoon.SizeLimits{MaxVCPUs: f.maxVCPUs, MaxMemoryMiB: f.maxMemory})
+	return cocoon.SizeVM(vm, cocoon.ResourcesOf(spec), cocoon.SizeLimits{MaxVCPUs: f.maxVCPUs, MaxMemoryMiB: f.maxMemory})
 }
 
 // sandboxVM is the VM the flags describe, for a sandbox.

@@ -15,8 +15,6 @@ import (
 
 var validDeviceID = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{0,31}$`)
 
-var validSerial = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,20}$`)
-
 // AddDevice hot-plugs a block or network device into a free PCIe root port.
 func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 	if !validDeviceID.MatchString(dev.ID) {
@@ -41,7 +39,7 @@ func (q *QEMU) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 	// QEMU opens no file by name (a confined QEMU cannot): the host opens
 	// each device's backing and hands QEMU the descriptor.
 	case hypervisor.DeviceBlock:
-		if dev.Serial != "" && !validSerial.MatchString(dev.Serial) {
+		if dev.Serial != "" && !protocol.ValidDiskSerial(dev.Serial) {
 			return fmt.Errorf("add device %s: invalid serial %q", dev.ID, dev.Serial)
 		}
 		node := "drv-" + dev.ID

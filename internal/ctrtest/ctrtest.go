@@ -85,12 +85,6 @@ type Containerd struct {
 	Namespace string
 	CtrPath   string // the ctr binary
 
-	// Blockfile says whether containerd has the blockfile snapshotter
-	// (1.7 and later, which have CDI and the CRI's sandbox resource
-	// annotations too): Start then enables it, with a 64 MiB ext4 scratch
-	// image, imports the images for it too, and the CRI gets the handler
-	// BlockfileHandler.
-	Blockfile bool
 	// CDISpecDir is where the CRI reads CDI specs from (containerd 1.7
 	// and later; empty before): a test writes its device specs there.
 	CDISpecDir string
@@ -169,8 +163,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Containerd, error) {
 	if c.version, err = containerdVersion(ctx, containerd); err != nil {
 		return failEarly(err)
 	}
-	c.Blockfile = c.AtLeast(1, 7)
-	if c.Blockfile {
+	if c.Blockfile() {
 		scratch := filepath.Join(dir, "blockfile-scratch.ext4")
 		if err := makeExt4(ctx, scratch, BlockfileScratchSize); err != nil {
 			return failEarly(err)
@@ -258,6 +251,13 @@ func containerdVersion(ctx context.Context, containerd string) ([2]int, error) {
 	}
 	return v, nil
 }
+
+// Blockfile reports whether containerd has the blockfile snapshotter
+// (1.7 and later, which have CDI and the CRI's sandbox resource
+// annotations too): Start then enables it, with a 64 MiB ext4 scratch
+// image, imports the images for it too, and the CRI gets the handler
+// BlockfileHandler.
+func (c *Containerd) Blockfile() bool { return c.AtLeast(1, 7) }
 
 // AtLeast reports whether this containerd is version major.minor or
 // later.
@@ -404,7 +404,7 @@ func (c *Containerd) importImages(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			imports := [][]string{{"images", "import", archive}}
-			if c.Blockfile {
+			if c.Blockfile() {
 				// --local: the transfer service unpacks only for the
 				// default snapshotter unless configured otherwise.
 				imports = append(imports, []string{"images", "import", "--local", "--snapshotter", "blockfile", archive})

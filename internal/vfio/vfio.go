@@ -14,10 +14,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 )
 
 // Errors callers branch on.
@@ -34,9 +35,6 @@ var (
 
 // Driver is the host driver a passed device must be bound to.
 const Driver = "vfio-pci"
-
-// validBDF is a PCI address: domain:bus:device.function.
-var validBDF = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$`)
 
 // maxGroupDevices bounds how many devices of one group are read.
 const maxGroupDevices = 64
@@ -116,7 +114,7 @@ func (h Host) Group(n int) ([]Device, error) {
 	var busy []string
 	for _, e := range entries {
 		bdf := e.Name()
-		if !validBDF.MatchString(bdf) {
+		if !protocol.ValidPCIAddress(bdf) {
 			return nil, fmt.Errorf("vfio group %d: unexpected entry %q", n, bdf)
 		}
 		d, driver, err := h.read(bdf)
@@ -148,7 +146,7 @@ func (h Host) Group(n int) ([]Device, error) {
 // Inspect returns the PCI device at bdf after the same checks as Group,
 // for its whole group.
 func (h Host) Inspect(bdf string) (Device, error) {
-	if !validBDF.MatchString(bdf) {
+	if !protocol.ValidPCIAddress(bdf) {
 		return Device{}, fmt.Errorf("vfio: %q is not a PCI address (0000:01:00.0)", bdf)
 	}
 	if err := h.IOMMU(); err != nil {

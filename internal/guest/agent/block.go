@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -22,8 +21,6 @@ const blockDir = "/run/cocoon/block"
 
 // blockWait bounds the wait for a hot-plugged disk to appear.
 const blockWait = 10 * time.Second
-
-var validSerial = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
 
 // blockFSTypes are the file systems a block storage may hold.
 var blockFSTypes = map[string]bool{"ext4": true, "xfs": true, "erofs": true}
@@ -55,7 +52,7 @@ func (b *blockMounts) mount(ctx context.Context, id, what string, st *protocol.S
 	if st.Kind != protocol.Storage_BLOCK {
 		return "", fmt.Errorf("%s: kind %d, want a block device", what, int32(st.Kind))
 	}
-	if !validSerial.MatchString(st.Path) {
+	if !protocol.ValidDiskSerial(st.Path) {
 		return "", fmt.Errorf("%s: bad serial %q", what, st.Path)
 	}
 	if !blockFSTypes[st.Fstype] {

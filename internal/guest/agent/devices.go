@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -39,7 +38,7 @@ func (a *Agent) passDevices(ctx context.Context, spec *specs.Spec, maps []*proto
 	}
 	changes := make([]deviceChange, 0, len(maps))
 	for _, m := range maps {
-		if !validSerial.MatchString(m.Serial) {
+		if !protocol.ValidDiskSerial(m.Serial) {
 			return fmt.Errorf("devices: bad serial %q", m.Serial)
 		}
 		if int(m.Index) < len(spec.Linux.Devices) && spec.Linux.Devices[m.Index].Type != "b" {
@@ -149,7 +148,7 @@ func rewriteDevices(l *specs.Linux, changes []deviceChange) error {
 // of the guest's group node. Everything read is checked: the guest's
 // sysfs is the guest kernel's word, and a malformed entry is an error.
 func vfioGroup(sys, bdf string) (path string, num devNum, err error) {
-	if !validGuestBDF.MatchString(bdf) {
+	if !protocol.ValidPCIAddress(bdf) {
 		return "", devNum{}, fmt.Errorf("vfio: %q is not a PCI address", bdf)
 	}
 	link, err := os.Readlink(filepath.Join(sys, "bus", "pci", "devices", bdf, "iommu_group"))
@@ -166,6 +165,3 @@ func vfioGroup(sys, bdf string) (path string, num devNum, err error) {
 	}
 	return "/dev/vfio/" + group, num, nil
 }
-
-// validGuestBDF is a PCI address: domain:bus:device.function.
-var validGuestBDF = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$`)

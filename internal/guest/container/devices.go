@@ -1,7 +1,6 @@
 package container
 
 import (
-	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,10 +10,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
-
-// allowsAllDevices is protocol.AllowsAllDevices: the host and the guest
-// decide alike which containers are privileged.
-func allowsAllDevices(r *specs.LinuxResources) bool { return protocol.AllowsAllDevices(r) }
 
 // vmDevices lists the device nodes below dev (the VM's devtmpfs) that a
 // privileged container gets instead of the host's, which the host's spec

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/cocoon-runtime/cocoon/agent/protocol"
 	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/apparmor"
@@ -123,7 +124,7 @@ func prepareSpec(id string, spec *specs.Spec, rootfs string, terminal bool, log 
 	}
 
 	// A privileged container gets the VM's devices, not the host's.
-	if allowsAllDevices(l.Resources) {
+	if protocol.AllowsAllDevices(l.Resources) {
 		if l.Devices, err = vmDevices("/dev"); err != nil {
 			return nil, fmt.Errorf("list the VM's devices: %w", err)
 		}
