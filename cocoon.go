@@ -97,6 +97,10 @@ var (
 	ErrNotFound      = errors.New("not found")
 	ErrExists        = errors.New("already exists")
 	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrTooBig (with ErrInvalidConfig) refuses a sandbox or container
+	// that asks for more memory than its VM may have
+	// (VMConfig.MaxMemoryMiB).
+	ErrTooBig = errors.New("beyond the most a VM may have")
 	// ErrState is returned for an operation the object's state forbids,
 	// such as starting a stopped sandbox.
 	ErrState = errors.New("invalid state for operation")

@@ -279,6 +279,16 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 		}
 	}()
 	sc.storages = append(sc.storages, volSts...)
+	// The VM grows first when the container needs more than it has.
+	res := ResourcesOf(spec)
+	if err := s.fitLocked(ctx, cfg.ID, &res, true); err != nil {
+		return fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			s.shrink(ctx)
+		}
+	}()
 	if err := c.CreateContainer(ctx, cfg.ID, sc.spec, guestRootfs, join, sc.storages, devMaps); err != nil {
 		return fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
@@ -289,6 +299,7 @@ func (s *Sandbox) createContainerLocked(ctx context.Context, cfg ContainerConfig
 			ID: cfg.ID, Bundle: cfg.Bundle, Rootfs: rootfs, Created: time.Now().UTC(),
 			Annotations: cfg.Annotations, Terminal: spec.Process.Terminal, Env: spec.Process.Env,
 			Volumes: sc.volumes, RootDevice: rootDevice, PassedDevices: devIDs, VolumeDisks: volIDs,
+			Resources: res,
 		}
 		return nil
 	})
@@ -591,10 +602,14 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	if err := s.unshare(id, cs.Volumes); err != nil {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
-	return s.updateLocked(func(st *sandboxState) error {
+	if err := s.updateLocked(func(st *sandboxState) error {
 		delete(st.Containers, id)
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	s.shrink(ctx)
+	return nil
 }
 
 // KillContainer sends sig to the container's init process, or with all
@@ -769,13 +784,45 @@ func (s *Sandbox) ProcessListContainer(ctx context.Context, id string) ([]Proces
 	return out, nil
 }
 
-// UpdateContainer changes a container's resource limits.
+// UpdateContainer changes a container's resource limits. The VM grows
+// first when the new CPU or memory limit needs more than it has, and
+// shrinks afterwards when the limits fell.
 func (s *Sandbox) UpdateContainer(ctx context.Context, id string, r *specs.LinuxResources) error {
-	c, err := s.containerClient(id)
+	unlock, err := s.rt.store.Lock(ctx, s.id)
 	if err != nil {
 		return err
 	}
-	return c.UpdateContainer(ctx, id, r)
+	defer unlock()
+	st, err := s.loadLocked() // another process may have made it
+	if err != nil {
+		return err
+	}
+	cs := st.Containers[id]
+	if cs == nil {
+		return fmt.Errorf("container %s in sandbox %s: %w", id, s.id, ErrNotFound)
+	}
+	c, err := s.agentClient()
+	if err != nil {
+		return err
+	}
+	res := cs.Resources.withUpdate(r)
+	if err := s.fitLocked(ctx, id, &res, true); err != nil {
+		return fmt.Errorf("update container %s: %w", id, err)
+	}
+	if err := c.UpdateContainer(ctx, id, r); err != nil {
+		s.shrink(ctx)
+		return err
+	}
+	if err := s.updateLocked(func(st *sandboxState) error {
+		if cs := st.Containers[id]; cs != nil {
+			cs.Resources = res
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.shrink(ctx)
+	return nil
 }
 
 // PauseContainer freezes a container's processes.

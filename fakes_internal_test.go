@@ -56,7 +56,10 @@ func (m *fakeVMM) Start(ctx context.Context, id string, cfg hypervisor.Config, _
 	if _, ok := m.vms[id]; ok {
 		return nil, fmt.Errorf("fake vm %s: already running", id)
 	}
-	v := &fakeVM{id: id, agent: newFakeAgent(), exited: make(chan struct{})}
+	v := &fakeVM{id: id, agent: newFakeAgent(), exited: make(chan struct{}),
+		boot: vmSize{cfg.VCPUs, cfg.MemoryMiB}, max: vmSize{cfg.MaxVCPUs, cfg.MaxMemoryMiB}}
+	v.size = v.boot
+	v.agent.vm = v
 	if m.agentFails != "" {
 		v.agent.failOn(m.agentFails)
 	}
@@ -114,6 +117,10 @@ type fakeVM struct {
 	stopped  bool // powered off through Stop
 	killed   bool // stopped through Kill
 	closeCnt int
+	// boot, max and size are its vCPUs and memory as booted, at most,
+	// and now; resizes counts the calls that changed them.
+	boot, max, size vmSize
+	resizes         int
 }
 
 func (v *fakeVM) exit() { v.once.Do(func() { close(v.exited) }) }
@@ -185,6 +192,33 @@ func (h *fakeHandle) RemoveDevice(ctx context.Context, dev hypervisor.Device) er
 	return fmt.Errorf("fake vm %s: remove device %s: %w", h.vm.id, dev.ID, hypervisor.ErrNotSupported)
 }
 
+func (h *fakeHandle) ResizeVCPUs(ctx context.Context, n uint32) (uint32, error) {
+	h.vm.mu.Lock()
+	defer h.vm.mu.Unlock()
+	if n < h.vm.boot.VCPUs || n > h.vm.max.VCPUs {
+		return 0, fmt.Errorf("fake vm %s: %d vCPUs out of range", h.vm.id, n)
+	}
+	h.vm.size.VCPUs = n
+	h.vm.resizes++
+	return n, nil
+}
+func (h *fakeHandle) ResizeMemory(ctx context.Context, m uint32) (uint32, error) {
+	h.vm.mu.Lock()
+	defer h.vm.mu.Unlock()
+	if m < h.vm.boot.MemoryMiB || m > h.vm.max.MemoryMiB {
+		return 0, fmt.Errorf("fake vm %s: %d MiB out of range", h.vm.id, m)
+	}
+	h.vm.size.MemoryMiB = m
+	h.vm.resizes++
+	return m, nil
+}
+
+func (v *fakeVM) sized() (vmSize, int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.size, v.resizes
+}
+
 // fakeAgent keeps the state of the containers and processes in a fake
 // guest and records every call.
 type fakeAgent struct {
@@ -196,6 +230,8 @@ type fakeAgent struct {
 	ignoreTerm bool
 	// created remembers what CreateContainer received, by container.
 	created map[string]createCall
+	// vm is the VM the agent runs in.
+	vm *fakeVM
 }
 
 type createCall struct {
@@ -434,6 +470,15 @@ func (a *fakeAgent) UpdateRoutes(ctx context.Context, rs []network.Route) ([]net
 	return nil, fmt.Errorf("fake agent: no interfaces for %d routes", len(rs))
 }
 func (a *fakeAgent) ListRoutes(ctx context.Context) ([]network.Route, error) { return nil, nil }
+
+// OnlineResources reports what the fake VM has.
+func (a *fakeAgent) OnlineResources(ctx context.Context, vcpus uint32, memBytes uint64, wait time.Duration) (agent.GuestResources, error) {
+	if err := a.Record("OnlineResources", vcpus); err != nil {
+		return agent.GuestResources{}, err
+	}
+	sz, _ := a.vm.sized()
+	return agent.GuestResources{OnlineCPUs: sz.VCPUs, MemoryBytes: uint64(sz.MemoryMiB) << 20}, nil
+}
 
 // OpenStream returns the host's end of a stream whose guest end closes at
 // once: output streams read end of file.

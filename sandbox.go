@@ -51,6 +51,11 @@ type SandboxConfig struct {
 	// "none" (only taps and macvtaps, which another made, are attached,
 	// as they are). Macvlans and ipvlans are wired with tc either way.
 	NetworkModel string
+	// Resources are what the pod asks for as a whole (the CRI's pod
+	// resources), beyond the VM's base: the VM gets the larger of them
+	// and the sum of its containers' limits (see SizeVM), up to
+	// VMConfig.MaxVCPUs and MaxMemoryMiB.
+	Resources Resources
 }
 
 // VMConfig is what a caller chooses of a sandbox's VM. Zero values select
@@ -65,10 +70,18 @@ type VMConfig struct {
 	Kernel, Initrd string
 	// KernelParams are appended to the driver's tuned command line.
 	KernelParams []string
-	// VCPUs is the number of vCPUs at boot; MaxVCPUs the hotplug ceiling.
-	VCPUs, MaxVCPUs uint32
-	// MemoryMiB is guest RAM at boot; MaxMemoryMiB the hotplug ceiling.
-	MemoryMiB, MaxMemoryMiB uint32
+	// VCPUs and MemoryMiB are the VM's base: what the guest kernel, agent
+	// and page cache take, to which a sandbox adds what its workload
+	// asks for (see SandboxConfig.Resources).
+	VCPUs, MemoryMiB uint32
+	// MaxVCPUs and MaxMemoryMiB are the most a sandbox's VM may grow to
+	// (0: the host's CPU count and memory); on q35 its VM can be grown
+	// that far while it runs.
+	MaxVCPUs, MaxMemoryMiB uint32
+	// FixedSize boots the VM at its sandbox's size with no room to grow
+	// (under TCG a q35 guest then boots without ACPI, measured 0.37 s
+	// sooner): a container that needs more than it has is refused.
+	FixedSize bool
 	// MachineType selects the machine model ("q35", "microvm").
 	MachineType string
 	// Accelerator is "auto" (KVM where it really works), "kvm" or "tcg".
@@ -115,6 +128,9 @@ type sandboxState struct {
 	Devices []Device `json:"devices,omitempty"`
 	// NetworkModel is how interfaces added later are wired.
 	NetworkModel network.Model `json:"network_model,omitempty"`
+	// Sizing is what the VM is sized from and what it has (see
+	// sandbox_resources.go).
+	Sizing *sizing `json:"sizing,omitempty"`
 }
 
 // containerState is the persisted part of a container.
@@ -140,6 +156,9 @@ type containerState struct {
 	PassedDevices []string `json:"passed_devices,omitempty"`
 	// VolumeDisks are the hotplug IDs of the disks of its block volumes.
 	VolumeDisks []string `json:"volume_disks,omitempty"`
+	// Resources are the container's CPU and memory limits, which the
+	// VM is sized for.
+	Resources Resources `json:"resources,omitzero"`
 }
 
 // Sandbox is a handle on one sandbox. Its methods may be called
@@ -206,6 +225,22 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		}
 	}
 	hv := cfg.VM.HypervisorConfig()
+	sz, err := newSizing(cfg.VM, cfg.Resources)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	var asks []Resources
+	for i := range cfg.Containers {
+		asks = append(asks, ResourcesOf(cfg.Containers[i].Spec))
+	}
+	size, err := sz.target(asks)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
+	}
+	hv.VCPUs, hv.MemoryMiB, hv.MaxVCPUs, hv.MaxMemoryMiB = size.VCPUs, size.MemoryMiB, sz.Max.VCPUs, sz.Max.MemoryMiB
+	if cfg.VM.FixedSize {
+		hv.MaxVCPUs, hv.MaxMemoryMiB = 0, 0
+	}
 	// Each image rootfs is hot-plugged after boot (or a template's
 	// restore), into a root port of its own.
 	for i := range cfg.Containers {
@@ -289,6 +324,14 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 		defer closeNetDevices(taps)
 		hv.NetDevices, netCfg = taps, nc
 	}
+	if r.fromTemplate(hv) && !cfg.VM.FixedSize {
+		// One template for every size: its VM boots at the base and
+		// grows to the pod's size once restored.
+		hv.VCPUs, hv.MemoryMiB = sz.Base.VCPUs, sz.Base.MemoryMiB
+	}
+	sz.Boot = vmSize{hv.VCPUs, hv.MemoryMiB}
+	sz.Current = sz.Boot
+	s.state.Sizing = &sz
 	if s.vm, err = r.vmm.Start(ctx, cfg.ID, hv, cfg.BootTimeout); err != nil {
 		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
@@ -301,6 +344,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, cfg SandboxConfig) (_ *Sand
 	s.state.State = StateReady
 	if err := r.store.Save(cfg.ID, s.state); err != nil {
 		return nil, err
+	}
+	if err := s.fitLocked(ctx, "", nil, true); err != nil {
+		return nil, fmt.Errorf("create sandbox %s: %w", cfg.ID, err)
 	}
 	for _, c := range cfg.Containers {
 		if err := s.createContainerLocked(ctx, c); err != nil {
@@ -467,7 +513,12 @@ type SandboxStatus struct {
 	Annotations map[string]string
 	// HypervisorPids are the host processes of the VM.
 	HypervisorPids []int
-	Containers     []ContainerStatus
+	// VCPUs and MemoryMiB are what the host gave the VM now (it grows
+	// and shrinks with its containers' limits); MaxVCPUs and MaxMemoryMiB
+	// the most it may grow to.
+	VCPUs, MemoryMiB       uint32
+	MaxVCPUs, MaxMemoryMiB uint32
+	Containers             []ContainerStatus
 }
 
 // Status reports the sandbox's state and its containers'.
@@ -476,7 +527,16 @@ func (s *Sandbox) Status(ctx context.Context) SandboxStatus {
 	st := SandboxStatus{ID: s.id, State: s.state.State, Created: s.state.Created, Annotations: maps.Clone(s.state.Annotations)}
 	ids := slices.Sorted(maps.Keys(s.state.Containers))
 	v := s.vm
+	sz := s.state.Sizing
 	s.mu.Unlock()
+	// Another process may have resized the VM since this handle looked.
+	var fresh sandboxState
+	if s.rt.store.Load(s.id, &fresh) == nil && fresh.Sizing != nil {
+		sz = fresh.Sizing
+	}
+	if sz != nil {
+		st.VCPUs, st.MemoryMiB, st.MaxVCPUs, st.MaxMemoryMiB = sz.Current.VCPUs, sz.Current.MemoryMiB, sz.Max.VCPUs, sz.Max.MemoryMiB
+	}
 	if v != nil {
 		st.HypervisorPids = v.PIDs()
 		select {

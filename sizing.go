@@ -19,10 +19,10 @@ type Resources struct {
 	// CPUQuota per CPUPeriod, in microseconds, as the kernel's CFS takes
 	// them: the workload may use CPUQuota/CPUPeriod CPUs. A quota of 0 or
 	// -1 asks for no limit.
-	CPUQuota  int64
-	CPUPeriod uint64
+	CPUQuota  int64  `json:"cpu_quota,omitempty"`
+	CPUPeriod uint64 `json:"cpu_period,omitempty"`
 	// MemoryBytes is the workload's memory limit; 0 (or -1) asks for none.
-	MemoryBytes int64
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 }
 
 // ResourcesOf returns the CPU and memory limits of an OCI spec's
@@ -88,14 +88,14 @@ func SizeVM(base VMConfig, res Resources, lim SizeLimits) (VMConfig, error) {
 		}
 	}
 	if base.MemoryMiB > maxMem {
-		return base, fmt.Errorf("%w: the VM's base memory %d MiB is more than the most a VM may have, %d MiB", ErrInvalidConfig, base.MemoryMiB, maxMem)
+		return base, fmt.Errorf("%w: %w: the VM's base memory %d MiB is more than %d MiB", ErrInvalidConfig, ErrTooBig, base.MemoryMiB, maxMem)
 	}
 	out := base
 	out.VCPUs = uint32(min(uint64(base.VCPUs)+cpus, max(uint64(maxCPUs), uint64(base.VCPUs))))
 	want := uint64(base.MemoryMiB) + mem
 	if want > uint64(maxMem) {
-		return base, fmt.Errorf("%w: the workload's memory limit needs a VM of %d MiB (%d MiB base + %d MiB), more than the most a VM may have, %d MiB",
-			ErrInvalidConfig, want, base.MemoryMiB, mem, maxMem)
+		return base, fmt.Errorf("%w: %w: the workload's memory limit needs a VM of %d MiB (%d MiB base + %d MiB), more than %d MiB",
+			ErrInvalidConfig, ErrTooBig, want, base.MemoryMiB, mem, maxMem)
 	}
 	out.MemoryMiB = uint32(want)
 	return out, nil

@@ -35,7 +35,7 @@ func TestSizeVM(t *testing.T) {
 		lim  cocoon.SizeLimits
 		says string
 	}{
-		{"more memory than allowed", cocoon.Resources{MemoryBytes: 4 << 30}, lim, "the most a VM may have, 4096 MiB"},
+		{"more memory than allowed", cocoon.Resources{MemoryBytes: 4 << 30}, lim, "more than 4096 MiB"},
 		{"negative quota", cocoon.Resources{CPUQuota: -5, CPUPeriod: 100000}, lim, "negative"},
 		{"period 0", cocoon.Resources{CPUQuota: 100000}, lim, "without a period"},
 		{"period too long", cocoon.Resources{CPUQuota: 100000, CPUPeriod: 10000000}, lim, "outside"},
@@ -47,6 +47,9 @@ func TestSizeVM(t *testing.T) {
 		got, err := cocoon.SizeVM(base, c.res, c.lim)
 		if !errors.Is(err, cocoon.ErrInvalidConfig) || !strings.Contains(err.Error(), c.says) {
 			t.Errorf("%s: %v; want ErrInvalidConfig saying %q", c.name, err, c.says)
+		}
+		if tooBig := c.name == "more memory than allowed" || c.name == "base above the most"; tooBig != errors.Is(err, cocoon.ErrTooBig) {
+			t.Errorf("%s: %v; ErrTooBig %v, want %v", c.name, err, !tooBig, tooBig)
 		}
 		if got.VCPUs != base.VCPUs || got.MemoryMiB != base.MemoryMiB {
 			t.Errorf("%s: returned %+v, want the base unchanged", c.name, got)

@@ -54,6 +54,10 @@ type sandboxVM interface {
 	// and unplug it (see hypervisor.Hypervisor).
 	AddDevice(ctx context.Context, dev hypervisor.Device) error
 	RemoveDevice(ctx context.Context, dev hypervisor.Device) error
+	// ResizeVCPUs and ResizeMemory hot-plug or unplug vCPUs and memory
+	// (see hypervisor.Hypervisor).
+	ResizeVCPUs(ctx context.Context, vcpus uint32) (uint32, error)
+	ResizeMemory(ctx context.Context, memMiB uint32) (uint32, error)
 }
 
 // guestAgent is the guest agent as the sandbox and container code calls
@@ -81,6 +85,7 @@ type guestAgent interface {
 	ListInterfaces(ctx context.Context) ([]network.Interface, error)
 	UpdateRoutes(ctx context.Context, routes []network.Route) ([]network.Route, error)
 	ListRoutes(ctx context.Context) ([]network.Route, error)
+	OnlineResources(ctx context.Context, vcpus uint32, memBytes uint64, wait time.Duration) (agent.GuestResources, error)
 }
 
 var _ guestAgent = (*agent.Client)(nil)
@@ -95,7 +100,7 @@ func (m vms) Start(ctx context.Context, id string, cfg hypervisor.Config, bootTi
 	// A template's VM was saved without the pod's NICs, and QEMU cannot
 	// restore a VM whose devices differ from the saved one's: a VM with
 	// network devices boots without a template.
-	if o := m.r.vmOptions(bootTimeout); m.r.opts.VMTemplates && len(cfg.NetDevices) == 0 {
+	if o := m.r.vmOptions(bootTimeout); m.r.fromTemplate(cfg) {
 		v, err = m.r.factory(o).VM(ctx, id, cfg)
 	} else {
 		v, err = vm.Start(ctx, id, cfg, o)
@@ -104,6 +109,11 @@ func (m vms) Start(ctx context.Context, id string, cfg hypervisor.Config, bootTi
 		return nil, err
 	}
 	return bootedVM{v}, nil
+}
+
+// fromTemplate reports whether a VM of cfg is restored from a template.
+func (r *Runtime) fromTemplate(cfg hypervisor.Config) bool {
+	return r.opts.VMTemplates && len(cfg.NetDevices) == 0
 }
 
 func (m vms) Open(ctx context.Context, id string) (sandboxVM, error) {
@@ -139,4 +149,10 @@ func (b bootedVM) AddDevice(ctx context.Context, dev hypervisor.Device) error {
 }
 func (b bootedVM) RemoveDevice(ctx context.Context, dev hypervisor.Device) error {
 	return b.v.HV.RemoveDevice(ctx, dev)
+}
+func (b bootedVM) ResizeVCPUs(ctx context.Context, vcpus uint32) (uint32, error) {
+	return b.v.HV.ResizeVCPUs(ctx, vcpus)
+}
+func (b bootedVM) ResizeMemory(ctx context.Context, memMiB uint32) (uint32, error) {
+	return b.v.HV.ResizeMemory(ctx, memMiB)
 }

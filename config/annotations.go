@@ -76,7 +76,7 @@ func (c *Config) WithAnnotations(ann map[string]string) (*Config, error) {
 func overridable(key string) bool {
 	switch key {
 	case "hypervisor.machine_type", "hypervisor.accelerator", "hypervisor.kernel_params",
-		"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.hotplug_slots", "hypervisor.debug",
+		"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.fixed_size", "hypervisor.hotplug_slots", "hypervisor.debug",
 		"agent.boot_timeout", "agent.debug":
 		return true
 	}

@@ -79,6 +79,8 @@ type Hypervisor struct {
 	// beyond it refuses the pod. 0: the host's CPU count and memory.
 	MaxVCPUs     uint32 `toml:"max_vcpus"`
 	MaxMemoryMiB uint32 `toml:"max_memory_mib"`
+	// FixedSize boots each VM at its pod's size with no room to grow.
+	FixedSize bool `toml:"fixed_size"`
 	// HotplugSlots is the number of PCIe root ports for device hotplug
 	// (0 to 32, q35 only).
 	HotplugSlots int `toml:"hotplug_slots"`
@@ -395,17 +397,15 @@ func (c *Config) VMConfig() cocoon.VMConfig {
 		KernelParams:   params,
 		VCPUs:          h.VCPUs,
 		MemoryMiB:      h.MemoryMiB,
+		MaxVCPUs:       h.MaxVCPUs,
+		MaxMemoryMiB:   h.MaxMemoryMiB,
+		FixedSize:      h.FixedSize,
 		MachineType:    h.MachineType,
 		Accelerator:    hypervisor.Accelerator(h.Accelerator),
 		AgentTransport: hypervisor.Transport(c.Agent.Transport),
 		HotplugSlots:   h.HotplugSlots,
 		Debug:          h.Debug,
 	}
-}
-
-// SizeLimits are the bounds of a VM sized for its pod (see cocoon.SizeVM).
-func (c *Config) SizeLimits() cocoon.SizeLimits {
-	return cocoon.SizeLimits{MaxVCPUs: c.Hypervisor.MaxVCPUs, MaxMemoryMiB: c.Hypervisor.MaxMemoryMiB}
 }
 
 // clone returns a deep copy of c.

@@ -547,7 +547,7 @@ func TestAnnotationsRefusePathKeys(t *testing.T) {
 
 func TestOverridableKeys(t *testing.T) {
 	want := []string{"hypervisor.machine_type", "hypervisor.accelerator", "hypervisor.kernel_params",
-		"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.hotplug_slots", "hypervisor.debug",
+		"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.fixed_size", "hypervisor.hotplug_slots", "hypervisor.debug",
 		"agent.boot_timeout", "agent.debug"}
 	var got []string
 	for _, k := range fileKeys() {
@@ -563,8 +563,8 @@ func TestOverridableKeys(t *testing.T) {
 			t.Errorf("overridable key %s is not a file key", k)
 		}
 	}
-	if n := len(fileKeys()); n != 13+3+3+6 {
-		t.Errorf("fileKeys() has %d keys, want 25: %v", n, fileKeys())
+	if n := len(fileKeys()); n != 14+3+3+6 {
+		t.Errorf("fileKeys() has %d keys, want 26: %v", n, fileKeys())
 	}
 }
 

@@ -237,6 +237,7 @@ func fakeModuleGraph() []moduleInfo {
 		{Name: "vmw_vsock_virtio_transport", Path: "net/vmw_vsock/vmw_vsock_virtio_transport.ko", Depends: []string{"vmw_vsock_virtio_transport_common", "virtio", "virtio_ring", "vsock"}},
 		{Name: "virtio_rng", Path: "drivers/char/hw_random/virtio-rng.ko", Depends: []string{"rng_core", "virtio", "virtio_ring"}},
 		{Name: "virtio_balloon", Path: "drivers/virtio/virtio_balloon.ko", Depends: []string{"virtio", "virtio_ring"}},
+		{Name: "virtio_mem", Path: "drivers/virtio/virtio_mem.ko", Depends: []string{"virtio", "virtio_ring"}},
 	}
 }
 
@@ -245,7 +246,7 @@ var wantDefaultOrder = []string{
 	"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
 	"virtio_mmio", "virtio_console", "virtio_blk", "failover", "net_failover", "virtio_net",
 	"fuse", "virtiofs", "overlay", "vsock", "vmw_vsock_virtio_transport_common",
-	"vmw_vsock_virtio_transport", "virtio_rng", "virtio_balloon",
+	"vmw_vsock_virtio_transport", "virtio_rng", "virtio_balloon", "virtio_mem",
 }
 
 // cpioMember is one entry of a newc archive as read back by readNewc.

@@ -33,6 +33,7 @@ func DefaultModules() []string {
 		"vmw_vsock_virtio_transport",
 		"virtio_rng",
 		"virtio_balloon",
+		"virtio_mem",
 	}
 }
 

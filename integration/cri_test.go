@@ -63,6 +63,12 @@ func runPodConfig(t *testing.T, ctx context.Context, e *env, rs runtimeapi.Runti
 		rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
 		rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
 	})
+	// Cleanups run last first: this one, before the pod is removed.
+	t.Cleanup(func() {
+		if t.Failed() {
+			e.logConsoles(t)
+		}
+	})
 	return p, nil
 }
 

@@ -230,3 +230,16 @@ func hostKernel(t *testing.T) string {
 	}
 	return string(b)
 }
+
+// logConsoles logs the end of every guest console of the state
+// directory, for a test that failed while its VMs still run.
+func (e *env) logConsoles(t *testing.T) {
+	logs, _ := filepath.Glob(filepath.Join(e.stateDir, "vm", "*", "console", "console.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		t.Logf("guest console %s (end):\n%s", l, b[max(0, len(b)-4096):])
+	}
+}

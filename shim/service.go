@@ -374,10 +374,7 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 	if err != nil {
 		return fmt.Errorf("task %s: %w", r.ID, err)
 	}
-	vm, err := cocoon.SizeVM(cfg.VMConfig(), res, cfg.SizeLimits())
-	if err != nil {
-		return fmt.Errorf("task %s: size the VM (hypervisor.max_vcpus, max_memory_mib): %w", r.ID, err)
-	}
+	vm := cfg.VMConfig()
 	if cc.RootDisk != "" {
 		// One snapshotter per runtime handler: the pod's other containers
 		// come as block snapshots too, each a disk in a root port.
@@ -391,9 +388,13 @@ func (s *service) createSandbox(ctx context.Context, r *taskAPI.CreateTaskReques
 		Containers:   []cocoon.ContainerConfig{cc},
 		NetNS:        specutil.NetNSPath(cc.Spec),
 		NetworkModel: cfg.Runtime.InternetworkingModel,
+		Resources:    res,
 	})
 	if err != nil {
 		os.Remove(filepath.Join(r.Bundle, bundleRecordFile))
+		if errors.Is(err, cocoon.ErrTooBig) {
+			return fmt.Errorf("%w (hypervisor.max_vcpus, max_memory_mib)", err)
+		}
 		return err
 	}
 	var vmPid uint32

@@ -1806,6 +1806,111 @@ func (x *DestroySandboxResponse) GetSynced() bool {
 	return false
 }
 
+type OnlineResourcesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// vCPUs to have online, hot-plugged ones included.
+	Vcpus         uint32 `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	TimeoutMs     uint32 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnlineResourcesRequest) Reset() {
+	*x = OnlineResourcesRequest{}
+	mi := &file_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineResourcesRequest) ProtoMessage() {}
+
+func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
+func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *OnlineResourcesRequest) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *OnlineResourcesRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type GuestResources struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OnlineCpus    uint32                 `protobuf:"varint,1,opt,name=online_cpus,json=onlineCpus,proto3" json:"online_cpus,omitempty"`
+	MemTotalBytes uint64                 `protobuf:"varint,2,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestResources) Reset() {
+	*x = GuestResources{}
+	mi := &file_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestResources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestResources) ProtoMessage() {}
+
+func (x *GuestResources) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestResources.ProtoReflect.Descriptor instead.
+func (*GuestResources) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GuestResources) GetOnlineCpus() uint32 {
+	if x != nil {
+		return x.OnlineCpus
+	}
+	return 0
+}
+
+func (x *GuestResources) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
 type ReclaimMemoryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1814,7 +1919,7 @@ type ReclaimMemoryRequest struct {
 
 func (x *ReclaimMemoryRequest) Reset() {
 	*x = ReclaimMemoryRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1931,7 @@ func (x *ReclaimMemoryRequest) String() string {
 func (*ReclaimMemoryRequest) ProtoMessage() {}
 
 func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1944,7 @@ func (x *ReclaimMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReclaimMemoryRequest.ProtoReflect.Descriptor instead.
 func (*ReclaimMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 type ReclaimMemoryResponse struct {
@@ -1854,7 +1959,7 @@ type ReclaimMemoryResponse struct {
 
 func (x *ReclaimMemoryResponse) Reset() {
 	*x = ReclaimMemoryResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +1971,7 @@ func (x *ReclaimMemoryResponse) String() string {
 func (*ReclaimMemoryResponse) ProtoMessage() {}
 
 func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +1984,7 @@ func (x *ReclaimMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReclaimMemoryResponse.ProtoReflect.Descriptor instead.
 func (*ReclaimMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReclaimMemoryResponse) GetZeroedBytes() uint64 {
@@ -1914,7 +2019,7 @@ type NetInterface struct {
 
 func (x *NetInterface) Reset() {
 	*x = NetInterface{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2031,7 @@ func (x *NetInterface) String() string {
 func (*NetInterface) ProtoMessage() {}
 
 func (x *NetInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2044,7 @@ func (x *NetInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
 func (*NetInterface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NetInterface) GetName() string {
@@ -1994,7 +2099,7 @@ type NetStats struct {
 
 func (x *NetStats) Reset() {
 	*x = NetStats{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2111,7 @@ func (x *NetStats) String() string {
 func (*NetStats) ProtoMessage() {}
 
 func (x *NetStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2124,7 @@ func (x *NetStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetStats.ProtoReflect.Descriptor instead.
 func (*NetStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NetStats) GetRxBytes() uint64 {
@@ -2087,7 +2192,7 @@ type NetInterfaces struct {
 
 func (x *NetInterfaces) Reset() {
 	*x = NetInterfaces{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2204,7 @@ func (x *NetInterfaces) String() string {
 func (*NetInterfaces) ProtoMessage() {}
 
 func (x *NetInterfaces) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2217,7 @@ func (x *NetInterfaces) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetInterfaces.ProtoReflect.Descriptor instead.
 func (*NetInterfaces) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NetInterfaces) GetInterfaces() []*NetInterface {
@@ -2138,7 +2243,7 @@ type UpdateInterfaceRequest struct {
 
 func (x *UpdateInterfaceRequest) Reset() {
 	*x = UpdateInterfaceRequest{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2255,7 @@ func (x *UpdateInterfaceRequest) String() string {
 func (*UpdateInterfaceRequest) ProtoMessage() {}
 
 func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2268,7 @@ func (x *UpdateInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateInterfaceRequest) GetInterface() *NetInterface {
@@ -2203,7 +2308,7 @@ type NetRoutes struct {
 
 func (x *NetRoutes) Reset() {
 	*x = NetRoutes{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2320,7 @@ func (x *NetRoutes) String() string {
 func (*NetRoutes) ProtoMessage() {}
 
 func (x *NetRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2333,7 @@ func (x *NetRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoutes.ProtoReflect.Descriptor instead.
 func (*NetRoutes) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NetRoutes) GetRoutes() []*NetRoute {
@@ -2259,7 +2364,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2376,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2389,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NetRoute) GetDestination() string {
@@ -2345,7 +2450,7 @@ type NetNeighbor struct {
 
 func (x *NetNeighbor) Reset() {
 	*x = NetNeighbor{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2357,7 +2462,7 @@ func (x *NetNeighbor) String() string {
 func (*NetNeighbor) ProtoMessage() {}
 
 func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2370,7 +2475,7 @@ func (x *NetNeighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNeighbor.ProtoReflect.Descriptor instead.
 func (*NetNeighbor) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetNeighbor) GetIp() string {
@@ -2405,7 +2510,7 @@ type SetupNetworkRequest struct {
 
 func (x *SetupNetworkRequest) Reset() {
 	*x = SetupNetworkRequest{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2522,7 @@ func (x *SetupNetworkRequest) String() string {
 func (*SetupNetworkRequest) ProtoMessage() {}
 
 func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2535,7 @@ func (x *SetupNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetupNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SetupNetworkRequest) GetInterfaces() []*NetInterface {
@@ -2464,7 +2569,7 @@ type SetupNetworkResponse struct {
 
 func (x *SetupNetworkResponse) Reset() {
 	*x = SetupNetworkResponse{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2581,7 @@ func (x *SetupNetworkResponse) String() string {
 func (*SetupNetworkResponse) ProtoMessage() {}
 
 func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2594,7 @@ func (x *SetupNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetupNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SetupNetworkResponse) GetInterfaces() []*NetInterface {
@@ -2637,7 +2742,15 @@ const file_agent_proto_rawDesc = "" +
 	"\rblock_devices\x18\r \x03(\tR\fblockDevices\"\x17\n" +
 	"\x15DestroySandboxRequest\"0\n" +
 	"\x16DestroySandboxResponse\x12\x16\n" +
-	"\x06synced\x18\x01 \x01(\bR\x06synced\"\x16\n" +
+	"\x06synced\x18\x01 \x01(\bR\x06synced\"M\n" +
+	"\x16OnlineResourcesRequest\x12\x14\n" +
+	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\rR\ttimeoutMs\"Y\n" +
+	"\x0eGuestResources\x12\x1f\n" +
+	"\vonline_cpus\x18\x01 \x01(\rR\n" +
+	"onlineCpus\x12&\n" +
+	"\x0fmem_total_bytes\x18\x02 \x01(\x04R\rmemTotalBytes\"\x16\n" +
 	"\x14ReclaimMemoryRequest\"`\n" +
 	"\x15ReclaimMemoryResponse\x12!\n" +
 	"\fzeroed_bytes\x18\x01 \x01(\x04R\vzeroedBytes\x12$\n" +
@@ -2695,7 +2808,7 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces2\x9e\x01\n" +
 	"\x06Health\x12F\n" +
 	"\x05Check\x12\x1d.cocoon.agent.v1.CheckRequest\x1a\x1e.cocoon.agent.v1.CheckResponse\x12L\n" +
-	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xd5\x0e\n" +
+	"\aVersion\x12\x1f.cocoon.agent.v1.VersionRequest\x1a .cocoon.agent.v1.VersionResponse2\xb2\x0f\n" +
 	"\x05Agent\x12Y\n" +
 	"\x0fGetGuestDetails\x12'.cocoon.agent.v1.GetGuestDetailsRequest\x1a\x1d.cocoon.agent.v1.GuestDetails\x12a\n" +
 	"\x0eDestroySandbox\x12&.cocoon.agent.v1.DestroySandboxRequest\x1a'.cocoon.agent.v1.DestroySandboxResponse\x12R\n" +
@@ -2716,6 +2829,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fRemoveContainer\x12'.cocoon.agent.v1.RemoveContainerRequest\x1a\x16.cocoon.agent.v1.Empty\x12H\n" +
 	"\rDeleteProcess\x12\x1f.cocoon.agent.v1.ProcessRequest\x1a\x16.cocoon.agent.v1.Empty\x12^\n" +
 	"\rReclaimMemory\x12%.cocoon.agent.v1.ReclaimMemoryRequest\x1a&.cocoon.agent.v1.ReclaimMemoryResponse\x12[\n" +
+	"\x0fOnlineResources\x12'.cocoon.agent.v1.OnlineResourcesRequest\x1a\x1f.cocoon.agent.v1.GuestResources\x12[\n" +
 	"\fSetupNetwork\x12$.cocoon.agent.v1.SetupNetworkRequest\x1a%.cocoon.agent.v1.SetupNetworkResponse\x12Y\n" +
 	"\x0fUpdateInterface\x12'.cocoon.agent.v1.UpdateInterfaceRequest\x1a\x1d.cocoon.agent.v1.NetInterface\x12H\n" +
 	"\x0eListInterfaces\x12\x16.cocoon.agent.v1.Empty\x1a\x1e.cocoon.agent.v1.NetInterfaces\x12F\n" +
@@ -2736,7 +2850,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_agent_proto_goTypes = []any{
 	(Storage_Kind)(0),                // 0: cocoon.agent.v1.Storage.Kind
 	(ContainerState_Status)(0),       // 1: cocoon.agent.v1.ContainerState.Status
@@ -2766,17 +2880,19 @@ var file_agent_proto_goTypes = []any{
 	(*GuestDetails)(nil),             // 25: cocoon.agent.v1.GuestDetails
 	(*DestroySandboxRequest)(nil),    // 26: cocoon.agent.v1.DestroySandboxRequest
 	(*DestroySandboxResponse)(nil),   // 27: cocoon.agent.v1.DestroySandboxResponse
-	(*ReclaimMemoryRequest)(nil),     // 28: cocoon.agent.v1.ReclaimMemoryRequest
-	(*ReclaimMemoryResponse)(nil),    // 29: cocoon.agent.v1.ReclaimMemoryResponse
-	(*NetInterface)(nil),             // 30: cocoon.agent.v1.NetInterface
-	(*NetStats)(nil),                 // 31: cocoon.agent.v1.NetStats
-	(*NetInterfaces)(nil),            // 32: cocoon.agent.v1.NetInterfaces
-	(*UpdateInterfaceRequest)(nil),   // 33: cocoon.agent.v1.UpdateInterfaceRequest
-	(*NetRoutes)(nil),                // 34: cocoon.agent.v1.NetRoutes
-	(*NetRoute)(nil),                 // 35: cocoon.agent.v1.NetRoute
-	(*NetNeighbor)(nil),              // 36: cocoon.agent.v1.NetNeighbor
-	(*SetupNetworkRequest)(nil),      // 37: cocoon.agent.v1.SetupNetworkRequest
-	(*SetupNetworkResponse)(nil),     // 38: cocoon.agent.v1.SetupNetworkResponse
+	(*OnlineResourcesRequest)(nil),   // 28: cocoon.agent.v1.OnlineResourcesRequest
+	(*GuestResources)(nil),           // 29: cocoon.agent.v1.GuestResources
+	(*ReclaimMemoryRequest)(nil),     // 30: cocoon.agent.v1.ReclaimMemoryRequest
+	(*ReclaimMemoryResponse)(nil),    // 31: cocoon.agent.v1.ReclaimMemoryResponse
+	(*NetInterface)(nil),             // 32: cocoon.agent.v1.NetInterface
+	(*NetStats)(nil),                 // 33: cocoon.agent.v1.NetStats
+	(*NetInterfaces)(nil),            // 34: cocoon.agent.v1.NetInterfaces
+	(*UpdateInterfaceRequest)(nil),   // 35: cocoon.agent.v1.UpdateInterfaceRequest
+	(*NetRoutes)(nil),                // 36: cocoon.agent.v1.NetRoutes
+	(*NetRoute)(nil),                 // 37: cocoon.agent.v1.NetRoute
+	(*NetNeighbor)(nil),              // 38: cocoon.agent.v1.NetNeighbor
+	(*SetupNetworkRequest)(nil),      // 39: cocoon.agent.v1.SetupNetworkRequest
+	(*SetupNetworkResponse)(nil),     // 40: cocoon.agent.v1.SetupNetworkResponse
 }
 var file_agent_proto_depIdxs = []int32{
 	8,  // 0: cocoon.agent.v1.CreateContainerRequest.join_namespaces:type_name -> cocoon.agent.v1.JoinNamespace
@@ -2787,16 +2903,16 @@ var file_agent_proto_depIdxs = []int32{
 	13, // 5: cocoon.agent.v1.ProcessList.processes:type_name -> cocoon.agent.v1.ProcessInfo
 	1,  // 6: cocoon.agent.v1.ContainerState.status:type_name -> cocoon.agent.v1.ContainerState.Status
 	2,  // 7: cocoon.agent.v1.CheckResponse.status:type_name -> cocoon.agent.v1.CheckResponse.ServingStatus
-	31, // 8: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
-	30, // 9: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	30, // 10: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
-	35, // 11: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	36, // 12: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	35, // 13: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
-	30, // 14: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
-	35, // 15: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
-	36, // 16: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
-	30, // 17: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	33, // 8: cocoon.agent.v1.NetInterface.stats:type_name -> cocoon.agent.v1.NetStats
+	32, // 9: cocoon.agent.v1.NetInterfaces.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	32, // 10: cocoon.agent.v1.UpdateInterfaceRequest.interface:type_name -> cocoon.agent.v1.NetInterface
+	37, // 11: cocoon.agent.v1.UpdateInterfaceRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	38, // 12: cocoon.agent.v1.UpdateInterfaceRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	37, // 13: cocoon.agent.v1.NetRoutes.routes:type_name -> cocoon.agent.v1.NetRoute
+	32, // 14: cocoon.agent.v1.SetupNetworkRequest.interfaces:type_name -> cocoon.agent.v1.NetInterface
+	37, // 15: cocoon.agent.v1.SetupNetworkRequest.routes:type_name -> cocoon.agent.v1.NetRoute
+	38, // 16: cocoon.agent.v1.SetupNetworkRequest.neighbors:type_name -> cocoon.agent.v1.NetNeighbor
+	32, // 17: cocoon.agent.v1.SetupNetworkResponse.interfaces:type_name -> cocoon.agent.v1.NetInterface
 	20, // 18: cocoon.agent.v1.Health.Check:input_type -> cocoon.agent.v1.CheckRequest
 	22, // 19: cocoon.agent.v1.Health.Version:input_type -> cocoon.agent.v1.VersionRequest
 	24, // 20: cocoon.agent.v1.Agent.GetGuestDetails:input_type -> cocoon.agent.v1.GetGuestDetailsRequest
@@ -2816,39 +2932,41 @@ var file_agent_proto_depIdxs = []int32{
 	17, // 34: cocoon.agent.v1.Agent.UpdateContainer:input_type -> cocoon.agent.v1.UpdateContainerRequest
 	18, // 35: cocoon.agent.v1.Agent.RemoveContainer:input_type -> cocoon.agent.v1.RemoveContainerRequest
 	4,  // 36: cocoon.agent.v1.Agent.DeleteProcess:input_type -> cocoon.agent.v1.ProcessRequest
-	28, // 37: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
-	37, // 38: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
-	33, // 39: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
-	19, // 40: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
-	34, // 41: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
-	19, // 42: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
-	21, // 43: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
-	23, // 44: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
-	25, // 45: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
-	27, // 46: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
-	19, // 47: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
-	19, // 48: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
-	19, // 49: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
-	19, // 50: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
-	11, // 51: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
-	19, // 52: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
-	19, // 53: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
-	14, // 54: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
-	16, // 55: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
-	15, // 56: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
-	19, // 57: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
-	19, // 58: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
-	19, // 59: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
-	19, // 60: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
-	19, // 61: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
-	29, // 62: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
-	38, // 63: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
-	30, // 64: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
-	32, // 65: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
-	34, // 66: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
-	34, // 67: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
-	43, // [43:68] is the sub-list for method output_type
-	18, // [18:43] is the sub-list for method input_type
+	30, // 37: cocoon.agent.v1.Agent.ReclaimMemory:input_type -> cocoon.agent.v1.ReclaimMemoryRequest
+	28, // 38: cocoon.agent.v1.Agent.OnlineResources:input_type -> cocoon.agent.v1.OnlineResourcesRequest
+	39, // 39: cocoon.agent.v1.Agent.SetupNetwork:input_type -> cocoon.agent.v1.SetupNetworkRequest
+	35, // 40: cocoon.agent.v1.Agent.UpdateInterface:input_type -> cocoon.agent.v1.UpdateInterfaceRequest
+	19, // 41: cocoon.agent.v1.Agent.ListInterfaces:input_type -> cocoon.agent.v1.Empty
+	36, // 42: cocoon.agent.v1.Agent.UpdateRoutes:input_type -> cocoon.agent.v1.NetRoutes
+	19, // 43: cocoon.agent.v1.Agent.ListRoutes:input_type -> cocoon.agent.v1.Empty
+	21, // 44: cocoon.agent.v1.Health.Check:output_type -> cocoon.agent.v1.CheckResponse
+	23, // 45: cocoon.agent.v1.Health.Version:output_type -> cocoon.agent.v1.VersionResponse
+	25, // 46: cocoon.agent.v1.Agent.GetGuestDetails:output_type -> cocoon.agent.v1.GuestDetails
+	27, // 47: cocoon.agent.v1.Agent.DestroySandbox:output_type -> cocoon.agent.v1.DestroySandboxResponse
+	19, // 48: cocoon.agent.v1.Agent.CreateContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 49: cocoon.agent.v1.Agent.StartContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 50: cocoon.agent.v1.Agent.ExecProcess:output_type -> cocoon.agent.v1.Empty
+	19, // 51: cocoon.agent.v1.Agent.SignalProcess:output_type -> cocoon.agent.v1.Empty
+	11, // 52: cocoon.agent.v1.Agent.WaitProcess:output_type -> cocoon.agent.v1.ExitStatus
+	19, // 53: cocoon.agent.v1.Agent.ResizeTTY:output_type -> cocoon.agent.v1.Empty
+	19, // 54: cocoon.agent.v1.Agent.CloseStdin:output_type -> cocoon.agent.v1.Empty
+	14, // 55: cocoon.agent.v1.Agent.ListProcesses:output_type -> cocoon.agent.v1.ProcessList
+	16, // 56: cocoon.agent.v1.Agent.StatsContainer:output_type -> cocoon.agent.v1.ContainerStats
+	15, // 57: cocoon.agent.v1.Agent.StateContainer:output_type -> cocoon.agent.v1.ContainerState
+	19, // 58: cocoon.agent.v1.Agent.PauseContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 59: cocoon.agent.v1.Agent.ResumeContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 60: cocoon.agent.v1.Agent.UpdateContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 61: cocoon.agent.v1.Agent.RemoveContainer:output_type -> cocoon.agent.v1.Empty
+	19, // 62: cocoon.agent.v1.Agent.DeleteProcess:output_type -> cocoon.agent.v1.Empty
+	31, // 63: cocoon.agent.v1.Agent.ReclaimMemory:output_type -> cocoon.agent.v1.ReclaimMemoryResponse
+	29, // 64: cocoon.agent.v1.Agent.OnlineResources:output_type -> cocoon.agent.v1.GuestResources
+	40, // 65: cocoon.agent.v1.Agent.SetupNetwork:output_type -> cocoon.agent.v1.SetupNetworkResponse
+	32, // 66: cocoon.agent.v1.Agent.UpdateInterface:output_type -> cocoon.agent.v1.NetInterface
+	34, // 67: cocoon.agent.v1.Agent.ListInterfaces:output_type -> cocoon.agent.v1.NetInterfaces
+	36, // 68: cocoon.agent.v1.Agent.UpdateRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	36, // 69: cocoon.agent.v1.Agent.ListRoutes:output_type -> cocoon.agent.v1.NetRoutes
+	44, // [44:70] is the sub-list for method output_type
+	18, // [18:44] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -2865,7 +2983,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -78,6 +78,7 @@ type AgentService interface {
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*Empty, error)
 	DeleteProcess(context.Context, *ProcessRequest) (*Empty, error)
 	ReclaimMemory(context.Context, *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error)
+	OnlineResources(context.Context, *OnlineResourcesRequest) (*GuestResources, error)
 	SetupNetwork(context.Context, *SetupNetworkRequest) (*SetupNetworkResponse, error)
 	UpdateInterface(context.Context, *UpdateInterfaceRequest) (*NetInterface, error)
 	ListInterfaces(context.Context, *Empty) (*NetInterfaces, error)
@@ -213,6 +214,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ReclaimMemory(ctx, &req)
+			},
+			"OnlineResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req OnlineResourcesRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OnlineResources(ctx, &req)
 			},
 			"SetupNetwork": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req SetupNetworkRequest
@@ -402,6 +410,14 @@ func (c *agentClient) DeleteProcess(ctx context.Context, req *ProcessRequest) (*
 func (c *agentClient) ReclaimMemory(ctx context.Context, req *ReclaimMemoryRequest) (*ReclaimMemoryResponse, error) {
 	var resp ReclaimMemoryResponse
 	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "ReclaimMemory", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) OnlineResources(ctx context.Context, req *OnlineResourcesRequest) (*GuestResources, error) {
+	var resp GuestResources
+	if err := c.client.Call(ctx, "cocoon.agent.v1.Agent", "OnlineResources", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -10,4 +10,4 @@ package protocol
 
 // Version is the protocol version this tree speaks. Bump it on any
 // incompatible change; the host refuses an agent with a different version.
-const Version = 5
+const Version = 6

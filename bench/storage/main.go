@@ -21,6 +21,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon/bench/internal/measure"
 	"io"
 	"os"
 	"os/exec"
@@ -110,15 +111,11 @@ func run(mb, ios, files int, vm cocoon.VMConfig, dataDir string) error {
 		return dir, specutil.WriteBundle(dir, spec)
 	}
 
-	stateDir, err := os.MkdirTemp("/run", "cocoon-bench-")
+	rt, _, done, err := measure.Runtime(dataDir)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(stateDir)
-	rt, err := cocoon.New(cocoon.Options{StateDir: stateDir, DataDir: dataDir})
-	if err != nil {
-		return err
-	}
+	defer done()
 	ctx := context.Background()
 	cb, err := bundle("cocoon", img)
 	if err != nil {

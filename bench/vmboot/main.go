@@ -30,6 +30,8 @@ func main() {
 	idle := flag.Duration("idle", 10*time.Second, "how long to let the VM idle before measuring memory and CPU")
 	dataDir := flag.String("data-dir", layout.DataDir, "Cocoon data directory (guest image)")
 	slots := flag.Int("hotplug-slots", 0, "PCIe root ports for hotplug (q35)")
+	maxCPUs := flag.Uint("max-vcpus", 0, "room to hot-plug vCPUs up to this many (q35; 0: none)")
+	maxMem := flag.Uint("max-memory", 0, "room to hot-plug memory up to this many MiB (q35; 0: none)")
 	flag.Parse()
 
 	img, err := image.Current(*dataDir)
@@ -50,7 +52,8 @@ func main() {
 	opts := vm.Options{CacheDir: layout.CacheDir(*dataDir)}
 	ctx := context.Background()
 
-	fmt.Printf("guest image %s (kernel %s), %d MiB guest, accelerator %s, %d hotplug slots on q35\n", img.ID, img.KernelRelease, *memMiB, *accel, *slots)
+	fmt.Printf("guest image %s (kernel %s), %d MiB guest, accelerator %s, %d hotplug slots on q35, room for %d vCPUs and %d MiB\n",
+		img.ID, img.KernelRelease, *memMiB, *accel, *slots, max(*maxCPUs, 1), max(*maxMem, *memMiB))
 	for _, machine := range strings.Split(*machines, ",") {
 		cfg := hypervisor.Config{
 			Kernel: img.Kernel, Initrd: img.Initrd, MachineType: machine,
@@ -59,6 +62,7 @@ func main() {
 		}
 		if machine == "q35" {
 			cfg.HotplugSlots = *slots
+			cfg.MaxVCPUs, cfg.MaxMemoryMiB = uint32(*maxCPUs), uint32(*maxMem)
 		}
 		var boots, guest []time.Duration
 		var last *vm.VM

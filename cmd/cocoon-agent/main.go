@@ -74,6 +74,9 @@ func run(log *slog.Logger) error {
 
 	// Modules load in the background: the agent serves as soon as its own
 	// channel is up, and calls that need the other drivers wait for them.
+	if err := boot.AutoOnlineMemory(); err != nil {
+		log.Warn("memory hotplug unavailable", "err", err)
+	}
 	mods := newModuleLoader(log)
 	if err := boot.SetHostname(params.Hostname); err != nil {
 		return err

@@ -189,6 +189,10 @@ type containerState struct {
 	PID            int    `json:"pid"`
 	Bundle         string `json:"bundle"`
 	HypervisorPIDs []int  `json:"hypervisor_pids"`
+	VM             struct {
+		VCPUs     uint32 `json:"vcpus"`
+		MemoryMiB uint32 `json:"memory_mib"`
+	} `json:"vm"`
 }
 
 func (c *cli) state(t *testing.T, id string) containerState {

@@ -38,10 +38,7 @@ Its output is not collected: use 'cocoon run' to see it.`,
 			if err != nil {
 				return err
 			}
-			vm, err := sf.size(f.sandboxVM(), spec)
-			if err != nil {
-				return fmt.Errorf("create %s: %w", id, err)
-			}
+			vm := sf.bound(f.sandboxVM())
 			cfg := cocoon.SandboxConfig{
 				ID: id, VM: vm, BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},

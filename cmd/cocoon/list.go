@@ -53,6 +53,15 @@ type containerJSON struct {
 	Created        time.Time         `json:"created"`
 	Annotations    map[string]string `json:"annotations,omitempty"`
 	HypervisorPIDs []int             `json:"hypervisor_pids"`
+	// VM is the size of the sandbox VM now and how far it may grow.
+	VM *vmSizeJSON `json:"vm,omitempty"`
+}
+
+type vmSizeJSON struct {
+	VCPUs        uint32 `json:"vcpus"`
+	MemoryMiB    uint32 `json:"memory_mib"`
+	MaxVCPUs     uint32 `json:"max_vcpus"`
+	MaxMemoryMiB uint32 `json:"max_memory_mib"`
 }
 
 // describeContainer describes the container of a sandbox, which has the
@@ -64,6 +73,9 @@ func describeContainer(s cocoon.SandboxStatus) containerJSON {
 	}
 	if c.HypervisorPIDs == nil {
 		c.HypervisorPIDs = []int{}
+	}
+	if s.VCPUs != 0 {
+		c.VM = &vmSizeJSON{VCPUs: s.VCPUs, MemoryMiB: s.MemoryMiB, MaxVCPUs: s.MaxVCPUs, MaxMemoryMiB: s.MaxMemoryMiB}
 	}
 	for _, cs := range s.Containers {
 		if cs.ID != s.ID {

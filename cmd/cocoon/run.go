@@ -66,10 +66,7 @@ output is not collected.`,
 			if err != nil {
 				return err
 			}
-			vm, err := sf.size(f.sandboxVM(), spec)
-			if err != nil {
-				return fmt.Errorf("run %s: %w", id, err)
-			}
+			vm := sf.bound(f.sandboxVM())
 			cfg := cocoon.SandboxConfig{
 				ID: id, VM: vm, BootTimeout: f.bootTimeout,
 				Containers: []cocoon.ContainerConfig{{ID: id, Bundle: abs, Spec: spec}},

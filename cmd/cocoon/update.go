@@ -22,8 +22,10 @@ func newUpdateCommand(g *globalOptions) *cobra.Command {
 		Use:   "update [flags] ID",
 		Short: "Change a container's resource limits",
 		Long: `Change the resource limits of a container's cgroup in its sandbox VM. Only
-the limits given are changed. The sandbox VM's own size does not change:
-a memory limit above the VM's memory has no effect.`,
+the limits given are changed. The sandbox VM grows first when the new CPU
+or memory limits need more than it has (up to --max-vcpus and
+--max-memory of its run; not with --fixed-size), and gives back what the
+lowered limits no longer need. ` + "`cocoon state`" + ` shows the VM's size.`,
 		Example: `  cocoon update --memory 64m --pids-limit 100 demo
   cocoon update --cpu-quota 50000 --cpu-period 100000 demo`,
 		Args: cobra.ExactArgs(1),

@@ -13,7 +13,6 @@ import (
 	"github.com/cocoon-runtime/cocoon/internal/agent"
 	"github.com/cocoon-runtime/cocoon/internal/layout"
 	"github.com/cocoon-runtime/cocoon/internal/vm"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 )
 
@@ -41,19 +40,26 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", vm.DefaultBootTimeout, "how long to wait for the guest agent")
 }
 
-// sizeFlags bound a VM sized for its container's limits.
-type sizeFlags struct{ maxVCPUs, maxMemory uint32 }
+// sizeFlags bound a VM sized for its container's limits, and how far it
+// may grow.
+type sizeFlags struct {
+	maxVCPUs, maxMemory uint32
+	fixed               bool
+}
 
 func (f *sizeFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.Uint32Var(&f.maxVCPUs, "max-vcpus", 0, "most vCPUs the VM may get for the container's CPU limit, beyond --vcpus (0: the host's CPU count)")
-	fl.Uint32Var(&f.maxMemory, "max-memory", 0, "most memory in MiB the VM may have with the container's memory limit on top of --memory (0: the host's)")
+	fl.Uint32Var(&f.maxVCPUs, "max-vcpus", 0, "most vCPUs the VM may get for its containers' CPU limits, beyond --vcpus (0: the host's CPU count)")
+	fl.Uint32Var(&f.maxMemory, "max-memory", 0, "most memory in MiB the VM may have with its containers' memory limits on top of --memory (0: the host's)")
+	fl.BoolVar(&f.fixed, "fixed-size", false, "boot the VM at its container's size with no room to grow (boots faster under TCG)")
 }
 
-// size grows vm by the limits in spec's linux.resources (see
-// cocoon.SizeVM): --vcpus and --memory are the base.
-func (f *sizeFlags) size(vm cocoon.VMConfig, spec *specs.Spec) (cocoon.VMConfig, error) {
-	return cocoon.SizeVM(vm, cocoon.ResourcesOf(spec), cocoon.SizeLimits{MaxVCPUs: f.maxVCPUs, MaxMemoryMiB: f.maxMemory})
+// bound sets vm's ceilings: --vcpus and --memory are its base, which the
+// runtime grows by the limits in the containers' linux.resources (see
+// cocoon.SizeVM).
+func (f *sizeFlags) bound(vm cocoon.VMConfig) cocoon.VMConfig {
+	vm.MaxVCPUs, vm.MaxMemoryMiB, vm.FixedSize = f.maxVCPUs, f.maxMemory, f.fixed
+	return vm
 }
 
 // sandboxVM is the VM the flags describe, for a sandbox.

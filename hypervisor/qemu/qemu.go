@@ -690,16 +690,6 @@ func migrate(ctx context.Context, c *qmp.Client, command string, f *os.File) err
 	}
 }
 
-// ResizeVCPUs is not implemented yet.
-func (q *QEMU) ResizeVCPUs(context.Context, uint32) (uint32, error) {
-	return 0, fmt.Errorf("resize vcpus: %w", hypervisor.ErrNotSupported)
-}
-
-// ResizeMemory is not implemented yet.
-func (q *QEMU) ResizeMemory(context.Context, uint32) (uint32, error) {
-	return 0, fmt.Errorf("resize memory: %w", hypervisor.ErrNotSupported)
-}
-
 // Capabilities reports what this VM supports.
 func (q *QEMU) Capabilities(context.Context) hypervisor.Capabilities {
 	q.mu.Lock()
@@ -709,6 +699,8 @@ func (q *QEMU) Capabilities(context.Context) hypervisor.Capabilities {
 	return hypervisor.Capabilities{
 		BlockHotplug:    hotplug,
 		NetHotplug:      hotplug,
+		VCPUHotplug:     l.canGrowCPUs(),
+		MemoryHotplug:   l.hotMemoryMiB() > 0,
 		SharedFS:        l.cfg.SharedFSSocket != "",
 		MachineType:     l.machine,
 		AcceleratorUsed: l.accel,

@@ -519,3 +519,31 @@ func (c *Client) ReclaimMemory(ctx context.Context) (zeroed uint64, err error) {
 	})
 	return zeroed, err
 }
+
+// GuestResources is what a guest says it has online.
+type GuestResources struct {
+	OnlineCPUs  uint32
+	MemoryBytes uint64
+}
+
+// OnlineResources asks the agent to online the vCPUs and memory the host
+// hot-plugged (waiting up to wait for the guest kernel to see vcpus
+// vCPUs) and returns what it says is online then. The host gave the VM
+// vcpus vCPUs and memBytes of memory: a guest that claims more is lying,
+// an ErrProtocol error.
+func (c *Client) OnlineResources(ctx context.Context, vcpus uint32, memBytes uint64, wait time.Duration) (GuestResources, error) {
+	var out GuestResources
+	err := c.call(ctx, "online resources", func(ctx context.Context) error {
+		r, err := c.agent.OnlineResources(ctx, &protocol.OnlineResourcesRequest{Vcpus: vcpus, TimeoutMs: uint32(wait.Milliseconds())})
+		if err != nil {
+			return err
+		}
+		if r.OnlineCpus == 0 || r.OnlineCpus > vcpus || r.MemTotalBytes > memBytes {
+			return fmt.Errorf("%w: the guest reports %d vCPUs and %d bytes online; it was given %d and %d",
+				ErrProtocol, r.OnlineCpus, r.MemTotalBytes, vcpus, memBytes)
+		}
+		out = GuestResources{OnlineCPUs: r.OnlineCpus, MemoryBytes: r.MemTotalBytes}
+		return nil
+	})
+	return out, err
+}

@@ -5,6 +5,7 @@ package measure
 import (
 	"bufio"
 	"fmt"
+	"github.com/cocoon-runtime/cocoon"
 	"os"
 	"slices"
 	"strconv"
@@ -118,4 +119,20 @@ func FileMappingsPss(pid int, substr string) (uint64, []string) {
 		}
 	}
 	return total, paths
+}
+
+// Runtime makes a Cocoon runtime whose state directory is a new one
+// under /run (root-only, in RAM like the shim's); done removes it.
+func Runtime(dataDir string) (rt *cocoon.Runtime, stateDir string, done func(), err error) {
+	stateDir, err = os.MkdirTemp("/run", "cocoon-bench-")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	done = func() { os.RemoveAll(stateDir) }
+	rt, err = cocoon.New(cocoon.Options{StateDir: stateDir, DataDir: dataDir})
+	if err != nil {
+		done()
+		return nil, "", nil, err
+	}
+	return rt, stateDir, done, nil
 }

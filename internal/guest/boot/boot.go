@@ -184,6 +184,24 @@ func SetHostname(name string) error {
 	return nil
 }
 
+// AutoOnlineMemory has the kernel online the memory the host hot-plugs
+// (virtio-mem blocks) as it appears, in ZONE_MOVABLE as far as the
+// kernel's auto-movable policy allows (three times the boot memory), so
+// that what a container used can be unplugged again once it is freed,
+// while the kernel keeps room for the memory maps of more. A kernel
+// without memory hotplug has neither file: nothing to do.
+func AutoOnlineMemory() error {
+	for _, w := range [][2]string{
+		{"/sys/module/memory_hotplug/parameters/online_policy", "auto-movable"},
+		{"/sys/devices/system/memory/auto_online_blocks", "online"},
+	} {
+		if err := os.WriteFile(w[0], []byte(w[1]), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("memory hotplug: %w", err)
+		}
+	}
+	return nil
+}
+
 // PowerOff flushes file systems and takes the VM down. It does not return
 // on success.
 //
